@@ -1,0 +1,477 @@
+"""FDRL: Fine-grained Disentangled Representation Learning for Multimodal Emotion Recognition (ICASSP 2024).
+
+Equation numbers refer to the paper; FDRL_SPEC.md records the decisions the paper leaves open.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput, logging
+
+try:
+    from .configuration_fdrl import FDRLConfig
+except ImportError:
+    from configuration_fdrl import FDRLConfig
+
+
+logger = logging.get_logger(__name__)
+
+AUDIO_LABEL, TEXT_LABEL = 0, 1  # the modality label y_m
+
+
+@dataclass
+class FDRLOutput(ModelOutput):
+    """
+    Output of [`FDRLModel`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned with `labels`): the total loss, eq. 15.
+        logits (`torch.FloatTensor` of shape `(batch, num_labels)`): the fusion's emotion logits, eq. 14.
+        loss_task, loss_global, loss_local, loss_modality, loss_orthogonal, loss_predictor (`torch.FloatTensor`):
+            L_task (eq. 14), L_g (eq. 4), L_l (eq. 5), L_p (eq. 9), L_d (eq. 10) and L_f (eq. 11), unweighted;
+            0 where the term is switched off.
+        shared_audio, shared_text, private_audio, private_text (`torch.FloatTensor` of shape `(batch, hidden)`):
+            S_a, S_t, P_a, P_t (eq. 3).
+        global_errors, global_count, global_loss_sum (`torch.FloatTensor` of shape `()`):
+            Misclassified samples, samples (2 x batch) and summed cross-entropy of the global discriminator.
+        local_errors, local_counts, local_loss_sums (`torch.FloatTensor` of shape `(num_labels,)`):
+            The same for each class's local discriminator. Summed over an epoch they give the dynamic factor.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    loss_task: Optional[torch.FloatTensor] = None
+    loss_global: Optional[torch.FloatTensor] = None
+    loss_local: Optional[torch.FloatTensor] = None
+    loss_modality: Optional[torch.FloatTensor] = None
+    loss_orthogonal: Optional[torch.FloatTensor] = None
+    loss_predictor: Optional[torch.FloatTensor] = None
+    shared_audio: Optional[torch.FloatTensor] = None
+    shared_text: Optional[torch.FloatTensor] = None
+    private_audio: Optional[torch.FloatTensor] = None
+    private_text: Optional[torch.FloatTensor] = None
+    global_errors: Optional[torch.FloatTensor] = None
+    global_count: Optional[torch.FloatTensor] = None
+    global_loss_sum: Optional[torch.FloatTensor] = None
+    local_errors: Optional[torch.FloatTensor] = None
+    local_counts: Optional[torch.FloatTensor] = None
+    local_loss_sums: Optional[torch.FloatTensor] = None
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by -coefficient backward (DANN)."""
+
+    @staticmethod
+    def forward(ctx, hidden_states, coefficient):
+        ctx.coefficient = coefficient
+        return hidden_states.view_as(hidden_states)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return -ctx.coefficient * grad_output, None
+
+
+def grad_reverse(hidden_states, coefficient):
+    return GradientReversal.apply(hidden_states, coefficient)
+
+
+def grl_coefficient_at(progress, schedule="dann", scale=1.0):
+    """The reversal coefficient at training progress `progress` in [0, 1] (DANN: 2 / (1 + exp(-10 p)) - 1)."""
+    if schedule == "constant":
+        return float(scale)
+    progress = min(max(float(progress), 0.0), 1.0)
+    return float(scale) * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
+
+
+class FDRLEncoder(nn.Module):
+    """E_s, E_a or E_t (eq. 3): Linear -> ReLU -> Linear."""
+
+    def __init__(self, config, input_size):
+        super().__init__()
+        self.dense = nn.Linear(input_size, config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states):
+        return self.out(F.relu(self.dense(hidden_states)))
+
+
+class FDRLDiscriminator(nn.Module):
+    """A two-layer perceptron over d that tells speech (0) from text (1): G_d, G_d^c and GD."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.discriminator_hidden_size)
+        self.out = nn.Linear(config.discriminator_hidden_size, 2)
+
+    def forward(self, hidden_states):
+        return self.out(F.relu(self.dense(hidden_states)))
+
+
+class FDRLFusion(nn.Module):
+    """Cross-modal fusion (eq. 12-14): self-attention over the stacked representations, then a classifier."""
+
+    def __init__(self, config):
+        super().__init__()
+        num_inputs = 4 if config.fusion_inputs == "all" else 2
+        self.attention = nn.MultiheadAttention(config.hidden_size, config.fusion_num_heads, batch_first=True)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(num_inputs * config.hidden_size, config.num_labels)
+
+    def forward(self, representations):
+        fused = torch.stack(representations, dim=1)  # (batch, num_inputs, hidden)
+        fused, _ = self.attention(fused, fused, fused, need_weights=False)  # Q = K = V = F
+        fused = fused.flatten(1)  # (batch, num_inputs * hidden)
+        return self.classifier(self.dropout(fused))
+
+
+def masked_mean(hidden_states, mask):
+    """Mean over the valid positions: (batch, length, dim), (batch, length) -> (batch, dim)."""
+    mask = mask.to(hidden_states.dtype).unsqueeze(-1)  # (batch, length, 1)
+    return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def modality_cross_entropy(discriminator, audio, text):
+    """CE of a modality discriminator on speech (label 0) and text (label 1) inputs, each over its batch.
+
+    Returns the loss summed over the two modalities, the per-sample losses and the number of errors.
+    """
+    logits = discriminator(torch.cat([audio, text]))  # (2 * batch, 2)
+    targets = torch.cat([
+        torch.full((audio.shape[0],), AUDIO_LABEL, device=logits.device),
+        torch.full((text.shape[0],), TEXT_LABEL, device=logits.device),
+    ])
+    per_sample = F.cross_entropy(logits.float(), targets, reduction="none")  # (2 * batch,)
+    loss = per_sample[: audio.shape[0]].mean() + per_sample[audio.shape[0]:].mean()
+    errors = (logits.argmax(-1) != targets).sum().float()
+    return loss, per_sample.sum().detach(), errors
+
+
+def orthogonality_loss(shared, private, mode="normalized"):
+    """||S^T P||_F^2 (eq. 10); "normalized": centred, rows L2-normalised, divided by d^2 (MISA)."""
+    shared, private = shared.float(), private.float()
+    if mode == "normalized":
+        shared = F.normalize(shared - shared.mean(0, keepdim=True), dim=1, eps=1e-6)
+        private = F.normalize(private - private.mean(0, keepdim=True), dim=1, eps=1e-6)
+        return (shared.T @ private).pow(2).sum() / shared.shape[1] ** 2
+    return (shared.T @ private).pow(2).sum()
+
+
+def a_distance(errors, count, loss_sum, proxy="error"):
+    """Proxy A-distance (eq. 6-7) from a discriminator's epoch statistics (tensors broadcast per class)."""
+    if proxy == "loss":
+        return 2.0 * (1.0 - 2.0 * loss_sum / count)
+    return (2.0 * (1.0 - 2.0 * errors / count)).clamp(0.0, 2.0)
+
+
+def dynamic_factor_from_statistics(stats, mode="daan", proxy="error", current=0.5):
+    """The dynamic factor mu (eq. 8) from a whole epoch's summed discriminator statistics.
+
+    `stats` holds the `FDRLOutput` fields `global_errors`, `global_count`, `global_loss_sum`, `local_errors`,
+    `local_counts`, `local_loss_sums`, summed over the epoch (and over processes). "daan" weighs the local term
+    by the class-conditional distance, "paper" is the literal eq. 8. mu is clamped to [0, 1]; when the
+    denominator is ~0 or not finite, `current` is returned unchanged.
+    """
+    if mode == "fixed":
+        return float(current)
+    stats = {key: torch.as_tensor(value, dtype=torch.float64) for key, value in stats.items()}
+    if stats["global_count"] <= 0 or bool((stats["local_counts"] <= 0).any()):
+        return float(current)
+    distance_global = a_distance(stats["global_errors"], stats["global_count"], stats["global_loss_sum"], proxy)
+    distance_local = a_distance(stats["local_errors"], stats["local_counts"], stats["local_loss_sums"], proxy).mean()
+    denominator = distance_global + distance_local
+    if not torch.isfinite(denominator) or denominator.abs() < 1e-12:
+        return float(current)
+    numerator = distance_local if mode == "daan" else distance_global
+    mu = (numerator / denominator).clamp(0.0, 1.0)
+    return float(mu) if torch.isfinite(mu) else float(current)
+
+
+class FDRLPreTrainedModel(PreTrainedModel):
+    config_class = FDRLConfig
+    base_model_prefix = "fdrl"
+    main_input_name = "input_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.MultiheadAttention):
+            module.in_proj_weight.normal_(mean=0.0, std=std)
+            module.in_proj_bias.zero_()
+        elif isinstance(module, FDRLModel):
+            module.dynamic_factor.fill_(self.config.mu)
+
+
+class FDRLModel(FDRLPreTrainedModel):
+    # Every loss term comes from forward and is already a batch mean: Trainer must not rescale it for
+    # gradient accumulation (HF_NOTES.md: the loss doubles with 2 accumulation steps otherwise).
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.audio_model = AutoModel.from_config(config.audio_config)
+        self.text_model = AutoModel.from_config(config.text_config)
+        _drop_pooler(self.text_model)
+        audio_size, text_size = config.audio_config.hidden_size, config.text_config.hidden_size
+        if audio_size == text_size:
+            self.audio_projection, self.text_projection = nn.Identity(), nn.Identity()
+            input_size = audio_size
+        else:  # the shared encoder needs one input width
+            self.audio_projection = nn.Linear(audio_size, config.hidden_size)
+            self.text_projection = nn.Linear(text_size, config.hidden_size)
+            input_size = config.hidden_size
+
+        self.shared_encoder = FDRLEncoder(config, input_size)
+        self.audio_encoder = FDRLEncoder(config, input_size)
+        self.text_encoder = FDRLEncoder(config, input_size)
+        # Switched-off parts are not built, so no parameter sits outside the graph under DDP.
+        self.global_discriminator = FDRLDiscriminator(config) if config.use_global_discriminator else None
+        self.local_discriminators = (
+            nn.ModuleList(FDRLDiscriminator(config) for _ in range(config.num_labels))
+            if config.use_local_discriminators else None
+        )
+        self.modality_discriminator = FDRLDiscriminator(config) if config.use_modality_discriminator else None
+        # FP serves L_f and gives the class probabilities that weight the local discriminators' inputs.
+        needs_predictor = config.use_predictor or config.use_local_discriminators
+        self.predictor = nn.Linear(config.hidden_size, config.num_labels) if needs_predictor else None
+        self.fusion = FDRLFusion(config)
+
+        self.register_buffer("dynamic_factor", torch.tensor(float(config.mu)), persistent=True)
+        self.grl_coefficient = grl_coefficient_at(0.0, config.grl_schedule, config.grl_lambda)
+        self.post_init()
+        if config.freeze_feature_encoder:
+            self.freeze_feature_encoder()
+
+    # ----- training state -------------------------------------------------------------------------------------
+    def freeze_feature_encoder(self):
+        """Freeze the speech backbone's convolutional feature encoder (no-op for backbones without one)."""
+        if hasattr(self.audio_model, "freeze_feature_encoder"):
+            self.audio_model.freeze_feature_encoder()
+
+    def set_training_progress(self, progress):
+        """Set the gradient reversal coefficient from training progress in [0, 1]; returns it."""
+        self.grl_coefficient = grl_coefficient_at(progress, self.config.grl_schedule, self.config.grl_lambda)
+        return self.grl_coefficient
+
+    def update_dynamic_factor(self, stats):
+        """Update mu (eq. 8) from one epoch's summed discriminator statistics; returns the new value."""
+        mu = dynamic_factor_from_statistics(
+            stats, self.config.dynamic_factor_mode, self.config.a_distance_proxy, float(self.dynamic_factor)
+        )
+        self.dynamic_factor.fill_(mu)
+        return mu
+
+    # ----- feature extraction (eq. 1-2) -----------------------------------------------------------------------
+    def encode_audio(self, input_values, audio_attention_mask=None):
+        """Pooled speech features H_a: (batch, samples) -> (batch, audio hidden)."""
+        # Group-norm backbones (wav2vec2-base) were pretrained without a mask; pooling still excludes padding.
+        pass_mask = getattr(self.config.audio_config, "feat_extract_norm", "layer") == "layer"
+        outputs = self.audio_model(input_values, attention_mask=audio_attention_mask if pass_mask else None)
+        hidden_states = outputs.last_hidden_state  # (batch, frames, audio hidden)
+        if audio_attention_mask is None:
+            return hidden_states.mean(1)
+        frame_mask = self.audio_model._get_feature_vector_attention_mask(hidden_states.shape[1], audio_attention_mask)
+        return masked_mean(hidden_states, frame_mask)
+
+    def encode_text(self, input_ids, text_attention_mask=None, token_type_ids=None):
+        """Pooled text features H_t: (batch, tokens) -> (batch, text hidden)."""
+        if text_attention_mask is None:
+            text_attention_mask = torch.ones_like(input_ids)
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden_states = self.text_model(input_ids, attention_mask=text_attention_mask, **kwargs).last_hidden_state
+        if self.config.text_pooling == "cls":
+            return hidden_states[:, 0]
+        return masked_mean(hidden_states, text_attention_mask)
+
+    # ----- losses -----------------------------------------------------------------------------------------------
+    def _alignment_losses(self, shared_audio, shared_text):
+        """L_g (eq. 4) and L_l (eq. 5) behind the gradient reversal layer, with their epoch statistics."""
+        zero = shared_audio.new_zeros((), dtype=torch.float32)
+        num_labels = self.config.num_labels
+        stats = {
+            "global_errors": zero, "global_count": zero, "global_loss_sum": zero,
+            "local_errors": zero.new_zeros(num_labels), "local_counts": zero.new_zeros(num_labels),
+            "local_loss_sums": zero.new_zeros(num_labels),
+        }
+        reversed_audio = grad_reverse(shared_audio, self.grl_coefficient)
+        reversed_text = grad_reverse(shared_text, self.grl_coefficient)
+        count = zero + shared_audio.shape[0] + shared_text.shape[0]
+        loss_global = loss_local = zero
+        if self.global_discriminator is not None:
+            loss_global, loss_sum, errors = modality_cross_entropy(
+                self.global_discriminator, reversed_audio, reversed_text
+            )
+            stats.update(global_errors=errors, global_count=count, global_loss_sum=loss_sum)
+        if self.local_discriminators is not None:
+            # y_i^c: FP's class probabilities for S_i, not detached (DAAN)
+            probs_audio = self.predictor(shared_audio).float().softmax(-1)  # (batch, num_labels)
+            probs_text = self.predictor(shared_text).float().softmax(-1)
+            per_class = [
+                modality_cross_entropy(
+                    discriminator,
+                    probs_audio[:, c : c + 1].to(shared_audio.dtype) * reversed_audio,
+                    probs_text[:, c : c + 1].to(shared_text.dtype) * reversed_text,
+                )
+                for c, discriminator in enumerate(self.local_discriminators)
+            ]
+            loss_local = torch.stack([loss for loss, _, _ in per_class]).sum()
+            stats.update(
+                local_errors=torch.stack([errors for _, _, errors in per_class]),
+                local_counts=count.expand(num_labels).clone(),
+                local_loss_sums=torch.stack([loss_sum for _, loss_sum, _ in per_class]),
+            )
+        return loss_global, loss_local, stats
+
+    def _adversarial_term(self, loss_global, loss_local):
+        """(1 - mu) L_g + mu L_l; with one discriminator switched off, the other's loss with weight 1."""
+        if self.global_discriminator is not None and self.local_discriminators is not None:
+            mu = self.dynamic_factor.to(loss_global.dtype)
+            return (1.0 - mu) * loss_global + mu * loss_local
+        return loss_global + loss_local  # the switched-off one is 0
+
+    def _disparity_losses(self, shared_audio, shared_text, private_audio, private_text):
+        """L_p (eq. 9) and L_d (eq. 10)."""
+        zero = shared_audio.new_zeros((), dtype=torch.float32)
+        loss_modality = loss_orthogonal = zero
+        if self.modality_discriminator is not None:
+            loss_modality = 0.5 * modality_cross_entropy(self.modality_discriminator, private_audio, private_text)[0]
+        if self.config.use_orthogonality:
+            mode = self.config.orthogonality
+            loss_orthogonal = orthogonality_loss(shared_audio, private_audio, mode) + orthogonality_loss(
+                shared_text, private_text, mode
+            )
+        return loss_modality, loss_orthogonal
+
+    def _predictor_loss(self, shared_audio, shared_text, private_audio, private_text, labels):
+        """L_f (eq. 11): FP keeps the label information in S_a + S_t, P_a and P_t."""
+        if not self.config.use_predictor:
+            return shared_audio.new_zeros((), dtype=torch.float32)
+        inputs = (shared_audio + shared_text, private_audio, private_text)
+        return sum(F.cross_entropy(self.predictor(x).float(), labels) for x in inputs) / 3.0
+
+    # ----- forward ------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_values,
+        audio_attention_mask=None,
+        input_ids=None,
+        text_attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+    ):
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch, samples)`): raw speech, from [`FDRLProcessor`].
+            audio_attention_mask (`torch.LongTensor` of shape `(batch, samples)`, *optional*): 1 on real samples.
+            input_ids (`torch.LongTensor` of shape `(batch, tokens)`): the transcript's token ids.
+            text_attention_mask (`torch.LongTensor` of shape `(batch, tokens)`, *optional*): 1 on real tokens.
+            token_type_ids (`torch.LongTensor` of shape `(batch, tokens)`, *optional*): for BERT-like backbones.
+            labels (`torch.LongTensor` of shape `(batch,)`, *optional*): emotion classes; with them, the loss.
+        """
+        _check_inputs(input_values, input_ids, labels, self.config.num_labels)
+        hidden_audio = self.audio_projection(self.encode_audio(input_values, audio_attention_mask))
+        hidden_text = self.text_projection(self.encode_text(input_ids, text_attention_mask, token_type_ids))
+        shared_audio, shared_text = self.shared_encoder(hidden_audio), self.shared_encoder(hidden_text)  # eq. 3
+        private_audio, private_text = self.audio_encoder(hidden_audio), self.text_encoder(hidden_text)
+
+        fusion_inputs = {
+            "all": (shared_audio, shared_text, private_audio, private_text),
+            "shared": (shared_audio, shared_text),
+            "private": (private_audio, private_text),
+        }[self.config.fusion_inputs]
+        logits = self.fusion(fusion_inputs)
+        representations = dict(
+            shared_audio=shared_audio, shared_text=shared_text, private_audio=private_audio, private_text=private_text
+        )
+        if labels is None:
+            return FDRLOutput(logits=logits, **representations)
+
+        loss_task = F.cross_entropy(logits.float(), labels)  # eq. 14
+        loss_global, loss_local, stats = self._alignment_losses(shared_audio, shared_text)
+        loss_modality, loss_orthogonal = self._disparity_losses(shared_audio, shared_text, private_audio, private_text)
+        loss_predictor = self._predictor_loss(shared_audio, shared_text, private_audio, private_text, labels)
+        config = self.config
+        loss = (  # eq. 15
+            loss_task
+            + config.alpha * self._adversarial_term(loss_global, loss_local)
+            + config.beta * (loss_modality + loss_orthogonal)
+            + config.gamma * loss_predictor
+        )
+        return FDRLOutput(
+            loss=loss, logits=logits, loss_task=loss_task, loss_global=loss_global, loss_local=loss_local,
+            loss_modality=loss_modality, loss_orthogonal=loss_orthogonal, loss_predictor=loss_predictor,
+            **representations, **stats,
+        )
+
+    # ----- construction from pretrained backbones ------------------------------------------------------------------
+    @classmethod
+    def from_encoders_pretrained(cls, audio_model, text_model, audio_kwargs=None, text_kwargs=None, **config_kwargs):
+        """Build FDRL around pretrained backbones, as `SpeechEncoderDecoderModel.from_encoder_decoder_pretrained` does.
+
+        Args:
+            audio_model (`str` or `os.PathLike` or `PreTrainedModel`): a Hub id, a local folder or a loaded model.
+            text_model (`str` or `os.PathLike` or `PreTrainedModel`): likewise, for the text backbone.
+            audio_kwargs, text_kwargs (`dict`, *optional*): passed to the backbones' `from_pretrained`.
+            config_kwargs: the remaining [`FDRLConfig`] fields (`hidden_size`, `id2label`, `alpha`, ...).
+        """
+        audio = _load_backbone(audio_model, audio_kwargs, "audio_model")
+        text = _load_backbone(text_model, text_kwargs, "text_model")
+        config = FDRLConfig(audio_config=audio.config, text_config=text.config, **config_kwargs)
+        model = cls(config)
+        _drop_pooler(text)
+        model.audio_model, model.text_model = audio, text  # the source weights, untouched
+        if config.freeze_feature_encoder:
+            model.freeze_feature_encoder()
+        return model
+
+
+def _load_backbone(model_or_path, kwargs, name):
+    if isinstance(model_or_path, PreTrainedModel):
+        return model_or_path
+    if not isinstance(model_or_path, (str, bytes)) and not hasattr(model_or_path, "__fspath__"):
+        raise ValueError(f"`{name}` must be a Hub id, a local folder or a PreTrainedModel, got {type(model_or_path)}")
+    return AutoModel.from_pretrained(model_or_path, **(kwargs or {}))
+
+
+def _drop_pooler(text_model):
+    """BERT's pooler is never used (FDRL pools itself); dropped so no parameter sits outside the graph."""
+    if getattr(text_model, "pooler", None) is not None:
+        text_model.pooler = None
+
+
+def _check_inputs(input_values, input_ids, labels, num_labels):
+    if input_values is None or input_ids is None:
+        raise ValueError("FDRLModel needs both `input_values` (speech) and `input_ids` (text)")
+    if input_values.dim() != 2:
+        raise ValueError(f"`input_values` must be (batch, samples), got shape {tuple(input_values.shape)}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"`input_ids` must be (batch, tokens), got shape {tuple(input_ids.shape)}")
+    if input_values.shape[0] != input_ids.shape[0]:
+        raise ValueError(
+            f"`input_values` and `input_ids` must hold the same batch, got {input_values.shape[0]} and {input_ids.shape[0]}"
+        )
+    if labels is not None:
+        if labels.shape != (input_values.shape[0],):
+            raise ValueError(f"`labels` must be (batch,) = ({input_values.shape[0]},), got {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+            raise ValueError(f"`labels` must lie in [0, {num_labels}), got values {labels.unique().tolist()}")
+
+
+FDRLModel.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "GradientReversal", "dynamic_factor_from_statistics",
+    "grl_coefficient_at",
+]

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny backbone configs (STYLE.md) and a small fixed batch."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+from transformers import BertConfig, Wav2Vec2Config  # noqa: E402
+
+
+def tiny_audio_config(**overrides):
+    kwargs = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        conv_dim=(32, 32, 32), conv_stride=(4, 4, 4), conv_kernel=(8, 8, 8),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+        do_stable_layer_norm=True, mask_time_prob=0.0, layerdrop=0.0,
+    )
+    kwargs.update(overrides)
+    return Wav2Vec2Config(**kwargs)
+
+
+def tiny_text_config(**overrides):
+    kwargs = dict(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+def tiny_fdrl_config(**overrides):
+    from configuration_fdrl import FDRLConfig
+
+    kwargs = dict(audio_config=tiny_audio_config(), text_config=tiny_text_config(), hidden_size=16,
+                  fusion_num_heads=2, initializer_range=0.1)
+    kwargs.update(overrides)
+    return FDRLConfig(**kwargs)
+
+
+def make_batch(batch_size=4, seed=0, num_labels=4, vocab_size=99, with_labels=True):
+    """Variable-length speech and text with padding masks, as the processor returns them."""
+    generator = torch.Generator().manual_seed(seed)
+    audio_lengths = [4000 - 600 * (i % 4) for i in range(batch_size)]
+    text_lengths = [9 - 2 * (i % 3) for i in range(batch_size)]
+    input_values = torch.zeros(batch_size, max(audio_lengths))
+    audio_attention_mask = torch.zeros(batch_size, max(audio_lengths), dtype=torch.long)
+    input_ids = torch.zeros(batch_size, max(text_lengths), dtype=torch.long)
+    text_attention_mask = torch.zeros_like(input_ids)
+    for i, (n_audio, n_text) in enumerate(zip(audio_lengths, text_lengths)):
+        input_values[i, :n_audio] = torch.randn(n_audio, generator=generator)
+        audio_attention_mask[i, :n_audio] = 1
+        input_ids[i, :n_text] = torch.randint(5, vocab_size, (n_text,), generator=generator)
+        text_attention_mask[i, :n_text] = 1
+    batch = dict(input_values=input_values, audio_attention_mask=audio_attention_mask, input_ids=input_ids,
+                 text_attention_mask=text_attention_mask)
+    if with_labels:
+        batch["labels"] = torch.arange(batch_size) % num_labels
+    return batch
+
+
+@pytest.fixture
+def fdrl_config():
+    return tiny_fdrl_config()
+
+
+@pytest.fixture
+def batch():
+    return make_batch()
