@@ -1,0 +1,340 @@
+"""Processor for FDRL: wav2vec2 feature extractor (speech) + any AutoTokenizer (transcript).
+
+The processor turns raw waveforms and transcripts into exactly the inputs `FDRLModel.forward` takes:
+`input_values`, `audio_attention_mask`, `input_ids`, `text_attention_mask` (+ `token_type_ids` when the tokenizer
+returns them). It validates every item, mixes multi-channel audio to mono, resamples to the feature extractor's rate
+with `torchaudio.functional.resample` and truncates to `max_duration` seconds. Reading audio files is not its job:
+it takes arrays.
+"""
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torchaudio
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordPiece
+from tokenizers.trainers import WordPieceTrainer
+from transformers import BatchFeature, BertTokenizerFast, ProcessorMixin, Wav2Vec2FeatureExtractor
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+PADDING_STRATEGIES = (True, False, "longest", "do_not_pad")
+
+
+def train_wordpiece_tokenizer(
+    texts: Sequence[str], vocab_size: int = 8000, lowercase: bool = True, min_frequency: int = 1
+) -> BertTokenizerFast:
+    """
+    Trains a BERT-style WordPiece vocabulary on a corpus's transcripts.
+
+    The vocabulary is learnt with the `tokenizers` library, using the same BERT normalizer and pre-tokenizer that the
+    returned tokenizer applies, and handed to [`BertTokenizerFast`] as a dictionary (in transformers 5.x
+    `BertTokenizer(vocab_file=path)` silently ignores the file). The result saves a `tokenizer.json`.
+
+    Args:
+        texts (`Sequence[str]`):
+            The transcripts to learn the vocabulary from.
+        vocab_size (`int`, *optional*, defaults to 8000):
+            Upper bound on the vocabulary size, special tokens included. A small corpus gives fewer entries.
+        lowercase (`bool`, *optional*, defaults to `True`):
+            Whether to lowercase (and strip accents from) the text before tokenizing.
+        min_frequency (`int`, *optional*, defaults to 1):
+            Minimum number of occurrences for a merge to enter the vocabulary.
+
+    Returns:
+        [`BertTokenizerFast`]: a tokenizer whose special tokens are `[PAD]` (id 0), `[UNK]`, `[CLS]`, `[SEP]` and
+        `[MASK]`, which wraps each text as `[CLS] ... [SEP]` and has `model_max_length=512`.
+    """
+    if isinstance(texts, str) or not isinstance(texts, Sequence) or len(texts) == 0:
+        raise ValueError(f"texts must be a non-empty list of str, got {type(texts).__name__}")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts item {index} must be a str, got {type(text).__name__}")
+    if vocab_size <= len(BERT_SPECIAL_TOKENS):
+        raise ValueError(
+            f"vocab_size must be larger than the {len(BERT_SPECIAL_TOKENS)} special tokens, got {vocab_size}"
+        )
+
+    trainable = Tokenizer(WordPiece(unk_token="[UNK]"))
+    trainable.normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=lowercase, strip_accents=None)
+    trainable.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=BERT_SPECIAL_TOKENS,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    trainable.train_from_iterator(texts, trainer=trainer)
+    # BertTokenizerFast rebuilds the same normalizer, pre-tokenizer, [CLS]/[SEP] post-processor and decoder.
+    return BertTokenizerFast(vocab=trainable.get_vocab(), do_lower_case=lowercase, model_max_length=512)
+
+
+class FDRLProcessor(ProcessorMixin):
+    r"""
+    Constructs an FDRL processor, which wraps a wav2vec2 feature extractor and a text tokenizer into one processor.
+
+    Audio conventions: a single item is a 1-D array of samples or a 2-D array shaped `(channels, samples)`
+    (torchaudio's convention; transpose soundfile's `(samples, channels)` output with `.T`), mixed to mono by averaging
+    the channels.
+    Arrays, tensors and lists of floats are accepted; a list of those is a batch. A single 2-D array is one
+    multi-channel recording, never a batch. Integer samples are cast to float without scaling, as the feature
+    extractor does.
+
+    Args:
+        feature_extractor ([`Wav2Vec2FeatureExtractor`]):
+            The feature extractor; its `sampling_rate` is the rate audio is resampled to.
+        tokenizer ([`PreTrainedTokenizerBase`]):
+            The tokenizer for the transcripts (BERT, RoBERTa, or one from [`train_wordpiece_tokenizer`]).
+        max_duration (`float`, *optional*, defaults to 16.0):
+            Audio longer than this many seconds is truncated. The default keeps more than 99% of IEMOCAP utterances
+            whole (their 99th percentile is 15.6 s). `None` never truncates. Saved in `processor_config.json`.
+    """
+
+    def __init__(self, feature_extractor, tokenizer, max_duration=16.0):
+        self.max_duration = _check_max_duration(max_duration)
+        super().__init__(feature_extractor, tokenizer)
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        sampling_rate: int = 16000,
+        vocab_size: int = 8000,
+        lowercase: bool = True,
+        min_frequency: int = 1,
+        max_duration: float | None = 16.0,
+        **kwargs,
+    ) -> "FDRLProcessor":
+        """
+        Builds a processor from scratch: a default [`Wav2Vec2FeatureExtractor`] and a WordPiece tokenizer trained on
+        `texts` with [`train_wordpiece_tokenizer`].
+
+        Args:
+            texts (`Sequence[str]`):
+                The transcripts to learn the vocabulary from.
+            sampling_rate (`int`, *optional*, defaults to 16000):
+                The rate the feature extractor expects (and the processor resamples to).
+            vocab_size (`int`, *optional*, defaults to 8000):
+                Upper bound on the vocabulary size.
+            lowercase (`bool`, *optional*, defaults to `True`):
+                Whether the tokenizer lowercases the text.
+            min_frequency (`int`, *optional*, defaults to 1):
+                Minimum number of occurrences for a merge to enter the vocabulary.
+            max_duration (`float`, *optional*, defaults to 16.0):
+                See [`FDRLProcessor`].
+            kwargs (`dict[str, Any]`, *optional*):
+                Passed to [`Wav2Vec2FeatureExtractor`], e.g. `do_normalize=False`.
+        """
+        feature_extractor_kwargs = {"do_normalize": True, "return_attention_mask": True, **kwargs}
+        feature_extractor = Wav2Vec2FeatureExtractor(sampling_rate=sampling_rate, **feature_extractor_kwargs)
+        tokenizer = train_wordpiece_tokenizer(
+            texts, vocab_size=vocab_size, lowercase=lowercase, min_frequency=min_frequency
+        )
+        return cls(feature_extractor, tokenizer, max_duration=max_duration)
+
+    def __call__(
+        self,
+        audio=None,
+        text=None,
+        sampling_rate=None,
+        padding=True,
+        max_duration=None,
+        return_tensors="pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Prepares one item or a batch of audio, text, or both for the model.
+
+        Args:
+            audio (`np.ndarray`, `torch.Tensor`, `list[float]`, or a list of these, *optional*):
+                Raw waveform(s): 1-D `(samples,)` or 2-D `(channels, samples)`. Requires `sampling_rate`.
+            text (`str` or `list[str]`, *optional*):
+                Transcript(s), one per audio item when both are given.
+            sampling_rate (`int` or `list[int]`, *optional*):
+                The rate of `audio` in Hz, or one rate per item. Required with audio, even when it already is the
+                feature extractor's rate: raw arrays carry no rate, and a guessed one fails silently.
+            padding (`bool` or `str`, *optional*, defaults to `True`):
+                `True`/`"longest"` pads both modalities to the longest item; `False`/`"do_not_pad"` does not pad
+                (only possible with `return_tensors=None` or equal lengths).
+            max_duration (`float`, *optional*):
+                Truncation in seconds for this call; defaults to `self.max_duration`. `float("inf")` disables it.
+            return_tensors (`str` or [`~utils.TensorType`], *optional*, defaults to `"pt"`):
+                `"pt"`, `"np"`, or `None` for lists.
+            kwargs (`dict[str, Any]`, *optional*):
+                Passed to the tokenizer, e.g. `truncation=True, max_length=128`.
+
+        Returns:
+            [`BatchFeature`]: with `input_values` and `audio_attention_mask` when audio is given, and `input_ids`,
+            `text_attention_mask` (and `token_type_ids` if the tokenizer makes them) when text is given.
+        """
+        if audio is None and text is None:
+            raise ValueError("You have to pass audio, text, or both; got neither")
+        if padding not in PADDING_STRATEGIES:
+            raise ValueError(f"padding must be one of {PADDING_STRATEGIES}, got {padding!r}")
+        texts = _as_text_batch(text) if text is not None else None
+        audio_items = self._prepare_audio(audio, sampling_rate, max_duration) if audio is not None else None
+        if audio_items is not None and texts is not None and len(audio_items) != len(texts):
+            raise ValueError(
+                f"audio and text must have the same number of items, got {len(audio_items)} audio items and "
+                f"{len(texts)} texts"
+            )
+
+        data = {}
+        if audio_items is not None:
+            features = self.feature_extractor(
+                audio_items,
+                sampling_rate=self.feature_extractor.sampling_rate,
+                padding=padding,
+                return_attention_mask=True,
+                return_tensors=return_tensors,
+            )
+            data["input_values"] = features["input_values"]
+            # the tokenizer also returns `attention_mask`: the model tells the two apart by name
+            data["audio_attention_mask"] = features["attention_mask"]
+        if texts is not None:
+            encoding = self.tokenizer(texts, padding=padding, return_tensors=return_tensors, **kwargs)
+            for key, value in encoding.items():
+                data["text_attention_mask" if key == "attention_mask" else key] = value
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        text_names = ["input_ids", "text_attention_mask"]
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            text_names.append("token_type_ids")
+        return ["input_values", "audio_attention_mask"] + text_names
+
+    def _prepare_audio(self, audio, sampling_rate, max_duration) -> list[np.ndarray]:
+        """Validates every item and returns mono float32 arrays at the feature extractor's rate, truncated."""
+        items = _as_audio_batch(audio)
+        rates = _check_sampling_rates(sampling_rate, len(items))
+        max_duration = self.max_duration if max_duration is None else _check_max_duration(max_duration)
+        target_rate = self.feature_extractor.sampling_rate
+        max_samples = None if max_duration is None or math.isinf(max_duration) else round(max_duration * target_rate)
+
+        prepared = []
+        for index, (item, rate) in enumerate(zip(items, rates)):
+            waveform = _to_mono_waveform(item, index)
+            if rate != target_rate:
+                waveform = torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=target_rate)
+            if max_samples is not None and waveform.shape[0] > max_samples:
+                logger.debug(f"audio item {index}: truncated from {waveform.shape[0]} to {max_samples} samples")
+                waveform = waveform[:max_samples]
+            prepared.append(waveform.numpy())
+        return prepared
+
+
+def _check_max_duration(max_duration):
+    if max_duration is None:
+        return None
+    if not _is_real_number(max_duration) or not max_duration > 0:
+        raise ValueError(f"max_duration must be a positive number of seconds or None, got {max_duration!r}")
+    return float(max_duration)
+
+
+def _is_real_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_audio_batch(audio) -> list:
+    """A single recording (array, tensor, list of numbers) becomes a batch of one; a list of recordings stays."""
+    if isinstance(audio, (str, bytes)):
+        raise ValueError(
+            f"audio must be arrays of samples, got {type(audio).__name__}; decode audio files before calling the "
+            "processor"
+        )
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        return [audio]
+    if not isinstance(audio, (list, tuple)):
+        raise ValueError(f"audio must be an array, a tensor or a list of them, got {type(audio).__name__}")
+    if len(audio) == 0:
+        raise ValueError("audio is an empty list")
+    if any(isinstance(value, (np.ndarray, torch.Tensor, list, tuple)) for value in audio):
+        return list(audio)
+    return [audio]
+
+
+def _to_mono_waveform(item, index: int) -> torch.Tensor:
+    """One audio item as a 1-D float32 tensor, with every validation error naming the item."""
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        array = item.float().numpy() if item.is_floating_point() else item.numpy()
+    elif isinstance(item, (np.ndarray, list, tuple)):
+        try:
+            array = np.asarray(item)
+        except ValueError as error:  # ragged nested lists
+            raise ValueError(f"audio item {index} is not a regular array of numbers: {error}") from None
+    else:
+        raise ValueError(
+            f"audio item {index} must be an array, a tensor or a list of floats, got {type(item).__name__}"
+        )
+
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"audio item {index} must hold real numbers (int or float samples), got dtype {array.dtype}")
+    if array.ndim not in (1, 2):
+        raise ValueError(
+            f"audio item {index} must be 1-D (samples,) or 2-D (channels, samples), got shape {array.shape}"
+        )
+    if array.size == 0:
+        raise ValueError(f"audio item {index} is empty (shape {array.shape})")
+    if array.ndim == 2 and array.shape[0] > array.shape[1]:
+        raise ValueError(
+            f"audio item {index} has shape {array.shape}: expected (channels, samples), torchaudio's convention; "
+            "transpose (samples, channels) arrays such as soundfile's with `.T`"
+        )
+    if not np.isfinite(array).all():
+        raise ValueError(f"audio item {index} contains NaN or infinite samples")
+    with np.errstate(over="ignore"):
+        waveform = torch.from_numpy(np.array(array, dtype=np.float32))  # a copy: outputs never alias the input
+    if not torch.isfinite(waveform).all():
+        raise ValueError(f"audio item {index} has samples beyond float32's range (max abs {np.abs(array).max():g})")
+    if waveform.ndim == 2:
+        waveform = waveform.mean(dim=0)  # (samples,)
+    return waveform
+
+
+def _check_sampling_rates(sampling_rate, num_items: int) -> list[int]:
+    if sampling_rate is None:
+        raise ValueError(
+            "sampling_rate is required with audio: raw arrays carry no rate. Pass the rate the audio was recorded or "
+            "decoded at (e.g. sampling_rate=16000); the processor resamples to the feature extractor's rate."
+        )
+    rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * num_items
+    if len(rates) != num_items:
+        raise ValueError(f"sampling_rate has {len(rates)} values for {num_items} audio items")
+    for index, rate in enumerate(rates):
+        if not _is_real_number(rate) or not rate > 0 or not float(rate).is_integer():
+            raise ValueError(
+                f"sampling_rate for audio item {index} must be a positive whole number of Hz, got {rate!r}"
+            )
+    return [int(rate) for rate in rates]
+
+
+def _as_text_batch(text) -> list[str]:
+    """A single transcript becomes a batch of one; every item must be a non-blank str."""
+    if isinstance(text, str):
+        texts = [text]
+    elif isinstance(text, (list, tuple)):
+        if len(text) == 0:
+            raise ValueError("text is an empty list")
+        texts = list(text)
+    else:
+        raise ValueError(f"text must be a str or a list of str, got {type(text).__name__}")
+    for index, item in enumerate(texts):
+        if not isinstance(item, str):
+            raise ValueError(f"text item {index} must be a str, got {type(item).__name__}")
+        if not item.strip():
+            raise ValueError(f"text item {index} is empty or whitespace-only: {item!r}")
+    return texts
+
+
+FDRLProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["FDRLProcessor", "train_wordpiece_tokenizer"]
