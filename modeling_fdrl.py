@@ -135,6 +135,29 @@ def masked_mean(hidden_states, mask):
     return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def pool_audio(audio_model, input_values, audio_attention_mask=None):
+    """Masked mean of a speech backbone's last hidden states over the valid frames (eq. 1 -> a vector)."""
+    # Group-norm backbones (wav2vec2-base) were pretrained without a mask; pooling still excludes padding.
+    pass_mask = getattr(audio_model.config, "feat_extract_norm", "layer") == "layer"
+    outputs = audio_model(input_values, attention_mask=audio_attention_mask if pass_mask else None)
+    hidden_states = outputs.last_hidden_state  # (batch, frames, audio hidden)
+    if audio_attention_mask is None:
+        return hidden_states.mean(1)
+    frame_mask = audio_model._get_feature_vector_attention_mask(hidden_states.shape[1], audio_attention_mask)
+    return masked_mean(hidden_states, frame_mask)
+
+
+def pool_text(text_model, input_ids, text_attention_mask=None, token_type_ids=None, pooling="mean"):
+    """Masked mean (or first token, `pooling="cls"`) of a text backbone's last hidden states (eq. 2 -> a vector)."""
+    if text_attention_mask is None:
+        text_attention_mask = torch.ones_like(input_ids)
+    kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+    hidden_states = text_model(input_ids, attention_mask=text_attention_mask, **kwargs).last_hidden_state
+    if pooling == "cls":
+        return hidden_states[:, 0]
+    return masked_mean(hidden_states, text_attention_mask)
+
+
 def modality_cross_entropy(discriminator, audio, text):
     """CE of a modality discriminator on speech (label 0) and text (label 1) inputs, each over its batch.
 
@@ -276,24 +299,11 @@ class FDRLModel(FDRLPreTrainedModel):
     # ----- feature extraction (eq. 1-2) -----------------------------------------------------------------------
     def encode_audio(self, input_values, audio_attention_mask=None):
         """Pooled speech features H_a: (batch, samples) -> (batch, audio hidden)."""
-        # Group-norm backbones (wav2vec2-base) were pretrained without a mask; pooling still excludes padding.
-        pass_mask = getattr(self.config.audio_config, "feat_extract_norm", "layer") == "layer"
-        outputs = self.audio_model(input_values, attention_mask=audio_attention_mask if pass_mask else None)
-        hidden_states = outputs.last_hidden_state  # (batch, frames, audio hidden)
-        if audio_attention_mask is None:
-            return hidden_states.mean(1)
-        frame_mask = self.audio_model._get_feature_vector_attention_mask(hidden_states.shape[1], audio_attention_mask)
-        return masked_mean(hidden_states, frame_mask)
+        return pool_audio(self.audio_model, input_values, audio_attention_mask)
 
     def encode_text(self, input_ids, text_attention_mask=None, token_type_ids=None):
         """Pooled text features H_t: (batch, tokens) -> (batch, text hidden)."""
-        if text_attention_mask is None:
-            text_attention_mask = torch.ones_like(input_ids)
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        hidden_states = self.text_model(input_ids, attention_mask=text_attention_mask, **kwargs).last_hidden_state
-        if self.config.text_pooling == "cls":
-            return hidden_states[:, 0]
-        return masked_mean(hidden_states, text_attention_mask)
+        return pool_text(self.text_model, input_ids, text_attention_mask, token_type_ids, self.config.text_pooling)
 
     # ----- losses -----------------------------------------------------------------------------------------------
     def _alignment_losses(self, shared_audio, shared_text):
@@ -473,5 +483,5 @@ FDRLModel.register_for_auto_class("AutoModel")
 
 __all__ = [
     "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "GradientReversal", "dynamic_factor_from_statistics",
-    "grl_coefficient_at",
+    "grl_coefficient_at", "pool_audio", "pool_text",
 ]
