@@ -84,6 +84,12 @@ def drop_empty_transcripts(split, name):
 def fold_splits(data, test_session, validation_fraction, seed):
     splits = leave_one_session_out(data, test_session, validation_fraction=validation_fraction, seed=seed)
     splits = type(splits)({name: drop_empty_transcripts(split, name) for name, split in splits.items()})
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise ValueError(
+                f"test session {test_session}: the {name} split is empty"
+                + (" (raise --validation_fraction)" if name == "validation" else "")
+            )
     ids = {name: set(split["id"][:]) for name, split in splits.items()}
     if ids["test"] & (ids["train"] | ids["validation"]):
         raise RuntimeError(f"test session {test_session} leaked into training or validation")
@@ -193,6 +199,7 @@ def run_fold(model_args, data_args, training_args, data, test_session, seed, fol
     if trainer.is_world_process_zero():
         fold_dir.mkdir(parents=True, exist_ok=True)
         save_model_folder(trainer, processor, fold_dir)
+        trainer.save_state()  # trainer_state.json: every logged term, mu and the GRL coefficient over training
         (fold_dir / "test_results.json").write_text(json.dumps(metrics, indent=2))
         (fold_dir / "splits.json").write_text(json.dumps({k: v["id"][:] for k, v in splits.items()}))
         plot_confusion_matrix(metrics["confusion_matrix"], label_names, fold_dir / "confusion_matrix.png",

@@ -1,0 +1,256 @@
+"""run_fdrl.py end to end on the IEMOCAP-layout fixture: the protocol, resume, the Hub folder, several processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import REPO
+from iemocap_fixture import make_iemocap_fixture
+from safetensors.torch import load_file
+
+import run_fdrl
+
+
+TINY = ["--model_preset", "tiny", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+        "--use_cpu", "true", "--logging_steps", "1", "--dataloader_num_workers", "0", "--report_to", "none",
+        "--disable_tqdm", "true", "--validation_fraction", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("iemocap")
+    info = make_iemocap_fixture(root, sessions=(1, 2, 3), utterances_per_dialog=6)
+    return info
+
+
+def _args(corpus, output_dir, *extra):
+    return ["--data_dir", str(corpus["data_dir"]), "--output_dir", str(output_dir),
+            "--cache_dir", str(corpus["data_dir"].parent / "cache"), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def protocol_run(corpus, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run")
+    summary = run_fdrl.main(_args(corpus, output_dir, "--folds", "1,3", "--num_train_epochs", "2", "--seed", "7"))
+    return output_dir, summary
+
+
+def test_protocol_writes_results_for_every_fold(protocol_run, corpus):
+    output_dir, summary = protocol_run
+    results = json.loads((output_dir / "results.json").read_text())
+    assert [(run["seed"], run["fold"]) for run in results["runs"]] == [(7, 1), (7, 3)]
+    assert results["num_runs"] == 2 and results["label_names"] == ["ang", "hap", "neu", "sad"]
+    for run in results["runs"]:
+        assert 0.0 <= run["war"] <= 1.0 and 0.0 <= run["uar"] <= 1.0
+        fold_dir = output_dir / "seed7" / f"fold{run['fold']}"
+        test = json.loads((fold_dir / "test_results.json").read_text())
+        # the 4-class utterances of the held-out session, less those with an empty transcript (skipped, counted)
+        expected = [i for i in corpus["expected"]["4class"]["ids"][run["fold"]]
+                    if corpus["utterances"][i]["text"].strip()]
+        matrix = torch.tensor(test["confusion_matrix"])
+        assert matrix.sum().item() == test["num_samples"] == len(expected)
+        assert test["war"] == pytest.approx(matrix.diag().sum().item() / matrix.sum().item())
+        assert (fold_dir / "confusion_matrix.png").stat().st_size > 1000
+        assert not list(fold_dir.glob("checkpoint-*"))  # only the best model is kept
+    mean_war = sum(run["war"] for run in results["runs"]) / 2
+    assert results["mean"]["war"] == pytest.approx(mean_war)
+    table = (output_dir / "results.md").read_text()
+    assert "mean ± std" in table and f"{100 * mean_war:.2f}" in table
+
+
+def test_every_term_and_the_dynamic_factor_are_logged(protocol_run):
+    output_dir, _ = protocol_run
+    history = json.loads((output_dir / "seed7" / "fold1" / "trainer_state.json").read_text())["log_history"]
+    train_logs = [entry for entry in history if "loss" in entry]
+    assert train_logs
+    for key in ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor",
+                "dynamic_factor", "grl_coefficient"):
+        assert all(key in entry for entry in train_logs), key
+    updates = [entry["dynamic_factor_update"] for entry in history if "dynamic_factor_update" in entry]
+    assert len(updates) == 2 and all(0.0 <= mu <= 1.0 for mu in updates)  # one per epoch
+    grl = [entry["grl_coefficient"] for entry in train_logs]
+    assert grl == sorted(grl) and grl[0] == 0.0 < grl[-1] < 1.0  # DANN schedule: 0 at the start, then rising
+
+
+def test_test_session_never_reaches_training_or_validation(protocol_run, corpus):
+    output_dir, _ = protocol_run
+    for fold in (1, 3):
+        splits = json.loads((output_dir / "seed7" / f"fold{fold}" / "splits.json").read_text())
+        session_of = {uid: u["session"] for uid, u in corpus["utterances"].items()}
+        assert {session_of[uid] for uid in splits["test"]} == {fold}
+        assert fold not in {session_of[uid] for uid in splits["train"] + splits["validation"]}
+        assert splits["validation"] and not set(splits["validation"]) & set(splits["train"])
+
+
+def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model(protocol_run, corpus, tmp_path):
+    output_dir, _ = protocol_run
+    hub = output_dir / "model"
+    names = {p.name for p in hub.iterdir()}
+    assert {"model.safetensors", "config.json", "configuration_fdrl.py", "modeling_fdrl.py", "processing_fdrl.py",
+            "processor_config.json", "tokenizer.json", "README.md", "results.json"} <= names
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names)
+    card = (hub / "README.md").read_text()
+    assert "model-index" in card and "leave-one-session-out" in card and "Intended use" in card
+    config = json.loads((hub / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_fdrl.FDRLModel"
+    # the same test session's predictions, in this process (saved weights) and in a fresh one (remote code)
+    fold_dir = output_dir / "seed7" / "fold3"
+    test_ids = json.loads((fold_dir / "splits.json").read_text())["test"][:4]
+    wavs = [str(corpus["utterances"][i]["wav"]) for i in test_ids]
+    texts = [corpus["utterances"][i]["text"] for i in test_ids]
+    script = textwrap.dedent(f"""
+        import json, sys, soundfile, torch
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(hub)!r}, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained({str(hub)!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        audio = [soundfile.read(p, dtype="float32")[0] for p in {wavs!r}]
+        inputs = processor(audio=audio, text={texts!r}, sampling_rate=16000)
+        with torch.no_grad():
+            print("LOGITS", json.dumps(model(**inputs).logits.tolist()))
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = torch.tensor(json.loads(result.stdout.split("LOGITS", 1)[1]))
+    import soundfile
+
+    from modeling_fdrl import FDRLModel
+    from processing_fdrl import FDRLProcessor
+
+    model, processor = FDRLModel.from_pretrained(fold_dir).eval(), FDRLProcessor.from_pretrained(fold_dir)
+    audio = [soundfile.read(p, dtype="float32")[0] for p in wavs]
+    with torch.no_grad():
+        local = model(**processor(audio=audio, text=texts, sampling_rate=16000)).logits
+    assert (remote - local).abs().max().item() <= 1e-5
+    assert remote.argmax(-1).tolist() == local.argmax(-1).tolist()
+
+
+def test_resume_restores_the_dynamic_factor_and_the_step(corpus, tmp_path):
+    common = ["--test_session", "2", "--num_train_epochs", "2", "--keep_checkpoints", "true", "--seed", "3"]
+    run_fdrl.main(_args(corpus, tmp_path / "full", *common))
+    checkpoints = sorted((tmp_path / "full/seed3/fold2").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    first, last = checkpoints[0], checkpoints[-1]
+    mu_first = load_file(first / "model.safetensors")["dynamic_factor"].item()
+    assert mu_first != 0.5  # updated at the end of epoch 1, before the checkpoint was written
+    # interrupted after epoch 1: resume from its checkpoint in a new folder
+    shutil.copytree(first, tmp_path / "resumed/seed3/fold2" / first.name)
+    run_fdrl.main(_args(corpus, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true"))
+    resumed_dir = tmp_path / "resumed/seed3/fold2"
+    state = json.loads((resumed_dir / "trainer_state.json").read_text())
+    full_state = json.loads((tmp_path / "full/seed3/fold2/trainer_state.json").read_text())
+    assert state["global_step"] == full_state["global_step"] == int(last.name.split("-")[1])
+    resumed_logs = [e for e in state["log_history"] if "dynamic_factor_update" in e]
+    full_logs = [e for e in full_state["log_history"] if "dynamic_factor_update" in e]
+    assert resumed_logs[0]["dynamic_factor_update"] == full_logs[0]["dynamic_factor_update"] == pytest.approx(mu_first, abs=1e-6)
+    assert resumed_logs[-1]["dynamic_factor_update"] == pytest.approx(full_logs[-1]["dynamic_factor_update"], abs=1e-6)
+    full_weights = load_file(tmp_path / "full/seed3/fold2/model.safetensors")
+    resumed_weights = load_file(resumed_dir / "model.safetensors")
+    assert resumed_weights["dynamic_factor"].item() == pytest.approx(full_weights["dynamic_factor"].item(), abs=1e-6)
+    difference = max((resumed_weights[k] - full_weights[k]).abs().max().item() for k in full_weights)
+    assert difference <= 1e-4  # continues as if never stopped
+
+
+def test_argument_files_json_and_yaml(corpus, tmp_path):
+    import yaml
+
+    values = {"data_dir": str(corpus["data_dir"]), "model_preset": "tiny", "test_session": 1, "use_cpu": True,
+              "output_dir": str(tmp_path / "out"), "alpha": 0.25, "fusion_inputs": "shared", "folds": "1,2"}
+    (tmp_path / "args.json").write_text(json.dumps(values))
+    (tmp_path / "args.yaml").write_text(yaml.safe_dump(values))
+    for path in ("args.json", "args.yaml"):
+        model_args, data_args, training_args = run_fdrl.parse_arguments([str(tmp_path / path)])
+        assert (model_args.alpha, model_args.fusion_inputs, data_args.data_dir) == (0.25, "shared", values["data_dir"])
+        assert training_args.fold_list() == [1, 2] and training_args.learning_rate == 1e-5  # the paper's default
+        assert training_args.per_device_train_batch_size == 8 and training_args.num_train_epochs == 100
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--test_session", "4"], ValueError, r"test session\(s\) \[4\] not in the data, whose sessions are \[1, 2, 3\]"),
+        (["--folds", "1,x"], ValueError, "--folds"),
+        ([], ValueError, "--test_session"),
+    ],
+)
+def test_bad_arguments_fail_before_training(corpus, tmp_path, extra, error, message):
+    with pytest.raises(error, match=message):
+        run_fdrl.main(_args(corpus, tmp_path, *extra))
+    assert not (tmp_path / "seed42").exists()  # nothing trained
+
+
+def test_missing_data_dir_and_model_source_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data_dir .*nowhere"):
+        run_fdrl.main(["--data_dir", str(tmp_path / "nowhere"), "--model_preset", "tiny", "--test_session", "1",
+                       "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="exactly one model source"):
+        run_fdrl.main(["--data_dir", str(tmp_path), "--test_session", "1", "--output_dir", str(tmp_path)])
+
+
+def test_unknown_label_in_a_manifest_is_reported_by_row(corpus, tmp_path):
+    wav = next(corpus["data_dir"].glob("Session1/sentences/wav/*/*.wav"))
+    rows = ["audio,text,label,session", f"{wav},hello there,ang,1", f"{wav},good morning,joy,2"]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"(?s)joy.*row|row.*joy"):
+        run_fdrl.main(["--manifest", str(tmp_path / "data.csv"), "--test_session", "1", "--output_dir",
+                       str(tmp_path / "out"), *TINY])
+    assert not (tmp_path / "out" / "seed42").exists()
+
+
+def test_push_to_hub_uploads_the_model_folder(protocol_run, monkeypatch):
+    """Only the Hub's network calls are replaced; the folder is the one the protocol assembled."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    from protocol_fdrl import push_folder
+    from trainer_fdrl import FDRLTrainingArguments
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = (repo_id, kwargs)
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        calls["upload_folder"] = (repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir()))
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    output_dir, _ = protocol_run
+    args = FDRLTrainingArguments(output_dir=str(output_dir), push_to_hub=True, hub_model_id="someone/fdrl-test",
+                                 use_cpu=True, test_session=1)
+    assert push_folder(output_dir / "model", args) == "someone/fdrl-test"
+    assert calls["create_repo"][0] == "someone/fdrl-test" and calls["create_repo"][1]["exist_ok"] is True
+    repo_id, files = calls["upload_folder"]
+    assert repo_id == "someone/fdrl-test"
+    assert {"model.safetensors", "config.json", "README.md", "modeling_fdrl.py", "tokenizer.json"} <= set(files)
+    with pytest.raises(ValueError, match="hub_model_id"):
+        push_folder(output_dir / "model", FDRLTrainingArguments(output_dir=str(output_dir), use_cpu=True))
+
+
+def test_two_processes_train_the_same_model(corpus, tmp_path):
+    """`accelerate launch` with two real CPU processes (gloo): both ranks run and end with the same model."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "run_fdrl.py"),
+               *_args(corpus, tmp_path / "ddp", "--test_session", "1", "--num_train_epochs", "2",
+                      "--per_device_train_batch_size", "4", "--seed", "5")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    fold_dir = tmp_path / "ddp/seed5/fold1"
+    states = [json.loads((fold_dir / f"rank_state_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [s["rank"] for s in states] == [0, 1] and all(s["world_size"] == 2 for s in states)
+    assert states[0]["dynamic_factor"] == states[1]["dynamic_factor"] != 0.5
+    assert states[0]["global_step"] == states[1]["global_step"]
+    assert states[0]["parameter_checksum"] == pytest.approx(states[1]["parameter_checksum"], rel=1e-9)
+    # each epoch, the two ranks together saw the training split once
+    history = json.loads((fold_dir / "trainer_state.json").read_text())
+    splits = json.loads((fold_dir / "splits.json").read_text())
+    steps_per_epoch = -(-len(splits["train"]) // 8)  # 2 processes x 4
+    assert history["global_step"] == 2 * steps_per_epoch
