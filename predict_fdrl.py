@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""Predict emotions for many recordings with a trained FDRL model, into a CSV or JSON-lines file.
+
+    python predict_fdrl.py --model outputs/fdrl-iemocap/fold1 --input clips/ --output predictions.csv
+    python predict_fdrl.py --model outputs/fdrl-iemocap/fold1 --input manifest.jsonl --output predictions.jsonl \\
+        --batch_size 16 --device cuda --asr_model openai/whisper-small
+
+Inputs, `--input`:
+- a folder: every file matching `--pattern` (default `*.wav`; `**/*.wav` descends), with its transcript in a text
+  file of the same name beside it (`a.wav` + `a.txt`). The id is the path relative to the folder, without suffix.
+- a manifest, `.csv`, `.tsv`, `.jsonl`, `.ndjson` or `.json`: one row per recording with the columns `audio` (a path,
+  relative ones from the manifest's folder), `text` and optionally `id` (defaults to the audio path as written).
+Without `--asr_model` every recording needs a non-empty transcript; with it, recordings without one are transcribed.
+
+Output, `--output` (`.csv`, `.tsv`, or `.jsonl`/`.ndjson`/`.json` for JSON lines): one row per predicted recording,
+in input order, with `id`, `audio`, `label`, `score` and `score_<label>` for every class (plus `transcript` and
+`transcript_source` with `--asr_model`). Recordings that cannot be used (missing, unreadable or corrupt file,
+empty or NaN audio, no transcript) are skipped without stopping the run: they are logged by name at the end and
+listed in `<output>.errors.json` (`{"predicted": n, "failed": m, "errors": [{"id", "audio", "error"}, ...]}`).
+
+Exit status: 0 when at least one recording was predicted, 1 when none was (no input found, or every one failed),
+2 for bad arguments or an unreadable manifest.
+
+The model is loaded with this repository's classes (`FDRLModel`, `FDRLProcessor`), so no remote code runs.
+"""
+
+import csv
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import transformers
+from tqdm import tqdm
+from transformers import HfArgumentParser
+
+from modeling_fdrl import FDRLModel
+from pipeline_fdrl import MultimodalEmotionRecognitionPipeline
+from processing_fdrl import FDRLProcessor
+
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+
+
+@dataclass
+class PredictionArguments:
+    model: str = field(metadata={"help": "A saved FDRL model: a run_fdrl.py / save_pipeline folder, or a Hub id."})
+    input: str = field(metadata={"help": "A folder of recordings with .txt transcripts, or a CSV/JSONL manifest."})
+    output: str = field(metadata={"help": "Predictions file: .csv, .tsv, or .jsonl (JSON lines)."})
+    batch_size: int = field(default=8, metadata={"help": "Recordings per forward pass."})
+    device: Optional[str] = field(
+        default=None, metadata={"help": "'cpu', 'cuda', 'cuda:1', ... (default: the first GPU if any, else the CPU)."}
+    )
+    asr_model: Optional[str] = field(
+        default=None, metadata={"help": "Speech-recognition model (Hub id or folder) for recordings without text."}
+    )
+    pattern: str = field(default="*.wav", metadata={"help": "Glob of the recordings in a folder input."})
+    audio_column: str = field(default="audio", metadata={"help": "Manifest column with the audio path."})
+    text_column: str = field(default="text", metadata={"help": "Manifest column with the transcript."})
+    id_column: str = field(default="id", metadata={"help": "Manifest column with the id (optional)."})
+    max_text_length: Optional[int] = field(
+        default=None, metadata={"help": "Truncate transcripts to this many tokens (default: the text model's limit)."}
+    )
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
+        if Path(self.output).suffix.lower() not in OUTPUT_SUFFIXES:
+            raise ValueError(f"--output must end in one of {OUTPUT_SUFFIXES}, got {self.output}")
+        source = Path(self.input)
+        if not source.exists():
+            raise ValueError(f"--input {source} does not exist")
+        if source.is_file() and source.suffix.lower() not in MANIFEST_SUFFIXES:
+            raise ValueError(f"--input must be a folder or a manifest ending in {MANIFEST_SUFFIXES}, got {source}")
+
+
+@dataclass
+class Recording:
+    id: str
+    audio: str
+    text: Optional[str]  # None: no transcript
+    missing_text: str = ""  # why there is none, for the error report
+
+
+# ----- inputs --------------------------------------------------------------------------------------------------------
+def folder_recordings(folder, pattern):
+    """Recordings matching `pattern` in `folder`, each with the `.txt` beside it as its transcript."""
+    folder = Path(folder)
+    recordings = []
+    for path in sorted(p for p in folder.glob(pattern) if p.is_file()):
+        transcript = path.with_suffix(".txt")
+        text = transcript.read_text(encoding="utf-8").strip() if transcript.is_file() else None
+        reason = f"no transcript file {transcript}" if not transcript.is_file() else f"empty transcript {transcript}"
+        recordings.append(Recording(path.relative_to(folder).with_suffix("").as_posix(), str(path), text or None,
+                                    "" if text else reason))
+    return recordings
+
+
+def manifest_recordings(path, audio_column="audio", text_column="text", id_column="id"):
+    """Recordings from a CSV/TSV or JSON-lines manifest; relative audio paths start at the manifest's folder."""
+    path = Path(path)
+    rows = _read_manifest_rows(path)
+    if rows and audio_column not in set().union(*rows):
+        raise ValueError(f"{path} has no {audio_column!r} column")
+    recordings = []
+    for number, row in enumerate(rows, start=1):
+        audio = str(row.get(audio_column) or "").strip()
+        text = str(row.get(text_column) or "").strip() or None
+        audio_path = path.parent / audio if audio and not Path(audio).is_absolute() else Path(audio)
+        record_id = str(row.get(id_column) or "").strip() or audio or f"row {number}"
+        reason = "" if text else f"no {text_column!r} in manifest row {number}"
+        recordings.append(Recording(record_id, str(audio_path) if audio else "", text, reason))
+    return recordings
+
+
+def _read_manifest_rows(path):
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f, delimiter="," if path.suffix.lower() == ".csv" else "\t"))
+    content = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json" and content.lstrip().startswith("["):
+        rows = json.loads(content)
+    else:
+        rows = []
+        for line, text in enumerate(content.splitlines(), start=1):
+            if text.strip():
+                try:
+                    rows.append(json.loads(text))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{line}: not a JSON object ({error})") from None
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path}: every row must be a JSON object")
+    return rows
+
+
+# ----- outputs -------------------------------------------------------------------------------------------------------
+class PredictionWriter:
+    """Streams rows to CSV/TSV or JSON lines, so what was predicted survives an interrupted run."""
+
+    def __init__(self, path, columns):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "w", newline="", encoding="utf-8")
+        suffix = self.path.suffix.lower()
+        self.csv = None
+        if suffix in (".csv", ".tsv"):
+            self.csv = csv.DictWriter(self.file, fieldnames=columns, delimiter="," if suffix == ".csv" else "\t")
+            self.csv.writeheader()
+
+    def write(self, row):
+        if self.csv is not None:
+            self.csv.writerow(row)
+        else:
+            self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+# ----- prediction ----------------------------------------------------------------------------------------------------
+def predict(pipe, recordings, writer, batch_size, with_transcript, class_names, max_text_length=None):
+    """Predicts every usable recording, writing rows as it goes; returns (number predicted, [error dicts])."""
+    errors, predicted = [], 0
+    usable = []
+    for recording in recordings:
+        if recording.text is None and pipe.asr_pipeline is None:
+            errors.append(_error(recording, recording.missing_text or "no transcript"))
+        elif not recording.audio:
+            errors.append(_error(recording, "no audio path"))
+        else:
+            usable.append(recording)
+    call_kwargs = {"return_transcript": True}
+    if max_text_length is not None:
+        call_kwargs["max_text_length"] = max_text_length
+
+    chunk_size = 4 * batch_size
+    with tqdm(total=len(recordings), desc="predicting", unit="file") as progress:
+        progress.update(len(recordings) - len(usable))
+        for start in range(0, len(usable), chunk_size):
+            chunk = usable[start : start + chunk_size]
+            inputs = [{"audio": r.audio, "text": r.text} for r in chunk]
+            try:
+                outputs = pipe(inputs, batch_size=batch_size, **call_kwargs)
+            except Exception:  # some input in the chunk is bad: find it, one input at a time
+                outputs = []
+                for recording, single in zip(chunk, inputs):
+                    try:
+                        outputs.append(pipe(single, **call_kwargs))
+                    except Exception as error:
+                        outputs.append(error)
+            for recording, output in zip(chunk, outputs):
+                if isinstance(output, Exception):  # its message starts with the pipeline's "input (path): "
+                    errors.append(_error(recording, str(output).removeprefix(f"input ({recording.audio}): ")))
+                else:
+                    writer.write(_row(recording, output, with_transcript, class_names))
+                    predicted += 1
+            progress.update(len(chunk))
+    return predicted, errors
+
+
+def _row(recording, prediction, with_transcript, class_names):
+    scores = {entry["label"]: entry["score"] for entry in prediction["scores"]}
+    best = prediction["scores"][0]
+    row = {"id": recording.id, "audio": recording.audio, "label": best["label"], "score": best["score"]}
+    row.update({f"score_{name}": scores[name] for name in class_names})
+    if with_transcript:
+        row.update(transcript=prediction["transcript"], transcript_source=prediction["transcript_source"])
+    return row
+
+
+def _error(recording, message):
+    return {"id": recording.id, "audio": recording.audio, "error": message}
+
+
+def report(errors, predicted, output):
+    """Logs every failure by name and writes `<output>.errors.json`; returns its path."""
+    path = Path(f"{output}.errors.json")
+    path.write_text(json.dumps({"predicted": predicted, "failed": len(errors), "errors": errors}, indent=2,
+                               ensure_ascii=False))
+    for error in errors:
+        logger.warning(f"skipped {error['id']} ({error['audio'] or 'no audio'}): {error['error']}")
+    logger.info(f"predicted {predicted} recording(s), skipped {len(errors)}; predictions in {output}, "
+                f"failures in {path}")
+    return path
+
+
+def parse_arguments(argv=None):
+    parser = HfArgumentParser(PredictionArguments)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=argv[0])[0]
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=argv[0])[0]
+    return parser.parse_args_into_dataclasses(args=argv)[0]
+
+
+def main(argv=None) -> int:
+    # Arguments and logging
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)], level=logging.INFO)
+    try:
+        args = parse_arguments(argv)
+        source = Path(args.input)
+        recordings = (
+            folder_recordings(source, args.pattern) if source.is_dir()
+            else manifest_recordings(source, args.audio_column, args.text_column, args.id_column)
+        )
+    except ValueError as error:
+        logger.error(str(error))
+        return 2
+    transformers.utils.logging.set_verbosity_warning()
+    logger.info(f"{len(recordings)} recording(s) from {source}")
+
+    # The model, its processor and the pipeline (this repository's classes: no remote code)
+    model = FDRLModel.from_pretrained(args.model).eval()
+    # trust_remote_code=False: the classes are local; without it AutoTokenizer, seeing the folder's auto_map, prompts
+    processor = FDRLProcessor.from_pretrained(args.model, trust_remote_code=False)
+    device = int(args.device) if args.device is not None and args.device.lstrip("-").isdigit() else args.device
+    pipe = MultimodalEmotionRecognitionPipeline(model=model, processor=processor, device=device,
+                                                asr_model=args.asr_model)
+    class_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    with_transcript = args.asr_model is not None
+    columns = ["id", "audio", "label", "score", *(f"score_{name}" for name in class_names)]
+    columns += ["transcript", "transcript_source"] if with_transcript else []
+
+    # Prediction, streamed to the output file
+    writer = PredictionWriter(args.output, columns)
+    try:
+        predicted, errors = predict(pipe, recordings, writer, args.batch_size, with_transcript, class_names,
+                                    args.max_text_length)
+    finally:
+        writer.close()
+
+    # The report: failures by name, in the log and in <output>.errors.json
+    report(errors, predicted, args.output)
+    return 0 if predicted > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

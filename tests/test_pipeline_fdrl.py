@@ -1,0 +1,376 @@
+"""Inference for users: the "multimodal-emotion-recognition" pipeline, save_pipeline's folder and the batch CLI.
+
+The remote-code path runs in a fresh subprocess (HF_HUB_OFFLINE=1, an empty HF_MODULES_CACHE, cwd outside the
+repository), because a class registered in this process would win silently (HF_NOTES.md, "Remote code").
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import (
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+)
+from transformers import pipeline as load_pipeline
+
+from conftest import REPO, tiny_audio_config, tiny_fdrl_config
+from modeling_fdrl import FDRLModel
+from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, REMOTE_CODE_FILES, save_pipeline
+from processing_fdrl import FDRLProcessor
+
+
+TEXTS = ["I can't believe you did that", "that is wonderful news", "leave me alone", "okay fine whatever"]
+ID2LABEL = {0: "ang", 1: "hap", 2: "neu", 3: "sad"}
+TOLERANCE = 1e-5
+
+REMOTE_SCRIPT = r'''
+import json, sys
+import numpy as np, torch
+from transformers import pipeline
+
+spec = json.load(open(sys.argv[1]))
+task = "multimodal-emotion-recognition"
+pipe = pipeline(task, model=spec["model"], trust_remote_code=True, device="cpu")
+batch_sizes = []
+pipe.model.register_forward_pre_hook(
+    lambda module, args, kwargs: batch_sizes.append(kwargs["input_values"].shape[0]), with_kwargs=True)
+
+def inputs():
+    items = [{"audio": path, "text": text} for path, text in spec["files"]]
+    items.append({"audio": open(spec["files"][0][0], "rb").read(), "text": spec["texts"][1]})
+    items.append({"audio": np.load(spec["array"]), "text": spec["texts"][2], "sampling_rate": 16000})
+    items.append({"audio": torch.from_numpy(np.load(spec["tensor"])), "text": spec["texts"][3]})  # call's rate
+    return items
+
+result = {"modules": [type(pipe).__module__, type(pipe.model).__module__, type(pipe.processor).__module__]}
+result["unbatched"] = pipe(inputs(), sampling_rate=12000)
+result["unbatched_sizes"], batch_sizes[:] = list(batch_sizes), []
+result["batched"] = pipe(inputs(), sampling_rate=12000, batch_size=3)
+result["batched_sizes"] = list(batch_sizes)
+result["single_top_k"] = pipe(inputs()[0], top_k=2)
+result["representations"] = pipe(inputs()[:2], return_representations=True, batch_size=2)
+try:
+    pipe([inputs()[0], {"audio": spec["files"][0][0]}])
+except ValueError as error:
+    result["no_text_error"] = str(error)
+
+with_asr = pipeline(task, model=spec["model"], trust_remote_code=True, device="cpu", asr_model=spec["asr"])
+result["asr"] = with_asr([{"audio": spec["files"][0][0]}, inputs()[1]], batch_size=2)
+json.dump(result, open(spec["out"], "w"))
+'''
+
+
+# ----- fixtures ------------------------------------------------------------------------------------------------------
+def write_audio(path, seconds, rate, channels=1, seed=0):
+    samples = 0.1 * np.random.default_rng(seed).standard_normal((int(seconds * rate), channels))
+    sf.write(path, samples.astype(np.float32), rate)
+    return str(path)
+
+
+def tiny_asr(blank_bias):
+    """A tiny random Wav2Vec2ForCTC with a letter vocabulary; `blank_bias` pushes CTC towards (or away from) blank."""
+    torch.manual_seed(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate(letters)}}
+    model = Wav2Vec2ForCTC(tiny_audio_config(vocab_size=len(vocab), pad_token_id=0)).eval()
+    with torch.no_grad():
+        model.lm_head.bias[0] = blank_bias
+    return model, vocab
+
+
+def save_tiny_asr(folder):
+    model, vocab = tiny_asr(blank_bias=-5.0)  # never blank: a non-empty (meaningless) transcript
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>")
+    feature_extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
+    Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny FDRL saved twice into the same folder with save_pipeline, a tiny ASR model, and a few recordings."""
+    root = tmp_path_factory.mktemp("pipeline")
+    torch.manual_seed(0)
+    processor = FDRLProcessor.from_texts(TEXTS, vocab_size=99)
+    config = tiny_fdrl_config(initializer_range=0.25, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
+    model = FDRLModel(config).eval()
+    save_pipeline(model, processor, root / "model")
+    save_pipeline(model, processor, root / "model")  # idempotent: the training script saves every model folder so
+
+    audio = root / "audio"
+    audio.mkdir()
+    files = [
+        (write_audio(audio / "a16.wav", 0.5, 16000, seed=1), TEXTS[0]),
+        (write_audio(audio / "b8.wav", 0.4, 8000, seed=2), TEXTS[1]),  # resampled
+        (write_audio(audio / "c_stereo.wav", 0.3, 22050, channels=2, seed=3), TEXTS[2]),  # mixed to mono
+    ]
+    np.save(audio / "array.npy", 0.1 * np.random.default_rng(4).standard_normal(5600))  # float64, 16 kHz
+    np.save(audio / "tensor.npy", 0.1 * np.random.default_rng(5).standard_normal((2, 4000)).astype(np.float32))
+    return SimpleNamespace(root=root, folder=root / "model", model=model, processor=processor, files=files,
+                           array=str(audio / "array.npy"), tensor=str(audio / "tensor.npy"),
+                           asr=save_tiny_asr(root / "asr"))
+
+
+CLI_GOOD = {"calm": (0.5, 16000), "loud": (0.4, 8000), "short": (0.3, 16000)}
+
+
+@pytest.fixture(scope="module")
+def cli_run(saved):
+    """Starts `python predict_fdrl.py` on a folder of three good recordings, a corrupt WAV and one without a transcript.
+
+    It starts with the `remote` subprocess (which requests it), so the two interpreters load in parallel.
+    """
+    clips = saved.root / "clips"
+    clips.mkdir()
+    for seed, (name, (seconds, rate)) in enumerate(CLI_GOOD.items()):
+        write_audio(clips / f"{name}.wav", seconds, rate, seed=seed)
+        (clips / f"{name}.txt").write_text(TEXTS[seed] + "\n")
+    (clips / "corrupt.wav").write_bytes(np.random.default_rng(9).bytes(4000))
+    (clips / "corrupt.txt").write_text(TEXTS[0])
+    write_audio(clips / "untranscribed.wav", 0.3, 16000, seed=7)  # no .txt
+    output = saved.root / "out" / "predictions.csv"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "predict_fdrl.py"), "--model", str(saved.folder), "--input", str(clips),
+         "--output", str(output), "--batch_size", "2", "--device", "cpu"],
+        cwd=saved.root, env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )
+    yield clips, output, process
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module")
+def remote(saved, cli_run):
+    """Runs REMOTE_SCRIPT in a fresh interpreter and returns what it recorded."""
+    script = saved.root / "remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    spec = dict(model=str(saved.folder), files=saved.files, texts=TEXTS, array=saved.array, tensor=saved.tensor,
+                asr=saved.asr, out=str(saved.root / "remote.json"))
+    (saved.root / "spec.json").write_text(json.dumps(spec))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(saved.root / "modules"),
+               TOKENIZERS_PARALLELISM="false")
+    run = subprocess.run([sys.executable, str(script), str(saved.root / "spec.json")], cwd=saved.root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(Path(spec["out"]).read_text())
+
+
+@pytest.fixture(scope="module")
+def local_pipe(saved):
+    return MultimodalEmotionRecognitionPipeline(model=saved.model, processor=saved.processor, device="cpu")
+
+
+def direct_scores(saved, audio, text, sampling_rate, **tokenizer_kwargs):
+    """softmax(logits) from the model and processor called by hand, in class-id order."""
+    batch = saved.processor(audio=audio, text=text, sampling_rate=sampling_rate, **tokenizer_kwargs)
+    with torch.no_grad():
+        return saved.model(**batch).logits.softmax(-1)[0].tolist()
+
+
+def read(path):
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    return data.T, rate
+
+
+def by_class(scores):
+    """A pipeline's sorted [{"label", "score"}] as scores in class-id order."""
+    lookup = {entry["label"]: entry["score"] for entry in scores}
+    return [lookup[ID2LABEL[i]] for i in range(len(ID2LABEL))]
+
+
+def expected_inputs(saved):
+    """(audio, text, rate) of REMOTE_SCRIPT's inputs(), decoded as a user would."""
+    items = [(*read(path), text) for path, text in saved.files]
+    items = [(audio, text, rate) for audio, rate, text in items]
+    items.append((items[0][0], TEXTS[1], items[0][2]))  # the bytes of a16.wav
+    items.append((np.load(saved.array), TEXTS[2], 16000))
+    items.append((np.load(saved.tensor), TEXTS[3], 12000))
+    return items
+
+
+# ----- (a) the saved folder, loaded as remote code -------------------------------------------------------------------
+def test_save_pipeline_writes_a_complete_hub_folder(saved):
+    names = {p.name for p in saved.folder.iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", *REMOTE_CODE_FILES} <= names
+    config = json.loads((saved.folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_fdrl.FDRLConfig", "AutoModel": "modeling_fdrl.FDRLModel"
+    }
+    assert config["custom_pipelines"]["multimodal-emotion-recognition"]["impl"] == (
+        "pipeline_fdrl.MultimodalEmotionRecognitionPipeline"
+    )
+    assert "AutoProcessor" in json.loads((saved.folder / "processor_config.json").read_text())["auto_map"]
+    assert not saved.model.training  # save_pipeline leaves the mode alone
+
+
+def test_remote_pipeline_classes_come_from_the_saved_folder(remote):
+    assert all(module.startswith("transformers_modules.") for module in remote["modules"]), remote["modules"]
+
+
+def test_remote_pipeline_matches_model_and_processor(saved, remote):
+    expected = [direct_scores(saved, audio, text, rate) for audio, text, rate in expected_inputs(saved)]
+    for output, want in zip(remote["unbatched"], expected, strict=True):
+        np.testing.assert_allclose(by_class(output), want, atol=TOLERANCE)
+        assert [e["score"] for e in output] == sorted((e["score"] for e in output), reverse=True)
+    assert len({round(o[0]["score"], 6) for o in remote["unbatched"]}) > 1  # inputs really differ
+
+
+def test_remote_batched_equals_unbatched(remote):
+    assert remote["unbatched_sizes"] == [1] * 6 and remote["batched_sizes"] == [3, 3]
+    for batched, unbatched in zip(remote["batched"], remote["unbatched"], strict=True):
+        np.testing.assert_allclose(by_class(batched), by_class(unbatched), atol=TOLERANCE)
+
+
+def test_remote_top_k_and_representations(saved, remote):
+    top = remote["single_top_k"]
+    assert len(top) == 2 and top == remote["unbatched"][0][:2]
+    for output, scores in zip(remote["representations"], remote["unbatched"][:2]):
+        assert set(output) == {"scores", "representations"}
+        np.testing.assert_allclose(by_class(output["scores"]), by_class(scores), atol=TOLERANCE)
+        vectors = output["representations"]
+        assert set(vectors) == {"shared_audio", "shared_text", "private_audio", "private_text"}
+        assert all(len(vector) == saved.model.config.hidden_size for vector in vectors.values())
+    audio, rate = read(saved.files[0][0])
+    batch = saved.processor(audio=audio, text=TEXTS[0], sampling_rate=rate)
+    with torch.no_grad():
+        shared_text = saved.model(**batch).shared_text[0].tolist()
+    np.testing.assert_allclose(remote["representations"][0]["representations"]["shared_text"], shared_text,
+                               atol=TOLERANCE)
+
+
+# ----- (b) speech-only inputs ----------------------------------------------------------------------------------------
+def test_remote_asr_transcript_reaches_the_text_encoder(saved, remote):
+    speech_only, with_text = remote["asr"]
+    assert speech_only["transcript_source"] == "asr" and speech_only["transcript"].strip()
+    assert with_text["transcript_source"] == "input" and with_text["transcript"] == TEXTS[1]
+    audio, rate = read(saved.files[0][0])
+    limit = dict(truncation=True, max_length=saved.model.config.text_config.max_position_embeddings)
+    want = direct_scores(saved, audio, speech_only["transcript"], rate, **limit)
+    np.testing.assert_allclose(by_class(speech_only["scores"]), want, atol=TOLERANCE)
+    other = direct_scores(saved, audio, TEXTS[3], rate)
+    assert np.abs(np.array(want) - np.array(other)).max() > 1e-4  # the text matters: the check above means something
+    np.testing.assert_allclose(by_class(with_text["scores"]), by_class(remote["unbatched"][1]), atol=TOLERANCE)
+
+
+def test_remote_missing_text_without_asr_names_the_item(saved, remote):
+    assert remote["no_text_error"].startswith(f"input 1 ({saved.files[0][0]})")
+    assert "no transcript" in remote["no_text_error"]
+
+
+def test_empty_asr_transcript_is_an_error_naming_the_item(saved):
+    model, vocab = tiny_asr(blank_bias=100.0)  # always blank: an empty transcript
+    folder = saved.root / "asr_blank_vocab"
+    folder.mkdir(exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    asr = load_pipeline("automatic-speech-recognition", model=model, device="cpu",
+                        tokenizer=Wav2Vec2CTCTokenizer(str(folder / "vocab.json")),
+                        feature_extractor=Wav2Vec2FeatureExtractor(return_attention_mask=True))
+    pipe = MultimodalEmotionRecognitionPipeline(model=saved.model, processor=saved.processor, device="cpu",
+                                                asr_model=asr)
+    path = saved.files[1][0]
+    with pytest.raises(ValueError, match=rf"^input 1 \({path}\): .*empty transcript"):
+        pipe([{"audio": saved.files[0][0], "text": TEXTS[0]}, {"audio": path}])
+
+
+# ----- (d) bad inputs: each fails naming the item --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make_input, message",
+    [
+        (lambda d: {"audio": str(d / "missing.wav"), "text": "hi"}, "no such file"),
+        (lambda d: {"audio": str(d / "corrupt.wav"), "text": "hi"}, "cannot decode the audio"),
+        (lambda d: {"audio": str(d / "empty.wav"), "text": "hi"}, "empty"),
+        (lambda d: {"audio": str(d), "text": "hi"}, "not a file"),
+        (lambda d: {"audio": b"not audio at all", "text": "hi"}, "cannot decode the audio"),
+        (lambda d: {"audio": np.zeros(0), "text": "hi", "sampling_rate": 16000}, "empty"),
+        (lambda d: {"audio": np.full(4000, np.nan), "text": "hi", "sampling_rate": 16000}, "NaN"),
+        (lambda d: {"audio": np.zeros(4000), "text": "hi"}, "sampling_rate is required"),
+        (lambda d: {"audio": np.zeros(4000), "text": "hi", "sampling_rate": -1}, "sampling_rate"),
+        (lambda d: {"audio": np.zeros(50), "text": "hi", "sampling_rate": 16000}, "too short"),
+        (lambda d: {"audio": 42, "text": "hi"}, "must be a file path, bytes"),
+        (lambda d: {"audio": np.zeros(4000), "text": 7, "sampling_rate": 16000}, "'text' must be a str"),
+        (lambda d: {"audio": np.zeros(4000), "text": "   ", "sampling_rate": 16000}, "no transcript"),
+        (lambda d: {"audio": np.zeros(4000), "transcript": "hi", "sampling_rate": 16000}, "unknown keys"),
+        (lambda d: {"text": "hi"}, "no 'audio'"),
+    ],
+)
+def test_bad_input_fails_naming_the_item(saved, local_pipe, tmp_path, make_input, message):
+    (tmp_path / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(3000))
+    sf.write(tmp_path / "empty.wav", np.zeros((0, 1), dtype=np.float32), 16000)
+    bad = make_input(tmp_path)
+    audio = bad.get("audio")
+    name = f"input 2 ({audio})" if isinstance(audio, str) else "input 2"
+    good = {"audio": saved.files[0][0], "text": TEXTS[0]}
+    with pytest.raises(ValueError, match=message) as error:
+        local_pipe([good, good, bad], batch_size=2)
+    assert str(error.value).startswith(f"{name}:"), str(error.value)
+
+
+def test_single_input_errors_and_generators(saved, local_pipe):
+    with pytest.raises(ValueError, match=r"^input \(/no/such\.wav\): no such file"):
+        local_pipe({"audio": "/no/such.wav", "text": "hi"})
+    inputs = [{"audio": path, "text": text} for path, text in saved.files]
+    streamed = list(local_pipe(iter(inputs), batch_size=2))
+    np.testing.assert_allclose([by_class(o) for o in streamed], [by_class(o) for o in local_pipe(inputs)],
+                               atol=TOLERANCE)
+    with pytest.raises(ValueError, match="top_k"):
+        local_pipe(inputs[0], top_k=0)
+
+
+# ----- (c) the batch CLI ---------------------------------------------------------------------------------------------
+def test_cli_predicts_every_good_file_and_reports_the_bad_ones(saved, cli_run):
+    clips, output, process = cli_run
+    stdout, stderr = process.communicate(timeout=300)
+    run = SimpleNamespace(returncode=process.returncode, stdout=stdout, stderr=stderr)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(output, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["id"] for row in rows] == sorted(CLI_GOOD)
+    for row in rows:
+        scores = [float(row[f"score_{ID2LABEL[i]}"]) for i in range(len(ID2LABEL))]
+        assert row["label"] == ID2LABEL[int(np.argmax(scores))] and float(row["score"]) == max(scores)
+        audio, rate = read(row["audio"])
+        text = (clips / f"{row['id']}.txt").read_text().strip()
+        np.testing.assert_allclose(scores, direct_scores(saved, audio, text, rate), atol=TOLERANCE)
+    report = json.loads(Path(f"{output}.errors.json").read_text())
+    assert report["predicted"] == 3 and report["failed"] == 2
+    assert {error["id"] for error in report["errors"]} == {"corrupt", "untranscribed"}
+    for name in ("corrupt.wav", "untranscribed.wav"):
+        assert name in run.stdout
+
+
+def test_cli_manifest_to_jsonl_and_exit_codes(saved, tmp_path):
+    import predict_fdrl
+
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"id": "one", "audio": saved.files[0][0], "text": TEXTS[0]},
+            {"id": "two", "audio": "missing.wav", "text": TEXTS[1]},
+            {"audio": saved.files[1][0], "text": TEXTS[1]}]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "predictions.jsonl"
+    assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest), "--output", str(output),
+                              "--device", "cpu"]) == 0
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["one", saved.files[1][0]]
+    assert json.loads(Path(f"{output}.errors.json").read_text())["errors"][0]["id"] == "two"
+
+    manifest.write_text(json.dumps(rows[1]) + "\n")
+    assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest), "--output", str(output),
+                              "--device", "cpu"]) == 1  # nothing predicted
+    assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest),
+                              "--output", str(tmp_path / "predictions.txt")]) == 2  # bad arguments
