@@ -102,6 +102,13 @@ class FDRLProcessor(ProcessorMixin):
         super().__init__(feature_extractor, tokenizer)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved processor. This class is already imported, so its sub-processors need no remote code:
+        without `trust_remote_code=False`, AutoTokenizer sees the model folder's `auto_map` and asks."""
+        kwargs.setdefault("trust_remote_code", False)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def from_texts(
         cls,
         texts: Sequence[str],

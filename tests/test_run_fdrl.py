@@ -254,3 +254,17 @@ def test_two_processes_train_the_same_model(corpus, tmp_path):
     splits = json.loads((fold_dir / "splits.json").read_text())
     steps_per_epoch = -(-len(splits["train"]) // 8)  # 2 processes x 4
     assert history["global_step"] == 2 * steps_per_epoch
+
+
+@pytest.mark.parametrize("name, kind", [("multi_gpu", "MULTI_GPU"), ("multi_node", "MULTI_GPU"), ("fsdp", "FSDP")])
+def test_shipped_accelerate_configs_parse(name, kind):
+    import transformers
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(REPO / "examples" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.name == kind and config.num_processes >= 2
+    if kind == "FSDP":  # the layers named for wrapping must exist in this transformers
+        for layer in config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(","):
+            module = "wav2vec2" if layer.startswith("Wav2Vec2") else "roberta"
+            assert hasattr(getattr(transformers.models, module), layer) or hasattr(
+                __import__(f"transformers.models.{module}.modeling_{module}", fromlist=[layer]), layer), layer
