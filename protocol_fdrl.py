@@ -7,9 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
-from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer, BertConfig, Trainer, Wav2Vec2Config, set_seed
+from tqdm.auto import tqdm
+from transformers import (
+    AutoFeatureExtractor, AutoModel, AutoTokenizer, BertConfig, Trainer, TrainerCallback, Wav2Vec2Config, set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
@@ -81,9 +85,24 @@ def drop_empty_transcripts(split, name):
     return split
 
 
+def add_length_column(split, sampling_rate=16000):
+    """`length` in samples, for length-grouped batches: from IEMOCAP's times, else from the audio file's header."""
+    if "length" in split.column_names:
+        return split
+    if {"start", "end"} <= set(split.column_names):
+        lengths = [int(round((end - start) * sampling_rate)) for start, end in zip(split["start"][:], split["end"][:])]
+    else:
+        import soundfile
+
+        paths = split.cast_column("audio", datasets.Audio(decode=False))["audio"][:]
+        lengths = [int(soundfile.info(a["path"]).duration * sampling_rate) if a.get("path") else 0 for a in paths]
+    return split.add_column("length", lengths)
+
+
 def fold_splits(data, test_session, validation_fraction, seed):
     splits = leave_one_session_out(data, test_session, validation_fraction=validation_fraction, seed=seed)
-    splits = type(splits)({name: drop_empty_transcripts(split, name) for name, split in splits.items()})
+    splits = type(splits)({name: add_length_column(drop_empty_transcripts(split, name))
+                           for name, split in splits.items()})
     for name, split in splits.items():
         if len(split) == 0:
             raise ValueError(
@@ -132,7 +151,7 @@ def preset_backbone_configs(preset, vocab_size):
     return audio, text
 
 
-def build_model(model_args, training_args, processor, splits, label_names, fold_dir):
+def build_model(model_args, training_args, processor, splits, label_names, fold_dir, progress=None):
     """FDRL from a checkpoint, from pretrained backbones, or from a preset (optionally warm-started per modality)."""
     kwargs = fdrl_config_kwargs(model_args, label_names)
     if model_args.model_name_or_path:
@@ -146,12 +165,15 @@ def build_model(model_args, training_args, processor, splits, label_names, fold_
     for modality, backbone, epochs in (("audio", audio, training_args.pretrain_audio_epochs),
                                        ("text", text, training_args.pretrain_text_epochs)):
         if epochs > 0:  # stands in for the pretrained wav2vec2 / BERT the paper starts from
+            if progress:
+                progress.stage(f"{Path(fold_dir).parent.name} {Path(fold_dir).name}: warm start ({modality})")
             train_unimodal(backbone, modality, epochs, training_args, processor, splits, label_names,
-                           Path(fold_dir) / f"warm_start_{modality}")
+                           Path(fold_dir) / f"warm_start_{modality}", progress)
     return FDRLModel.from_encoders_pretrained(audio, text, **kwargs)
 
 
-def train_unimodal(backbone, modality, epochs, training_args, processor, splits, label_names, output_dir):
+def train_unimodal(backbone, modality, epochs, training_args, processor, splits, label_names, output_dir,
+                   progress=None):
     """Train one backbone on its own modality (train split, best epoch by validation UAR). Returns test metrics."""
     classifier = UnimodalClassifier(backbone, modality, len(label_names))
     args = dataclasses.replace(
@@ -160,7 +182,8 @@ def train_unimodal(backbone, modality, epochs, training_args, processor, splits,
         report_to="none", resume_from_checkpoint=None,
     )
     trainer = Trainer(model=classifier, args=args, train_dataset=splits["train"], eval_dataset=splits["validation"],
-                      data_collator=FDRLDataCollator(processor), compute_metrics=trainer_metrics(label_names))
+                      data_collator=FDRLDataCollator(processor), compute_metrics=trainer_metrics(label_names),
+                      callbacks=[progress] if progress else None)
     trainer.train()
     metrics = evaluate_split(trainer, splits["test"], label_names)
     if args.should_save:
@@ -177,19 +200,41 @@ def evaluate_split(trainer, split, label_names):
     return classification_metrics(np.argmax(logits, -1), output.label_ids, label_names)
 
 
+# ----- progress over the whole protocol --------------------------------------------------------------------------
+class ProtocolProgress(TrainerCallback):
+    """One bar over every epoch of every stage (warm starts and FDRL) of every fold, on the main process."""
+
+    def __init__(self, training_args, num_runs):
+        epochs = training_args.pretrain_audio_epochs + training_args.pretrain_text_epochs + training_args.num_train_epochs
+        self.bar = tqdm(total=int(round(num_runs * epochs)), unit="epoch", dynamic_ncols=True,
+                        disable=not training_args.should_log, desc="FDRL protocol")
+
+    def stage(self, description):
+        self.bar.set_description(description)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
 # ----- one fold, then the protocol ----------------------------------------------------------------------------------
-def run_fold(model_args, data_args, training_args, data, test_session, seed, fold_dir, label_names):
+def run_fold(model_args, data_args, training_args, data, test_session, seed, fold_dir, label_names, progress=None):
     """Train on four sessions (validation drawn from them), select on validation UAR, test on the fifth."""
     set_seed(seed)
     with training_args.main_process_first(desc="fold splits"):
         splits = fold_splits(data, test_session, training_args.validation_fraction, seed)
     logger.info(f"seed {seed}, test session {test_session}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     processor = build_processor(model_args, splits["train"]["text"][:] + splits["validation"]["text"][:])
-    model = build_model(model_args, training_args, processor, splits, label_names, fold_dir)
+    model = build_model(model_args, training_args, processor, splits, label_names, fold_dir, progress)
+    if progress:
+        progress.stage(f"seed{seed} fold{test_session}: FDRL")
     args = dataclasses.replace(training_args, output_dir=str(fold_dir), seed=seed, push_to_hub=False)
     trainer = FDRLTrainer(
         model=model, args=args, train_dataset=splits["train"], eval_dataset=splits["validation"],
         data_collator=FDRLDataCollator(processor, data_args.max_text_length), compute_metrics=trainer_metrics(label_names),
+        callbacks=[progress] if progress else None,
     )
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint, fold_dir))
     metrics = evaluate_split(trainer, splits["test"], label_names)
@@ -257,6 +302,7 @@ def run_protocol(model_args, data_args, training_args):
     label_names = first_split.features["label"].names
     output_dir = Path(training_args.output_dir)
     runs = []
+    progress = ProtocolProgress(training_args, len(seeds) * len(folds))
     for seed in seeds:
         for fold in folds:
             fold_dir = output_dir / f"seed{seed}" / f"fold{fold}"
@@ -264,10 +310,12 @@ def run_protocol(model_args, data_args, training_args):
             if str(training_args.resume_from_checkpoint).lower() not in ("none", "false", "") and done.is_file():
                 metrics = json.loads(done.read_text())  # finished before the interruption
             else:
-                metrics = run_fold(model_args, data_args, training_args, data, fold, seed, fold_dir, label_names)
+                metrics = run_fold(model_args, data_args, training_args, data, fold, seed, fold_dir, label_names,
+                                   progress)
             runs.append({key: metrics[key] for key in ("fold", "seed", "war", "uar", "macro_f1", "weighted_f1",
                                                       "recall", "dynamic_factor", "num_samples")})
             logger.info(f"seed {seed}, test session {fold}: WAR {metrics['war']:.4f}, UAR {metrics['uar']:.4f}")
+    progress.close()
     summary = summarize(runs)
     summary["label_names"] = label_names
     if training_args.should_save:

@@ -36,7 +36,8 @@ def _args(corpus, output_dir, *extra):
 @pytest.fixture(scope="module")
 def protocol_run(corpus, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run")
-    summary = run_fdrl.main(_args(corpus, output_dir, "--folds", "1,3", "--num_train_epochs", "2", "--seed", "7"))
+    summary = run_fdrl.main(_args(corpus, output_dir, "--folds", "1,3", "--num_train_epochs", "2", "--seed", "7",
+                                  "--train_sampling_strategy", "group_by_length"))
     return output_dir, summary
 
 
@@ -130,6 +131,17 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
         local = model(**processor(audio=audio, text=texts, sampling_rate=16000)).logits
     assert (remote - local).abs().max().item() <= 1e-5
     assert remote.argmax(-1).tolist() == local.argmax(-1).tolist()
+
+
+def test_lengths_for_grouped_batches_come_from_the_corpus(corpus):
+    from iemocap import load_iemocap
+    from protocol_fdrl import fold_splits
+
+    data = load_iemocap(corpus["data_dir"], cache_dir=str(corpus["data_dir"].parent / "cache"))
+    splits = fold_splits(data, 2, 0.3, seed=0)
+    for split in splits.values():
+        for uid, length in zip(split["id"][:], split["length"][:]):
+            assert abs(length - corpus["utterances"][uid]["num_samples"]) <= 16, uid  # times vs samples: 1 ms
 
 
 def test_resume_restores_the_dynamic_factor_and_the_step(corpus, tmp_path):
