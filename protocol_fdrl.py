@@ -182,7 +182,8 @@ def train_unimodal(backbone, modality, epochs, training_args, processor, splits,
         report_to="none", resume_from_checkpoint=None,
     )
     trainer = Trainer(model=classifier, args=args, train_dataset=splits["train"], eval_dataset=splits["validation"],
-                      data_collator=FDRLDataCollator(processor), compute_metrics=trainer_metrics(label_names),
+                      data_collator=FDRLDataCollator(processor, modalities=(modality,)),
+                      compute_metrics=trainer_metrics(label_names),
                       callbacks=[progress] if progress else None)
     trainer.train()
     metrics = evaluate_split(trainer, splits["test"], label_names)

@@ -95,18 +95,22 @@ class FDRLDataCollator:
     """Decodes audio, runs the processor on a batch, and adds `labels`.
 
     Examples carry `audio` (a decoded `datasets.Audio` value: `{"array", "sampling_rate"}` or a decoder), `text`
-    and `label`.
+    and `label`. `modalities` limits the work to what a single-modality model reads.
     """
 
     processor: Any
     max_text_length: int = 128
+    modalities: tuple = ("audio", "text")
 
     def __call__(self, examples):
-        arrays, rates = zip(*(_decode(example["audio"], example.get("id", i)) for i, example in enumerate(examples)))
-        batch = self.processor(
-            audio=list(arrays), text=[example["text"] for example in examples], sampling_rate=list(rates),
-            truncation=True, max_length=self.max_text_length,
-        )
+        kwargs = {}
+        if "audio" in self.modalities:
+            arrays, rates = zip(*(_decode(ex["audio"], ex.get("id", i)) for i, ex in enumerate(examples)))
+            kwargs.update(audio=list(arrays), sampling_rate=list(rates))
+        if "text" in self.modalities:
+            kwargs.update(text=[example["text"] for example in examples], truncation=True,
+                          max_length=self.max_text_length)
+        batch = self.processor(**kwargs)
         if "label" in examples[0]:
             batch["labels"] = torch.tensor([example["label"] for example in examples], dtype=torch.long)
         return batch
