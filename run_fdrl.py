@@ -125,6 +125,9 @@ def main(argv=None):
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()
+    if training_args.disable_tqdm:  # the protocol's own bar stays; shard-writing and dataset bars go
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
     logger.info(f"process {training_args.process_index} of {training_args.world_size}, device {training_args.device}")
 
     # The protocol: every fold (and seed), the summary, the Hub folder and the push
