@@ -326,3 +326,20 @@ def test_leave_one_session_out_rejects_bad_arguments(four_class):
     only_two = datasets.DatasetDict({"session1": four_class["session1"], "session2": four_class["session2"]})
     with pytest.raises(ValueError, match="test_session"):
         leave_one_session_out(only_two, test_session=3)
+
+
+def test_count_check_only_compares_the_release_folder(tmp_path, caplog):
+    """The published counts belong to IEMOCAP_full_release; a corpus in the same layout under another name
+    (the demo corpus) is not warned about."""
+    import shutil as _shutil
+
+    info = make_iemocap_fixture(tmp_path / "a", utterances_per_dialog=1, defects=False)
+    renamed = tmp_path / "IEMOCAP_demo"
+    _shutil.copytree(info["data_dir"], renamed)
+    with caplog.at_level("WARNING"):
+        load_iemocap(info["data_dir"], cache_dir=str(tmp_path / "c1"))
+    assert "instead of 5531" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_iemocap(renamed, cache_dir=str(tmp_path / "c2"))
+    assert "instead of 5531" not in caplog.text
