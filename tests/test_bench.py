@@ -1,0 +1,101 @@
+"""The benchmark scripts run end to end on tiny settings and write their JSON (speed itself is never tested)."""
+
+import importlib
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_script(name, tmp_path, *argv):
+    output = tmp_path / f"{name}.json"
+    importlib.import_module(name).main(["--tiny", "--output", str(output), *argv])
+    payload = json.loads(output.read_text())
+    assert set(payload) == {"script", "date", "machine", "settings", "results"}
+    for key in ("cpu_model", "cpu_cores", "torch", "transformers", "torch_threads", "device"):
+        assert payload["machine"][key], key
+    assert all_finite(payload["results"])
+    return payload["results"]
+
+
+def all_finite(tree):
+    if isinstance(tree, dict):
+        return all(all_finite(value) for value in tree.values())
+    if isinstance(tree, list):
+        return all(all_finite(value) for value in tree)
+    return not isinstance(tree, float) or math.isfinite(tree)
+
+
+def positive(stats):
+    return stats["n"] > 0 and stats["median"] > 0 and min(stats["values"]) > 0
+
+
+def test_train_step(tmp_path):
+    results = run_script("bench_train_step", tmp_path, "--repeats", "2", "--head_repeats", "3", "--threads", "1")
+    for group in ("step_s", "heads_step_s"):
+        assert positive(results[group]["fdrl"]) and positive(results[group]["baseline"])
+        assert results[group]["fdrl"]["n"] == results[group]["baseline"]["n"]  # interleaved pairs
+    assert results["ratio_fdrl_over_baseline"]["of_medians"] > 0
+    assert set(results["overhead_percent"]) >= {"end_to_end", "from_heads"}
+    assert isinstance(results["target"]["met_from_heads"], bool)
+    assert results["throughput"]["utterances_per_s"]["fdrl"] > 0
+    assert results["protocol_projection_fdrl"]["hours"] > 0
+    assert results["protocol_projection_fdrl"]["utterances"] == 5 * 100 * 4425
+
+
+def test_inference(tmp_path):
+    results = run_script(
+        "bench_inference", tmp_path, "--latency_repeats", "3", "--batch_sizes", "1", "2",
+        "--throughput_repeats", "1", "--warmup", "1", "--threads", "1",
+    )
+    assert positive(results["latency_s"])
+    assert set(results["throughput"]) == {"1", "2"}
+    for row in results["throughput"].values():
+        assert row["utterances_per_s"] > 0 and row["audio_seconds_per_s"] > 0
+
+
+def test_preprocessing(tmp_path):
+    results = run_script("bench_preprocessing", tmp_path)
+    assert set(results["stages"]) == {
+        "decode_soundfile", "decode_torchaudio", "resample_44100_to_16000", "resample_22050_to_16000",
+        "feature_extraction", "tokenization", "processor_16k_audio_and_text",
+    }
+    for row in results["stages"].values():
+        assert positive(row["utterances_per_s"]) and row["ms_per_utterance"] > 0
+    assert results["pipeline_16k_utterances_per_s_per_core"] > 0
+
+
+def test_durations_match_iemocap():
+    common = importlib.import_module("common")
+    durations = common.iemocap_durations(np.random.default_rng(0), 50_000)
+    assert durations.min() >= 0.5 and durations.max() <= 16.0
+    assert np.median(durations) == pytest.approx(3.58, rel=0.03)
+    assert durations.mean() == pytest.approx(4.55, rel=0.05)  # the 16 s clip lowers it a little
+    assert np.percentile(durations, 95) == pytest.approx(11.1, rel=0.05)
+
+
+def test_baseline_pools_as_fdrl():
+    from modeling_fdrl import FDRLModel
+
+    baseline = importlib.import_module("bench_train_step").BackbonesBaseline
+    assert baseline.encode_audio is FDRLModel.encode_audio and baseline.encode_text is FDRLModel.encode_text
+
+
+def test_results_table_renders_committed_results():
+    tables = importlib.import_module("results_table").render(REPO / "bench" / "results")
+    for script in ("bench_train_step.py", "bench_inference.py", "bench_preprocessing.py"):
+        assert f"### {script}" in tables
