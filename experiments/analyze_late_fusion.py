@@ -156,6 +156,25 @@ def calibration(records, row, k, bins=10):
             "mean_confidence": float(confidence.mean()), "accuracy": float((predictions == labels).mean())}
 
 
+def speech_and_sentence_length(records, label_names):
+    """The speech model hears the words too: within each class, how often it predicts a high-arousal class (ang,
+    hap) for sentences longer than the class's median word count, and for the others."""
+    result = {}
+    for c, name in enumerate(label_names):
+        words, high = [], []
+        for r in records:
+            for truth, sentence, prediction in zip(r["test"]["label"], r["test"]["text"],
+                                                   r["rows"]["speech"]["predictions"]):
+                if truth == c:
+                    words.append(len(sentence.split()))
+                    high.append(AROUSAL.get(label_names[prediction]) == "high")
+        words, high = np.array(words), np.array(high)
+        long = words > np.median(words)
+        result[name] = {"high_arousal_rate_long": float(high[long].mean()) if long.any() else None,
+                        "high_arousal_rate_short": float(high[~long].mean()) if (~long).any() else None}
+    return result
+
+
 def analyze(results_dir):
     records = load_records(results_dir)
     if not records:
@@ -209,12 +228,15 @@ def analyze(results_dir):
         }
     report["dependence"] = dependence(records, k)
     report["error_structure"] = error_structure(records, label_names)
+    report["speech_and_sentence_length"] = speech_and_sentence_length(records, label_names)
     # diagnostic only (the weight is read off the test sets): how much the text model's confidence costs
-    weights = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+    def weighted_uar(record, weight):
+        rows = record["rows"]
+        log_probs = np.array(rows["speech"]["log_probs"]) + weight * np.array(rows["text"]["log_probs"])
+        return uar(log_probs.argmax(1), np.array(record["test"]["label"]), k)
+
     report["late_fusion_text_weight_diagnostic"] = {
-        str(w): float(np.mean([uar((np.array(r["rows"]["speech"]["log_probs"]) + w * np.array(r["rows"]["text"]["log_probs"])).argmax(1),
-                                   np.array(r["test"]["label"]), k) for r in records]))
-        for w in weights
+        str(w): float(np.mean([weighted_uar(r, w) for r in records])) for w in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
     }
     report["calibration"] = {row: calibration(records, row, k) for row in ("speech", "text", "late_fusion", "S0")
                              if row in rows}
@@ -239,7 +261,8 @@ def markdown(report):
         lines.append(f"| {row} | " + " | ".join(f"{100 * recall[n]:.1f}" for n in names) + " |")
     lines += ["", "Confusion matrices summed over the runs (rows: true class, columns: predicted):", ""]
     for row, matrix in report["confusion_matrix"].items():
-        lines += [f"**{row}**", "", "| true \\ predicted | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+        lines += [f"**{row}**", "", "| true \\ predicted | " + " | ".join(names) + " |",
+                  "|" + " --- |" * (len(names) + 1)]
         lines += [f"| {name} | " + " | ".join(str(v) for v in line) + " |" for name, line in zip(names, matrix)]
         lines.append("")
     d = report["dependence"]
@@ -252,14 +275,21 @@ def markdown(report):
     lines += ["", "Dependence of the two single-modality predictions:", "",
               f"- I(speech prediction; text prediction | class) = {d['cmi_bits_given_class']:.3f} bits; with the "
               f"text predictions shuffled within class (independent by construction): {d['cmi_bits_null_mean']:.3f} "
-              f"(95th percentile {d['cmi_bits_null_p95']:.3f}), permutation p = {d['p_value']:.2f}.",
+              f"(95th percentile {d['cmi_bits_null_p95']:.3f}), permutation p = {d['p_value']:.3f}.",
               f"- Unconditional I(speech; text predictions) = {d['mi_bits_unconditional']:.3f} bits; "
               f"I(speech prediction; class) = {d['mi_bits_speech_vs_label']:.3f}, "
-              f"I(text prediction; class) = {d['mi_bits_text_vs_label']:.3f}.", ""]
-    lines.insert(len(lines) - 1, f"- Utterances both single-modality models get wrong: {d['both_wrong']}; expected if their errors "
-                 f"were independent given the class: {d['both_wrong_expected_if_independent']:.1f}.")
+              f"I(text prediction; class) = {d['mi_bits_text_vs_label']:.3f}.",
+              f"- Utterances both single-modality models get wrong: {d['both_wrong']}; expected if their errors were "
+              f"independent given the class: {d['both_wrong_expected_if_independent']:.1f}.", ""]
+    lengths = report["speech_and_sentence_length"]
+    lines += ["The speech model hears the words too: share of high-arousal (ang, hap) speech predictions for sentences "
+              "longer / not longer than the class's median word count: "
+              + ", ".join(f"{name} {100 * v['high_arousal_rate_long']:.0f}% / {100 * v['high_arousal_rate_short']:.0f}%"
+                          for name, v in lengths.items() if v["high_arousal_rate_long"] is not None
+                          and v["high_arousal_rate_short"] is not None) + ".", ""]
     diagnostic = report["late_fusion_text_weight_diagnostic"]
-    lines += ["Diagnostic only (weight read off the test sets, not a result): UAR (%) of log p(y|speech) + w log p(y|text): "
+    lines += ["Diagnostic only (the weight is read off the test sets, not a result): UAR (%) of "
+              "log p(y|speech) + w log p(y|text): "
               + ", ".join(f"w = {w}: {100 * v:.1f}" for w, v in diagnostic.items()) + ".", ""]
     if "late_fusion_vs_S0" in report:
         v = report["late_fusion_vs_S0"]

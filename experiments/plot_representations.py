@@ -146,7 +146,8 @@ def tsne_panel(axis, reps, title, seed=0):
 def centroid_panel(axis, reps, labels, label_names, title):
     means = centroids(reps, labels, len(label_names))
     pca = PCA(n_components=2).fit(np.concatenate([reps["shared_audio"], reps["shared_text"]]))
-    audio, text = pca.transform(np.nan_to_num(means["shared_audio"])), pca.transform(np.nan_to_num(means["shared_text"]))
+    audio = pca.transform(np.nan_to_num(means["shared_audio"]))  # (num_labels, 2)
+    text = pca.transform(np.nan_to_num(means["shared_text"]))
     for c, name in enumerate(label_names):
         if np.isnan(means["shared_audio"][c]).any():
             continue
@@ -169,12 +170,13 @@ def plot_representations(without, with_, mu0, output_dir, dynamic=None, data_dir
     label_names = info["label_names"]
     models = {"without (alpha = beta = 0)": without, "with (S0)": with_, "mu fixed at 0": mu0,
               "dynamic mu (S0)": dynamic or with_}
-    reps = {}
-    for name, folder in models.items():
-        reps[name] = representations(folder, examples) if folder not in [models[k] for k in reps] else \
-            reps[next(k for k in reps if models[k] == folder)]
+    by_folder = {}  # S0 serves twice
+    for folder in models.values():
+        if str(folder) not in by_folder:
+            by_folder[str(folder)] = representations(folder, examples)
+    reps = {name: by_folder[str(folder)] for name, folder in models.items()}
     stats = {name: {"model": str(models[name]), **statistics(*reps[name], len(label_names))} for name in models}
-    stats["test_session"], stats["seed"], stats["num_test_utterances"] = info["test_session"], info["seed"], len(examples)
+    stats.update(test_session=info["test_session"], seed=info["seed"], num_test_utterances=len(examples))
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 5))
     for axis, name in zip(axes, ("without (alpha = beta = 0)", "with (S0)")):

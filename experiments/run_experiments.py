@@ -24,10 +24,8 @@ With `--save_models seed:fold`, that run also keeps the model folders S0, S1 and
 
 import argparse
 import copy
-import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -306,14 +304,16 @@ class Run:
         trainer = trainer_class(
             model=model, args=training_args, train_dataset=self.examples["train"], data_collator=self.collator(),
             eval_dataset=self.examples["validation"], compute_metrics=trainer_metrics(self.label_names),
-            optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": parameter_groups(model, args), "weight_decay": 0.0}),
+            optimizer_cls_and_kwargs=(torch.optim.AdamW,
+                                      {"params": parameter_groups(model, args), "weight_decay": 0.0}),
         )
         trainer.train()
         logits, labels = test_logits(trainer, self.examples["test"])
         extra = dict(best_validation_uar=trainer.state.best_metric)
         if row != "concat":
             extra["dynamic_factor"] = float(trainer.fdrl_model.dynamic_factor)
-        self.record["rows"][row] = row_result(log_softmax(logits), labels, self.label_names, time.time() - start, **extra)
+        self.record["rows"][row] = row_result(log_softmax(logits), labels, self.label_names, time.time() - start,
+                                              **extra)
         if keep_dir is not None:
             keep_model(trainer, self.processor, Path(keep_dir) / row, self)
         shutil.rmtree(output_dir, ignore_errors=True)
@@ -458,7 +458,8 @@ def markdown(summary):
         + (f" Not finished (left out): {', '.join(f'({s}, {f})' for s, f in summary['unfinished_runs'])}."
            if summary.get("unfinished_runs") else ""),
         f"Mean ± std over the runs, in %. Model preset `{settings_['model_preset']}`; warm start speech "
-        f"{settings_['audio_epochs']:g} / text {settings_['text_epochs']:g} epochs at lr {settings_['warm_start_lr']:g}; "
+        f"{settings_['audio_epochs']:g} / text {settings_['text_epochs']:g} epochs at lr "
+        f"{settings_['warm_start_lr']:g}; "
         f"every trained fusion row {settings_['epochs']:g} epochs, backbones at lr {settings_['lr']:g} and the layers "
         f"added on top at {settings_.get('head_lr') or settings_['lr']:g}"
         + ("" if settings_.get("train_feature_encoder") else ", the speech feature encoder (CNN) frozen")
