@@ -60,12 +60,7 @@ def measure(model, batches, warmup, device, dtype):
 
 def main(argv=None):
     args = parse_args(argv)
-    common.setup_logging()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, dtype = common.resolve_device_dtype(args.device, args.dtype)
-    machine = common.machine_info(device)
-    torch.manual_seed(args.seed)
+    device, dtype, machine = common.start(args)
 
     # Model: FDRLConfig() defaults are wav2vec2-base and bert-base-uncased shapes, randomly initialised
     config = common.tiny_fdrl_config() if args.tiny else FDRLConfig()

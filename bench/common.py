@@ -38,6 +38,16 @@ def setup_logging():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def start(args):
+    """Every benchmark's first steps: logging, torch threads, device and dtype, the seed, the machine record."""
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    torch.manual_seed(args.seed)
+    return device, dtype, machine_info(device)
+
+
 def iemocap_durations(rng, count):
     """`count` utterance durations in seconds drawn from the IEMOCAP-fitted lognormal, clipped to [0.5, 16]."""
     durations = rng.lognormal(DURATION_MU, DURATION_SIGMA, size=count)
