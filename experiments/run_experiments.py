@@ -538,7 +538,10 @@ def main(argv=None):
             write_summary(args.output_dir)
             logger.warning(f"seed {seed} fold {fold} finished, {time.time() - start:.0f} s since start")
     summary = write_summary(args.output_dir)
-    shutil.rmtree(Path(args.scratch_dir or Path(args.output_dir) / "scratch"), ignore_errors=True)
+    try:  # each run removed its own scratch folder; another process may still be using the root
+        (Path(args.scratch_dir or Path(args.output_dir) / "scratch")).rmdir()
+    except OSError:
+        pass
     print((Path(args.output_dir) / "ablations.md").read_text())
     return summary
 
