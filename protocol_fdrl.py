@@ -9,7 +9,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 from transformers import (
     AutoFeatureExtractor, AutoModel, AutoTokenizer, BertConfig, Trainer, TrainerCallback, Wav2Vec2Config, set_seed,
@@ -17,7 +16,6 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
-from configuration_fdrl import FDRLConfig
 from manifest_fdrl import leave_one_session_out, load_manifest
 from metrics_fdrl import classification_metrics, plot_confusion_matrix, summarize, trainer_metrics, write_summary
 from modeling_fdrl import FDRLModel, _drop_pooler

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REPO, make_batch, tiny_audio_config, tiny_fdrl_config, tiny_text_config
+from conftest import make_batch, tiny_audio_config, tiny_fdrl_config, tiny_text_config
 from transformers import BertModel, Trainer, TrainingArguments, Wav2Vec2Model
 
 from modeling_fdrl import (

@@ -321,16 +321,12 @@ def test_save_pretrained_then_auto_processor_in_fresh_process_gives_identical_ou
 
 def test_loading_a_model_folder_never_prompts_for_remote_code(tmp_path):
     """A model folder's config.json carries an auto_map; FDRLProcessor.from_pretrained must not ask about it."""
-    import json as _json
-    import subprocess as _subprocess
-    import sys as _sys
-
     processor = FDRLProcessor.from_texts(["a calm sentence", "an angry sentence"], vocab_size=50)
     processor.save_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text(_json.dumps(
+    (tmp_path / "config.json").write_text(json.dumps(
         {"model_type": "fdrl", "auto_map": {"AutoConfig": "configuration_fdrl.FDRLConfig"}}))
     script = f"from processing_fdrl import FDRLProcessor; FDRLProcessor.from_pretrained({str(tmp_path)!r}); print('LOADED')"
-    result = _subprocess.run([_sys.executable, "-c", script], stdin=_subprocess.DEVNULL, capture_output=True,
-                             text=True, timeout=120, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run([sys.executable, "-c", script], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LOADED" in result.stdout and "Do you wish to run the custom code" not in result.stdout + result.stderr

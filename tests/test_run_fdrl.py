@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,7 +231,7 @@ def test_push_to_hub_uploads_the_model_folder(protocol_run, monkeypatch):
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def upload_folder(self, folder_path, repo_id, **kwargs):
-        calls["upload_folder"] = (repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir()))
+        calls["upload_folder"] = (repo_id, sorted(p.name for p in Path(folder_path).iterdir()))
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
