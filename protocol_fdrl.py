@@ -49,15 +49,10 @@ _AUDIO_COMMON = dict(feat_extract_norm="layer", do_stable_layer_norm=True, mask_
 
 # ----- data -----------------------------------------------------------------------------------------------------------
 def load_data(data_args, label2id=None):
-    """The whole corpus as a DatasetDict/Dataset with `session`, from the IEMOCAP builder or a manifest."""
+    """The whole corpus as a DatasetDict/Dataset with `session`, from the IEMOCAP builder or a manifest.
+    `DataArguments` has already checked that exactly one source is given and exists."""
     if data_args.manifest:
-        if not Path(data_args.manifest).is_file():
-            raise FileNotFoundError(f"--manifest {data_args.manifest} does not exist")
         return load_manifest(data_args.manifest, label2id=label2id)
-    if not data_args.data_dir:
-        raise ValueError("Give --data_dir (an IEMOCAP_full_release folder, or the demo corpus) or --manifest")
-    if not Path(data_args.data_dir).is_dir():
-        raise FileNotFoundError(f"--data_dir {data_args.data_dir} does not exist")
     from iemocap import load_iemocap
 
     return load_iemocap(data_args.data_dir, config_name=data_args.dataset_config, cache_dir=data_args.cache_dir,

@@ -97,9 +97,10 @@ class DataArguments:
     def __post_init__(self):
         if bool(self.data_dir) == bool(self.manifest):
             raise ValueError("Give exactly one of --data_dir (IEMOCAP layout) or --manifest (your own data)")
-        source = self.data_dir or self.manifest
-        if not Path(source).exists():
-            raise FileNotFoundError(f"{'--data_dir' if self.data_dir else '--manifest'} {source} does not exist")
+        if self.data_dir and not Path(self.data_dir).is_dir():
+            raise FileNotFoundError(f"--data_dir {self.data_dir} does not exist or is not a folder")
+        if self.manifest and not Path(self.manifest).is_file():
+            raise FileNotFoundError(f"--manifest {self.manifest} does not exist or is not a file")
 
 
 def parse_arguments(argv=None):
