@@ -1,30 +1,39 @@
 # Quick start: `make demo` and `make test`. Both set up everything they need first.
+# The environment is exactly requirements.lock (every package, hashed); `make lock` regenerates it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pip installs only what the lock names (--no-deps), each file checked against its sha256 (--require-hashes).
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps
 
-.PHONY: setup system-deps test test-fast demo clean
+.PHONY: setup system-deps check-env test demo lock pretrained app test-app clean clean-venv
 
-# Debian packages: FFmpeg's shared libraries (torchcodec decodes audio with them) and
-# espeak-ng (speaks the demo corpus). Installed only when missing; needs root or sudo.
+# Debian packages: FFmpeg's shared libraries (torchcodec decodes audio with them), espeak-ng (speaks the demo
+# corpus) and chromium + chromium-driver (the web demo's browser test). Installed only when missing; needs root or sudo.
 system-deps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = "0" ] || SUDO="sudo"; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PIP_INSTALL) -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) check-env
+
+# Fails loudly, before any test imports torch, when the venv does not match the lock.
+check-env:
+	$(PY) -m fdrl.env
 
 test: setup
 	$(PY) -m pytest -q -rs tests
@@ -32,5 +41,17 @@ test: setup
 demo: setup
 	bash examples/demo.sh
 
-clean:
-	rm -rf $(VENV) demo_data demo_output .pytest_cache
+# Regenerate the lock from pyproject.toml's pins (Linux x86-64, CPython 3.11: the machine this project runs on),
+# rebuild the venv from it and run the tests. Commit requirements.lock with the pyproject.toml change.
+lock:
+	test -x $(VENV)/bin/uv || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q "uv==0.13.9"; }
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra app --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-emit-package fdrl --upgrade -o requirements.lock
+	rm -f $(STAMP)
+	$(MAKE) test
+
+clean-venv:
+	rm -rf $(VENV)
+
+clean: clean-venv
+	rm -rf demo_data demo_output .pytest_cache
