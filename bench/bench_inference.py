@@ -17,7 +17,7 @@ import torch
 import common
 from common import logger
 
-from configuration_fdrl import FDRLConfig  # common puts the repository root on sys.path
+from configuration_fdrl import FDRLConfig
 from modeling_fdrl import FDRLModel
 
 LATENCY_SECONDS, LATENCY_TOKENS = 4.5, 20

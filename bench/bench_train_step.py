@@ -23,7 +23,7 @@ from transformers import AutoModel
 import common
 from common import logger
 
-from configuration_fdrl import FDRLConfig  # common puts the repository root on sys.path
+from configuration_fdrl import FDRLConfig
 from modeling_fdrl import FDRLModel, FDRLOutput
 
 TARGET_OVERHEAD_PERCENT = 5.0

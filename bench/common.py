@@ -14,8 +14,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the flat modules at the root, also without `pip install -e .`
-    sys.path.insert(0, str(REPO))
 
 logger = logging.getLogger("bench")
 

@@ -9,6 +9,6 @@ PY=${PY:-.venv/bin/python}
 # (measured: a step of the demo speech model took 10x longer with 2 threads under load).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 start=$(date +%s)
-"$PY" examples/make_demo_corpus.py --output_dir demo_data --seed 0 --workers 2
+"$PY" -m fdrl.data.demo_corpus --output_dir demo_data --seed 0 --workers 2
 "$PY" run_fdrl.py examples/demo.yaml
 echo "demo finished in $(( $(date +%s) - start )) s: fold table in demo_output/results.md, model in demo_output/model"

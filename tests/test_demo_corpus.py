@@ -11,9 +11,7 @@ import pytest
 import soundfile as sf
 
 
-# examples/ is not a package; the spawned synthesis workers find the module through sys.path too.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import make_demo_corpus as demo  # noqa: E402
+from fdrl.data import demo_corpus as demo
 
 
 needs_espeak = pytest.mark.skipif(
@@ -191,7 +189,7 @@ def test_bad_arguments(tmp_path, kwargs, message):
 
 @needs_espeak
 def test_iemocap_builder_reads_the_demo_corpus(corpus, tmp_path):
-    from iemocap import load_iemocap
+    from fdrl.data.iemocap import load_iemocap
 
     dataset = load_iemocap(corpus, config_name="4class", cache_dir=str(tmp_path / "cache"))
     assert list(dataset) == ["session1"]

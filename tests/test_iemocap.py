@@ -4,8 +4,8 @@ from collections import Counter
 import datasets
 import pytest
 
-import iemocap
-from iemocap import ALL_CLASSES, FOUR_CLASSES, Iemocap, leave_one_session_out, load_iemocap
+from fdrl.data import iemocap
+from fdrl.data.iemocap import ALL_CLASSES, FOUR_CLASSES, Iemocap, leave_one_session_out, load_iemocap
 from iemocap_fixture import make_iemocap_fixture
 
 

@@ -7,7 +7,7 @@ import datasets
 import pytest
 
 from iemocap_fixture import make_iemocap_fixture
-from manifest_fdrl import DEFAULT_LABEL2ID, leave_one_session_out, load_manifest
+from fdrl.data.manifest import DEFAULT_LABEL2ID, leave_one_session_out, load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_missing_audio_is_reported_by_row_and_path(fixture, tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match="1 audio file") as error:
         load_manifest(path, base_dir=fixture["data_dir"])
     assert f"row 3 (line 4): {missing}" in str(error.value)
-    caplog.set_level(logging.WARNING, logger="manifest_fdrl")
+    caplog.set_level(logging.WARNING, logger="fdrl.data.manifest")
     dataset = load_manifest(path, base_dir=fixture["data_dir"], strict=False)
     assert dataset["id"][:] == [rows[0]["id"], rows[1]["id"], rows[3]["id"]]
     assert any("Skipped 1 row(s)" in r.getMessage() and missing in r.getMessage() for r in caplog.records)
@@ -127,7 +127,7 @@ def test_empty_transcripts_are_reported(fixture, tmp_path, caplog):
     path = write_csv(tmp_path / "m.csv", rows)
     with pytest.raises(ValueError, match=r"1 empty transcript\(s\) .*row 1 \(line 2\)"):
         load_manifest(path, base_dir=fixture["data_dir"])
-    caplog.set_level(logging.WARNING, logger="manifest_fdrl")
+    caplog.set_level(logging.WARNING, logger="fdrl.data.manifest")
     dataset = load_manifest(path, base_dir=fixture["data_dir"], strict=False)
     assert dataset["text"][:][0] == "" and len(dataset) == 4
     assert any("empty transcript" in r.getMessage() and "row 1" in r.getMessage() for r in caplog.records)

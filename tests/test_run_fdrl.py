@@ -135,8 +135,8 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
 
 
 def test_lengths_for_grouped_batches_come_from_the_corpus(corpus):
-    from iemocap import load_iemocap
-    from protocol_fdrl import fold_splits
+    from fdrl.data.iemocap import load_iemocap
+    from fdrl.training.protocol import fold_splits
 
     data = load_iemocap(corpus["data_dir"], cache_dir=str(corpus["data_dir"].parent / "cache"))
     splits = fold_splits(data, 2, 0.3, seed=0)
@@ -221,8 +221,8 @@ def test_push_to_hub_uploads_the_model_folder(protocol_run, monkeypatch):
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoUrl
 
-    from protocol_fdrl import push_folder
-    from trainer_fdrl import FDRLTrainingArguments
+    from fdrl.training.protocol import push_folder
+    from fdrl.training.trainer import FDRLTrainingArguments
 
     calls = {}
 

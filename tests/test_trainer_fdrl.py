@@ -3,10 +3,10 @@ import pytest
 import torch
 from conftest import make_batch, tiny_fdrl_config
 
-from metrics_fdrl import classification_metrics, markdown_table, summarize
+from fdrl.evaluation.metrics import classification_metrics, markdown_table, summarize
 from modeling_fdrl import FDRLModel, dynamic_factor_from_statistics
 from processing_fdrl import FDRLProcessor
-from trainer_fdrl import LOSS_TERMS, STAT_KEYS, FDRLDataCollator, FDRLTrainer, FDRLTrainingArguments
+from fdrl.training.trainer import LOSS_TERMS, STAT_KEYS, FDRLDataCollator, FDRLTrainer, FDRLTrainingArguments
 
 
 def _example(seconds, text, label, rate=16000):

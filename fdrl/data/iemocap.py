@@ -4,7 +4,7 @@ IEMOCAP is licensed (https://sail.usc.edu/iemocap/): request it, unpack it, and 
 the `IEMOCAP_full_release` folder. datasets 5 no longer runs loading scripts
 (`load_dataset("iemocap.py")` fails), so the builder is used as a class:
 
-    from iemocap import Iemocap, leave_one_session_out, load_iemocap
+    from fdrl.data.iemocap import Iemocap, leave_one_session_out, load_iemocap
 
     dataset = load_iemocap("/data/IEMOCAP_full_release")                  # DatasetDict session1..session5
     fold = leave_one_session_out(dataset, test_session=5)                  # train / validation / test
@@ -59,10 +59,7 @@ from pathlib import Path
 import datasets
 
 
-try:
-    from .manifest_fdrl import leave_one_session_out
-except ImportError:
-    from manifest_fdrl import leave_one_session_out
+from .manifest import leave_one_session_out
 
 
 logger = logging.getLogger(__name__)
@@ -277,17 +274,18 @@ class Iemocap(datasets.GeneratorBasedBuilder):
             )
 
 
-def load_iemocap(data_dir, config_name="4class", cache_dir=None, **config_kwargs):
+def load_iemocap(data_dir, config_name="4class", cache_dir=None, rebuild=False, **config_kwargs):
     """Build (or reuse from the cache) IEMOCAP and return a `DatasetDict` with one split per session.
 
     Args:
         data_dir (`str` or `Path`): the `IEMOCAP_full_release` folder.
         config_name (`str`, defaults to `"4class"`): `"4class"` or `"all"`.
         cache_dir (`str`, *optional*): the datasets cache (defaults to `HF_DATASETS_CACHE`).
+        rebuild (`bool`, defaults to `False`): rebuild the cache even if it looks current.
         config_kwargs: `strip_tags`, `strict`, `classes`, `merge` (see `IemocapConfig`).
     """
     builder = Iemocap(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
-    builder.download_and_prepare()
+    builder.download_and_prepare(download_mode="force_redownload" if rebuild else None)
     return builder.as_dataset()
 
 

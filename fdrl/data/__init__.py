@@ -1,0 +1,1 @@
+"""Data: the IEMOCAP builder, manifests for your own data, the spoken demo corpus, and audio checks."""

@@ -1,0 +1,131 @@
+"""The audio check that runs before any training: every utterance of every split is decoded once and must be
+readable, non-empty, complete (a WAV whose header promises more samples than the file holds is truncated), finite,
+and long enough for the speech backbone to produce at least one frame.
+
+Each bad utterance is an error that names its file and id, or, with `--skip_bad_audio true`, a counted skip named
+in the log and in the results (`skipped_audio` in `results.json`).
+"""
+
+import math
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import soundfile
+from transformers import AutoConfig
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+SAMPLING_RATE = 16000
+
+
+@dataclass
+class BadAudio:
+    id: str
+    path: str
+    problem: str
+
+    def __str__(self):
+        return f"{self.path} (id {self.id}): {self.problem}"
+
+
+def minimum_samples(audio_config):
+    """The fewest 16 kHz samples from which the speech backbone produces one frame: the receptive field of a
+    wav2vec2-family convolutional front end; 20 ms (one encoder frame) for Whisper-like log-mel front ends."""
+    kernels, strides = getattr(audio_config, "conv_kernel", None), getattr(audio_config, "conv_stride", None)
+    if kernels and strides:
+        length = 1
+        for kernel, stride in reversed(list(zip(kernels, strides))):
+            length = (length - 1) * stride + kernel
+        return length
+    return int(0.02 * SAMPLING_RATE)
+
+
+def _declared_frames(path):
+    """The frame count a WAV header declares and the frames the file really holds; None for other formats."""
+    if Path(path).suffix.lower() != ".wav":
+        return None
+    try:
+        with wave.open(str(path), "rb") as handle:
+            declared = handle.getnframes()
+            held = len(handle.readframes(declared)) // max(handle.getsampwidth() * handle.getnchannels(), 1)
+            return declared, held
+    except (wave.Error, EOFError):
+        return None  # not PCM (e.g. float WAV): soundfile reads it below
+
+
+def check_file(path, min_samples):
+    """The problem with one audio file, or None."""
+    if not Path(path).is_file():
+        return "the file does not exist"
+    if Path(path).stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    frames = _declared_frames(path)
+    if frames and frames[1] < frames[0]:
+        return f"truncated: the WAV header declares {frames[0]} samples, the file holds {frames[1]}"
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except Exception as error:  # libsndfile's own message says what is wrong with the file
+        return f"cannot be decoded ({error})"
+    if data.shape[0] == 0:
+        return "holds no samples"
+    if not np.isfinite(data).all():
+        return f"holds {int((~np.isfinite(data)).sum())} NaN or infinite sample(s)"
+    samples = int(math.floor(data.shape[0] * SAMPLING_RATE / rate))
+    if samples < min_samples:
+        return (f"too short: {1000 * data.shape[0] / rate:.1f} ms, the speech backbone needs at least "
+                f"{1000 * min_samples / SAMPLING_RATE:.1f} ms for one frame")
+    return None
+
+
+def find_bad_audio(split, min_samples):
+    """Every utterance of `split` whose audio fails `check_file`."""
+    raw = split.cast_column("audio", datasets.Audio(decode=False))
+    bad = []
+    for utterance, audio in zip(raw["id"][:], raw["audio"][:]):
+        if audio.get("bytes") and not audio.get("path"):
+            continue  # embedded audio was decoded when the dataset was built
+        problem = check_file(audio["path"], min_samples)
+        if problem:
+            bad.append(BadAudio(utterance, audio["path"], problem))
+    return bad
+
+
+def audio_config_of(model_args):
+    """The speech backbone's config, whichever way the model is given (no weights are loaded)."""
+    if model_args.audio_model:
+        return AutoConfig.from_pretrained(model_args.audio_model)
+    if model_args.model_name_or_path:
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True).audio_config
+    from fdrl.training.protocol import preset_backbone_configs
+
+    return preset_backbone_configs(model_args.model_preset, 2)[0]
+
+
+def check_corpus_audio(data, model_args, data_args):
+    """Check every utterance before training. Returns (data without the bad utterances, a report with the count,
+    the seconds it took and the skipped ones); raises, naming each bad file, unless skipping is allowed."""
+    start = time.perf_counter()
+    min_samples = minimum_samples(audio_config_of(model_args))
+    splits = dict(data) if isinstance(data, datasets.DatasetDict) else {"data": data}
+    bad = {name: find_bad_audio(split, min_samples) for name, split in splits.items()}
+    found = [item for items in bad.values() for item in items]
+    count = sum(len(split) for split in splits.values())
+    logger.info(f"audio check: {count} utterances in {time.perf_counter() - start:.1f} s, {len(found)} bad")
+    report = {"utterances": count, "seconds": round(time.perf_counter() - start, 2),
+              "skipped_audio": [vars(item) for item in found]}
+    if found and not data_args.skip_bad_audio:
+        listing = "\n  ".join(str(item) for item in found[:20]) + ("\n  ..." if len(found) > 20 else "")
+        raise ValueError(f"{len(found)} utterance(s) have unusable audio:\n  {listing}\n"
+                         f"Fix or remove them, or pass --skip_bad_audio true to leave them out (they are counted and "
+                         f"named in the results).")
+    if not found:
+        return data, report
+    logger.warning(f"skipping {len(found)} utterance(s) with unusable audio: " + "; ".join(map(str, found[:10])))
+    kept = {name: split.select([i for i, u in enumerate(split["id"][:]) if u not in {b.id for b in bad[name]}])
+            for name, split in splits.items()}
+    return (datasets.DatasetDict(kept) if isinstance(data, datasets.DatasetDict) else kept["data"]), report

@@ -1,0 +1,1 @@
+"""Evaluation and reporting: WAR/UAR metrics, alignment diagnostics, tables and figures."""

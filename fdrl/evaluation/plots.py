@@ -1,0 +1,58 @@
+"""Figures: confusion matrices and training curves. Uses matplotlib's object API (`Figure`), so no backend is
+chosen for the caller and nothing opens a window."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def plot_confusion_matrix(matrix, label_names, path, title=None):
+    """Save a confusion matrix (counts and row-normalised shades) as a PNG."""
+    matrix = np.asarray(matrix)
+    shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    figure = Figure(figsize=(1.2 * len(label_names) + 1.5, 1.2 * len(label_names) + 1))
+    axis = figure.subplots()
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i, j in np.ndindex(matrix.shape):
+        axis.text(j, i, f"{matrix[i, j]}\n{shares[i, j]:.0%}", ha="center", va="center",
+                  color="white" if shares[i, j] > 0.5 else "black", fontsize=9)
+    axis.set_xticks(range(len(label_names)), label_names)
+    axis.set_yticks(range(len(label_names)), label_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if title:
+        axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def log_series(log_history, key):
+    """(epochs, values) of one logged key from a Trainer's `log_history`."""
+    points = [(entry.get("epoch", 0.0), entry[key]) for entry in log_history if key in entry]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_training(trainer_state, path, panels, title=None):
+    """One panel per group of logged keys over epochs, from a `trainer_state.json` path or its dict. `panels` is a
+    sequence of (panel title, [keys]); keys never logged are left out."""
+    state = json.loads(Path(trainer_state).read_text()) if isinstance(trainer_state, (str, Path)) else trainer_state
+    history = state["log_history"]
+    panels = [(name, [k for k in keys if log_series(history, k)[0]]) for name, keys in panels]
+    panels = [(name, keys) for name, keys in panels if keys]
+    if not panels:
+        raise ValueError(f"none of the keys of {path} were logged")
+    figure = Figure(figsize=(4.2 * len(panels), 3.4))
+    axes = np.atleast_1d(figure.subplots(1, len(panels)))
+    for axis, (name, keys) in zip(axes, panels):
+        for key in keys:
+            axis.plot(*log_series(history, key), marker="." if len(log_series(history, key)[0]) < 30 else None,
+                      label=key)
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize=7)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)

@@ -1,0 +1,152 @@
+"""The command-line arguments of `run_fdrl.py`: where the model and the data come from, FDRL's own settings, and
+the training arguments. FDRL's settings are derived from `FDRLConfig` itself (its `__init__` signature and its
+docstring), so a new config field is a new argument with no list to keep in sync."""
+
+import inspect
+import re
+import sys
+from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
+from typing import Optional
+
+from transformers import HfArgumentParser
+
+from configuration_fdrl import FDRLConfig
+
+from .trainer import FDRLTrainingArguments
+
+# Fields of FDRLConfig that are not settings a user passes on the command line.
+_NOT_ARGUMENTS = {"self", "kwargs", "audio_config", "text_config"}
+_DOC_ENTRY = re.compile(r"^ {8}(\w+) \(`([^`]+)`[^)]*\):(.*?)(?=^ {8}\w+ \(`|\Z)", re.M | re.S)
+
+
+def _config_docs():
+    """{field: one-line help} from FDRLConfig's transformers-style docstring."""
+    docs = {}
+    for name, _, text in _DOC_ENTRY.findall(FDRLConfig.__doc__ or ""):
+        docs[name] = " ".join(text.split())
+    return docs
+
+
+def _argument_type(default):
+    if isinstance(default, bool):
+        return Optional[bool]
+    if isinstance(default, (int, float, str)):
+        return Optional[type(default)]
+    if isinstance(default, (tuple, list)):
+        return Optional[list[type(default[0]) if default else str]]
+    return Optional[str]
+
+
+def config_argument_fields():
+    """(name, type, field) for every FDRLConfig setting; default None means "keep the config's default"."""
+    docs = _config_docs()
+    fields = []
+    for name, parameter in inspect.signature(FDRLConfig.__init__).parameters.items():
+        if name in _NOT_ARGUMENTS or parameter.kind is parameter.VAR_KEYWORD:
+            continue
+        default = parameter.default
+        help_text = docs.get(name, "") + (f" (FDRLConfig default: {default!r})" if default is not None else "")
+        fields.append((name, _argument_type(default), field(default=None, metadata={"help": help_text.strip()})))
+    return fields
+
+
+CONFIG_FIELDS = tuple(name for name, _, _ in config_argument_fields())
+
+
+@dataclass
+class _ModelSources:
+    """Where the model comes from."""
+
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "An FDRL checkpoint (local folder or Hub id) to fine-tune."}
+    )
+    audio_model: Optional[str] = field(
+        default=None, metadata={"help": "Pretrained speech backbone: a wav2vec2/HuBERT/WavLM or Whisper checkpoint "
+                                        "(Hub id or local folder, e.g. pretrained/whisper-base)."}
+    )
+    text_model: Optional[str] = field(
+        default=None, metadata={"help": "Pretrained text backbone (Hub id or local folder, e.g. "
+                                        "pretrained/all-MiniLM-L6-v2)."}
+    )
+    model_preset: Optional[str] = field(
+        default=None, metadata={"help": "Random initialisation of a named size ('tiny', 'demo' or 'base'): tests "
+                                        "and benchmarks."}
+    )
+    processor_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "A saved FDRLProcessor; by default it follows the model's source."}
+    )
+    vocab_size: int = field(default=2000, metadata={"help": "WordPiece vocabulary learnt for a preset model."})
+    max_duration: float = field(default=16.0, metadata={"help": "Speech is truncated to this many seconds."})
+
+    def __post_init__(self):
+        sources = [bool(self.model_name_or_path), bool(self.audio_model or self.text_model), bool(self.model_preset)]
+        if sum(sources) != 1:
+            raise ValueError(
+                "Give exactly one model source: --model_name_or_path (an FDRL checkpoint), --audio_model with "
+                "--text_model (pretrained backbones), or --model_preset (random initialisation)"
+            )
+        if bool(self.audio_model) != bool(self.text_model):
+            raise ValueError("--audio_model and --text_model go together")
+        if not self.max_duration > 0:
+            raise ValueError(f"--max_duration must be positive, got {self.max_duration}")
+        self.config_overrides()  # every FDRL setting is checked now, before any data is read
+
+    def config_overrides(self):
+        """The FDRLConfig fields given on the command line, checked by building a config with them."""
+        overrides = {name: getattr(self, name) for name in CONFIG_FIELDS if getattr(self, name) is not None}
+        for name, value in overrides.items():
+            if isinstance(value, list):
+                overrides[name] = tuple(value)
+        try:
+            FDRLConfig(**overrides)
+        except ValueError as error:
+            raise ValueError(f"invalid FDRL setting: {error}".replace("`", "--", 1).replace("`", "", 1)) from None
+        return overrides
+
+
+ModelArguments = make_dataclass("ModelArguments", config_argument_fields(), bases=(_ModelSources,))
+ModelArguments.__doc__ = "Where the model comes from, and FDRL's own settings (FDRLConfig; unset fields keep its defaults)."
+
+
+@dataclass
+class DataArguments:
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "IEMOCAP_full_release folder, or the demo corpus (same layout)."}
+    )
+    dataset_config: str = field(default="4class", metadata={"help": "IEMOCAP builder config: '4class' or 'all'."})
+    manifest: Optional[str] = field(
+        default=None, metadata={"help": "Your own data: a CSV or JSON-lines file with audio, text, label, session."}
+    )
+    strip_tags: bool = field(default=False, metadata={"help": "Remove tags such as [LAUGHTER] from transcripts."})
+    max_text_length: int = field(default=128, metadata={"help": "Transcripts are truncated to this many tokens."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "The datasets cache folder."})
+    rebuild_cache: bool = field(default=False, metadata={"help": "Rebuild the dataset cache even if it looks current."})
+    skip_bad_audio: bool = field(
+        default=False, metadata={"help": "Skip (and count, and name) utterances whose audio fails the check before "
+                                         "training, instead of stopping with an error."}
+    )
+
+    def __post_init__(self):
+        if bool(self.data_dir) == bool(self.manifest):
+            raise ValueError("Give exactly one of --data_dir (IEMOCAP layout) or --manifest (your own data)")
+        if self.data_dir and not Path(self.data_dir).is_dir():
+            raise FileNotFoundError(f"--data_dir {self.data_dir} does not exist or is not a folder")
+        if self.manifest and not Path(self.manifest).is_file():
+            raise FileNotFoundError(f"--manifest {self.manifest} does not exist or is not a file")
+        if self.max_text_length < 2:
+            raise ValueError(f"--max_text_length must be at least 2, got {self.max_text_length}")
+
+
+def parse_arguments(argv=None):
+    """(ModelArguments, DataArguments, FDRLTrainingArguments) from a command line, or one JSON or YAML file."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, FDRLTrainingArguments))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+__all__ = ["CONFIG_FIELDS", "DataArguments", "ModelArguments", "parse_arguments"]

@@ -1,0 +1,277 @@
+"""FDRLTrainer: the multi-term objective (eq. 15) with Trainer, the dynamic factor's epoch updates, the training
+arguments of the protocol, and the collator that turns examples (or cached pooled features) into model inputs."""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy
+from transformers.utils import logging
+
+from modeling_fdrl import FDRLOutput
+
+
+logger = logging.get_logger(__name__)
+
+# The loss terms are FDRLOutput's `loss_*` fields: one source of truth for logs, plots and tests.
+LOSS_TERMS = tuple(f.name for f in dataclasses.fields(FDRLOutput) if f.name.startswith("loss_"))
+EPOCH_STATS_FILE = "fdrl_epoch_statistics_rank{rank}.json"
+BACKBONE_PREFIXES = ("audio_model.", "text_model.")
+
+
+def _as_list(values, name, cast):
+    """A list field given as a list, a YAML list or comma-separated strings; non-empty and without repeats."""
+    if values is None:
+        return None
+    items = values if isinstance(values, (list, tuple)) else [values]
+    parts = [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"--{name} is empty, got {values!r}")
+    try:
+        parsed = [cast(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--{name} must be a list of {cast.__name__} values, got {values!r}") from None
+    repeated = sorted({p for p in parsed if parsed.count(p) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"--{name} names {repeated} more than once, got {values!r}")
+    return parsed
+
+
+@dataclass
+class FDRLTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's defaults (AdamW, lr 1e-5, batch 8, up to 100 epochs), model selection on
+    validation UAR, and the leave-one-session-out protocol's own arguments (folds, seeds, systems)."""
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the heads (paper: 1e-5)."})
+    backbone_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Learning rate of the speech and text backbones (default: learning_rate)."}
+    )
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device (paper: 8)."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size per device."})
+    num_train_epochs: float = field(default=100.0, metadata={"help": "Training epochs (paper: at most 100)."})
+    eval_strategy: Union[IntervalStrategy, str] = field(
+        default="epoch", metadata={"help": "When to evaluate on the validation split."}
+    )
+    save_strategy: Union[IntervalStrategy, str] = field(default="epoch", metadata={"help": "When to checkpoint."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept per fold."})
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Restore the best checkpoint by validation UAR before testing."}
+    )
+    metric_for_best_model: Optional[str] = field(default="uar", metadata={"help": "Model selection metric."})
+    greater_is_better: Optional[bool] = field(default=True, metadata={"help": "Higher `metric_for_best_model` wins."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every N steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator reads raw columns."})
+    report_to: Union[None, str, list[str]] = field(
+        default="none", metadata={"help": "Loggers: 'none', 'tensorboard', 'wandb', ..."}
+    )
+    # ----- the protocol -----
+    folds: Optional[list[str]] = field(
+        default=None, metadata={"help": "Test sessions, e.g. `--folds 1 2 3 4 5` or `1,2,3,4,5` (leave-one-session-out)."}
+    )
+    seeds: Optional[list[str]] = field(default=None, metadata={"help": "Seeds; every fold runs once per seed."})
+    systems: Optional[list[str]] = field(
+        default=None, metadata={"help": "Systems to train and test on the same folds and seeds: S0-S6 (FDRL and its "
+                                        "ablations), speech, text, concat, late_fusion. Default: S0."}
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Stratified share of the training sessions held out for model selection."}
+    )
+    unimodal_epochs: Optional[float] = field(
+        default=None, metadata={"help": "Epochs of the speech-only and text-only systems (default: num_train_epochs)."}
+    )
+    unimodal_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Learning rate of the speech-only and text-only systems' heads "
+                                        "(default: learning_rate)."}
+    )
+    freeze_backbones: bool = field(
+        default=False, metadata={"help": "Run each backbone once per utterance (eval mode), cache the pooled outputs "
+                                         "and train only the heads of every system on the cache (SUPERB-style)."}
+    )
+    feature_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where pooled features are cached (default: ~/.cache/fdrl/features)."}
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep each fold's checkpoints after it finished (the best model is saved)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.folds = _as_list(self.folds, "folds", int)
+        self.seeds = _as_list(self.seeds, "seeds", int) or [self.seed]
+        self.systems = _as_list(self.systems, "systems", str) or ["S0"]
+        if self.folds is None:
+            raise ValueError("Give --folds, e.g. `--folds 1 2 3 4 5` (the protocol) or `--folds 1` (one fold)")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"--validation_fraction must lie in (0, 1), got {self.validation_fraction}")
+        for name in ("learning_rate", "backbone_learning_rate", "unimodal_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name} must be positive, got {value}")
+
+
+@dataclass
+class FDRLDataCollator:
+    """Decodes audio, runs the processor on a batch, and adds `labels`.
+
+    Examples carry `audio` (a decoded `datasets.Audio` value: `{"array", "sampling_rate"}` or a decoder), `text`
+    and `label`; or, for heads trained on cached backbone outputs, `pooled_audio` and `pooled_text` vectors.
+    `modalities` limits the work to what a single-modality model reads.
+    """
+
+    processor: Any = None
+    max_text_length: int = 128
+    modalities: tuple = ("audio", "text")
+
+    def __call__(self, examples):
+        if "pooled_audio" in examples[0]:
+            batch = {f"pooled_{m}": torch.stack([torch.as_tensor(ex[f"pooled_{m}"]) for ex in examples])
+                     for m in self.modalities}  # (batch, backbone hidden)
+        else:
+            batch = self._process(examples)
+        if "label" in examples[0]:
+            batch["labels"] = torch.tensor([example["label"] for example in examples], dtype=torch.long)
+        return batch
+
+    def _process(self, examples):
+        kwargs = {}
+        if "audio" in self.modalities:
+            arrays, rates = zip(*(_decode(ex["audio"], ex.get("id", i)) for i, ex in enumerate(examples)))
+            kwargs.update(audio=list(arrays), sampling_rate=list(rates))
+        if "text" in self.modalities:
+            kwargs.update(text=[example["text"] for example in examples], truncation=True,
+                          max_length=self.max_text_length)
+        return dict(self.processor(**kwargs))
+
+
+def _decode(audio, name):
+    try:
+        if hasattr(audio, "get_all_samples"):  # torchcodec AudioDecoder (datasets 5)
+            samples = audio.get_all_samples()
+            return samples.data.numpy(), int(samples.sample_rate)
+        return np.asarray(audio["array"]), int(audio["sampling_rate"])
+    except Exception as error:
+        raise ValueError(f"could not decode the audio of example {name!r}: {error}") from error
+
+
+def parameter_groups(model, learning_rate, backbone_learning_rate=None):
+    """AdamW groups: the backbones at `backbone_learning_rate` (default `learning_rate`), everything else (the
+    heads) at `learning_rate`. Frozen parameters are left out."""
+    backbone, heads = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (backbone if name.startswith(BACKBONE_PREFIXES) else heads).append(parameter)
+    groups = [{"params": heads, "lr": learning_rate}]
+    if backbone:
+        groups.append({"params": backbone, "lr": backbone_learning_rate or learning_rate})
+    return groups
+
+
+class SystemTrainer(Trainer):
+    """`Trainer` with separate learning rates for the backbones and the heads (`backbone_learning_rate`)."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            groups = parameter_groups(model, self.args.learning_rate, self.args.backbone_learning_rate)
+            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+
+class FDRLTrainer(SystemTrainer):
+    """`Trainer` whose `compute_loss` is FDRL's eq. 15, with every term, the dynamic factor and the GRL coefficient
+    in the logs (averaged over processes). The GRL coefficient follows training progress; the dynamic factor is
+    updated at each epoch's end from the whole epoch's discriminator statistics, summed over all processes, and
+    logged with the raw error rates it came from. Evaluation hands S_a and S_t to `compute_metrics` with the logits
+    (`predictions = (logits, shared_audio, shared_text)`), for the alignment diagnostics."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._term_sums, self._term_steps = {}, 0
+        self._epoch_stats = {}
+        self.add_callback(DynamicFactorCallback(self))
+
+    @property
+    def fdrl_model(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.fdrl_model.set_training_progress(self.state.global_step / max(self.state.max_steps, 1))
+        outputs = model(**inputs)
+        if model.training:
+            self._accumulate(outputs)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            outputs = model(**inputs)
+        loss = outputs.loss.detach() if outputs.loss is not None else None
+        if prediction_loss_only:
+            return loss, None, None
+        predictions = (outputs.logits.detach(), outputs.shared_audio.detach(), outputs.shared_text.detach())
+        return loss, predictions, inputs.get("labels")
+
+    def _accumulate(self, outputs):
+        for term in LOSS_TERMS:
+            self._term_sums[term] = self._term_sums.get(term, 0.0) + outputs[term].detach().float()
+        self._term_steps += 1
+        for key, value in outputs.statistics().items():
+            self._epoch_stats[key] = self._epoch_stats.get(key, 0.0) + value.detach().double()
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and self._term_steps:
+            means = torch.stack([self._term_sums[t] for t in LOSS_TERMS]) / self._term_steps
+            means = self.accelerator.reduce(means.to(self.accelerator.device), "mean")
+            logs.update({term: round(float(v), 6) for term, v in zip(LOSS_TERMS, means)})
+            logs["dynamic_factor"] = round(float(self.fdrl_model.dynamic_factor), 6)
+            logs["grl_coefficient"] = round(float(self.fdrl_model.grl_coefficient), 6)
+            self._term_sums, self._term_steps = {}, 0
+        super().log(logs, *args, **kwargs)
+
+    def end_epoch(self):
+        """Sum the epoch's statistics over processes and update mu; every process computes the same value. Logs mu
+        with the raw error rates (global and per class) it came from."""
+        if not self._epoch_stats:
+            return None
+        stats = {k: self.accelerator.reduce(v.to(self.accelerator.device), "sum").cpu() for k, v in self._epoch_stats.items()}
+        self._epoch_stats = {}
+        summary = self.fdrl_model.update_dynamic_factor(stats)
+        self.log({key: round(float(value), 6) for key, value in summary.items()})
+        return summary["dynamic_factor"]
+
+    def save_epoch_statistics(self, checkpoint_dir):
+        """What this process has accumulated of the current epoch, so a resumed run continues it exactly."""
+        stats = {k: v.tolist() for k, v in self._epoch_stats.items()}
+        path = Path(checkpoint_dir) / EPOCH_STATS_FILE.format(rank=self.args.process_index)
+        path.write_text(json.dumps(stats))
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint:
+            path = Path(resume_from_checkpoint) / EPOCH_STATS_FILE.format(rank=self.args.process_index)
+            if path.is_file():
+                self._epoch_stats = {k: torch.tensor(v, dtype=torch.float64) for k, v in json.loads(path.read_text()).items()}
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+class DynamicFactorCallback(TrainerCallback):
+    """Updates mu at each epoch's end (before the end-of-epoch evaluation) and saves partial epoch statistics."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.end_epoch()
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(checkpoint_dir):
+            self.trainer.save_epoch_statistics(checkpoint_dir)
