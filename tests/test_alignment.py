@@ -103,3 +103,38 @@ def test_bad_inputs_name_the_argument(field, kwargs):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=field):
         alignment_metrics(**arguments)
+
+
+def test_a_short_training_run_logs_mu_rates_and_alignment_without_nan():
+    """What the trainer wires together, on a tiny FDRLModel: every epoch ends with mu, the raw error rates of each
+    discriminator and the alignment diagnostics of the validation split, all finite."""
+    import torch
+    from conftest import make_batch, tiny_fdrl_config
+
+    from modeling_fdrl import FDRLModel
+
+    torch.manual_seed(0)
+    model = FDRLModel(tiny_fdrl_config(use_global_discriminator=False))  # S2: no global error to report
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    validation = make_batch(batch_size=12, seed=9)
+    keys = ("global_errors", "global_count", "global_loss_sum", "local_errors", "local_counts", "local_loss_sums")
+    for epoch in range(2):
+        model.train()
+        stats = {}
+        for step in range(2):
+            model.set_training_progress((2 * epoch + step) / 4)
+            out = model(**make_batch(seed=step))
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            stats = {key: stats.get(key, 0.0) + out[key].detach().double() for key in keys}
+        log = model.end_epoch(stats)
+        model.eval()
+        with torch.no_grad():
+            out = model(**validation)
+        log.update(alignment_metrics(out.shared_audio.float().numpy(), out.shared_text.float().numpy(),
+                                     validation["labels"].numpy(), model.config.id2label, n_splits=3))
+        assert "global_discriminator_error" not in log
+        assert {"dynamic_factor", "local_discriminator_error_ang", "alignment_probe_a_distance",
+                "alignment_probe_a_distance_sad", "alignment_centroid_distance"} <= set(log)
+        assert all(math.isfinite(value) for value in log.values()), log

@@ -55,7 +55,8 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, n_splits
     """The alignment diagnostics of paired shared representations, as a flat dict of floats.
 
     Args:
-        shared_audio (`np.ndarray` of shape `(n, hidden)`): S_a of n utterances.
+        shared_audio (`np.ndarray` of shape `(n, hidden)`): S_a of n utterances (a torch tensor in bf16 converts
+            with `.float().cpu().numpy()`).
         shared_text (`np.ndarray` of shape `(n, hidden)`): S_t of the same utterances, in the same order.
         labels (`np.ndarray` of shape `(n,)`): their emotion classes.
         id2label (`dict`, *optional*): names the classes in the metric names; else the label itself is used.
