@@ -14,13 +14,23 @@ DEFAULT_TEXT_CONFIG = {"model_type": "bert"}
 
 _CHOICES = {
     "dynamic_factor_mode": ("daan", "paper", "fixed"),
-    "a_distance_proxy": ("error", "loss"),
+    "a_distance_proxy": ("error", "error_clamped", "loss"),
+    "local_error_rate": ("weighted", "unweighted"),
+    "local_weights": ("auto", "predictor", "predictor_attached", "labels"),
     "grl_schedule": ("dann", "constant"),
     "orthogonality": ("normalized", "raw"),
     "fusion_inputs": ("all", "shared", "private"),
     "audio_pooling": ("mean",),
     "text_pooling": ("mean", "cls"),
 }
+
+
+def _as_bounds(value):
+    """`dynamic_factor_bounds` as a list of two floats (JSON keeps no tuples); checked in `_validate`."""
+    try:
+        return [float(bound) for bound in value]
+    except (TypeError, ValueError):
+        return value
 
 
 def _as_config(value, default, name):
@@ -41,7 +51,8 @@ class FDRLConfig(PretrainedConfig):
     Configuration of an [`FDRLModel`]: a speech backbone and a text backbone, projected into one shared and two
     private subspaces, aligned by adversarial discriminators and fused by multi-head self-attention
     ("Fine-grained Disentangled Representation Learning for Multimodal Emotion Recognition", ICASSP 2024).
-    Equation numbers refer to the paper; `FDRL_SPEC.md` records the decisions the paper leaves open.
+    Equation numbers refer to the paper. Where the paper is silent or self-contradictory a field decides, and its
+    literal reading (or the earlier behaviour of this implementation) is one switch away.
 
     Args:
         audio_config (`PretrainedConfig` or `dict`, *optional*):
@@ -64,9 +75,28 @@ class FDRLConfig(PretrainedConfig):
         dynamic_factor_mode (`str`, *optional*, defaults to `"daan"`):
             `"daan"`: mu = mean_c d_l^c / (d_g + mean_c d_l^c) (DAAN's code); `"paper"`: the literal eq. 8,
             mu = d_g / (d_g + mean_c d_l^c); `"fixed"`: mu stays at `mu`.
+        dynamic_factor_bounds (`tuple[float, float]`, *optional*, defaults to `(0.05, 0.95)`):
+            mu is clamped to [low, high] at each update (`"daan"` and `"paper"` modes). At mu = 1 the factor (1 - mu)
+            of eq. 15 also zeroes the global discriminator's own gradient, so it freezes and measures nothing
+            more; `(0.0, 1.0)` gives the unbounded behaviour.
         a_distance_proxy (`str`, *optional*, defaults to `"error"`):
-            `"error"`: d = 2 (1 - 2 eps) with eps the discriminator's error rate over the epoch, clamped to [0, 2];
+            `"error"`: d = 2 |1 - 2 eps| with eps the discriminator's error rate over the epoch, i.e. eps <- min(eps,
+            1 - eps): a discriminator with error 0.75 separates the modalities as well as one with error 0.25 (its
+            decisions are flipped, as when the reversed gradient overshoots); `"error_clamped"`: d = 2 (1 - 2 eps)
+            clamped to [0, 2], which reads an error above 0.5 as perfect alignment (the earlier behaviour);
             `"loss"`: the paper's eq. 6-7, d = 2 (1 - 2 L) with L the discriminator's mean cross-entropy.
+        local_error_rate (`str`, *optional*, defaults to `"weighted"`):
+            `"weighted"`: each local discriminator's error rate (and mean cross-entropy, for `a_distance_proxy="loss"`)
+            is weighted by the class weights, eps_l^c = sum_i y_i^c err_i^c / sum_i y_i^c over the 2 x batch samples;
+            `"unweighted"`: a plain mean over all of them (the earlier behaviour), which the samples with y_i^c ~ 0,
+            whose near-zero inputs can only be guessed at, pull toward 0.5.
+        local_weights (`str`, *optional*, defaults to `"auto"`):
+            The class weights y_i^c that scale the local discriminators' inputs (eq. 5). `"predictor"`: the
+            fine-grained predictor's softmax for S_i, detached, so no unreversed gradient trains the predictor and
+            the shared encoder to help the local discriminators; `"predictor_attached"`: the same softmax, not
+            detached (DAAN's code, the earlier behaviour); `"labels"`: the one-hot emotion labels; `"auto"`:
+            `"predictor"` when `use_predictor` is on and `gamma > 0`, else `"labels"` (an untrained predictor's
+            softmax means nothing, ablation S6).
         grl_schedule (`str`, *optional*, defaults to `"dann"`):
             `"dann"`: the gradient reversal coefficient is `grl_lambda * (2 / (1 + exp(-10 p)) - 1)` with p the
             training progress in [0, 1]; `"constant"`: it is `grl_lambda`.
@@ -116,7 +146,10 @@ class FDRLConfig(PretrainedConfig):
         gamma=1.0,
         mu=0.5,
         dynamic_factor_mode="daan",
+        dynamic_factor_bounds=(0.05, 0.95),
         a_distance_proxy="error",
+        local_error_rate="weighted",
+        local_weights="auto",
         grl_schedule="dann",
         grl_lambda=1.0,
         orthogonality="normalized",
@@ -147,7 +180,10 @@ class FDRLConfig(PretrainedConfig):
         self.gamma = gamma
         self.mu = mu
         self.dynamic_factor_mode = dynamic_factor_mode
+        self.dynamic_factor_bounds = _as_bounds(dynamic_factor_bounds)
         self.a_distance_proxy = a_distance_proxy
+        self.local_error_rate = local_error_rate
+        self.local_weights = local_weights
         self.grl_schedule = grl_schedule
         self.grl_lambda = grl_lambda
         self.orthogonality = orthogonality
@@ -184,6 +220,9 @@ class FDRLConfig(PretrainedConfig):
                 raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
         if not isinstance(self.mu, (int, float)) or not 0.0 <= self.mu <= 1.0:
             raise ValueError(f"`mu` must lie in [0, 1], got {self.mu!r}")
+        bounds = self.dynamic_factor_bounds
+        if not (isinstance(bounds, list) and len(bounds) == 2 and 0.0 <= bounds[0] <= bounds[1] <= 1.0):
+            raise ValueError(f"`dynamic_factor_bounds` must be (low, high) with 0 <= low <= high <= 1, got {bounds!r}")
         if not isinstance(self.classifier_dropout, (int, float)) or not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"`classifier_dropout` must lie in [0, 1), got {self.classifier_dropout!r}")
         if not self.initializer_range > 0:

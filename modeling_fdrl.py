@@ -1,6 +1,6 @@
 """FDRL: Fine-grained Disentangled Representation Learning for Multimodal Emotion Recognition (ICASSP 2024).
 
-Equation numbers refer to the paper; FDRL_SPEC.md records the decisions the paper leaves open.
+Equation numbers refer to the paper; `FDRLConfig`'s docstring records the decisions the paper leaves open.
 """
 
 import math
@@ -40,7 +40,9 @@ class FDRLOutput(ModelOutput):
         global_errors, global_count, global_loss_sum (`torch.FloatTensor` of shape `()`):
             Misclassified samples, samples (2 x batch) and summed cross-entropy of the global discriminator.
         local_errors, local_counts, local_loss_sums (`torch.FloatTensor` of shape `(num_labels,)`):
-            The same for each class's local discriminator. Summed over an epoch they give the dynamic factor.
+            The same for each class's local discriminator, each sample weighted by its class weight y_i^c under
+            `local_error_rate="weighted"`: sum_i y_i^c err_i^c, sum_i y_i^c and sum_i y_i^c CE_i. All six are sums,
+            so summed over an epoch (and over processes) they give the epoch's rates, and the dynamic factor, exactly.
     """
 
     loss: Optional[torch.FloatTensor] = None
@@ -158,10 +160,11 @@ def pool_text(text_model, input_ids, text_attention_mask=None, token_type_ids=No
     return masked_mean(hidden_states, text_attention_mask)
 
 
-def modality_cross_entropy(discriminator, audio, text):
+def modality_cross_entropy(discriminator, audio, text, sample_weights=None):
     """CE of a modality discriminator on speech (label 0) and text (label 1) inputs, each over its batch.
 
-    Returns the loss summed over the two modalities, the per-sample losses and the number of errors.
+    Returns the loss summed over the two modalities, the summed per-sample losses and the number of errors; with
+    `sample_weights` (shape `(2 * batch,)`, speech first), the two sums weight each sample (the loss does not).
     """
     logits = discriminator(torch.cat([audio, text]))  # (2 * batch, 2)
     targets = torch.cat([
@@ -170,8 +173,11 @@ def modality_cross_entropy(discriminator, audio, text):
     ])
     per_sample = F.cross_entropy(logits.float(), targets, reduction="none")  # (2 * batch,)
     loss = per_sample[: audio.shape[0]].mean() + per_sample[audio.shape[0]:].mean()
-    errors = (logits.argmax(-1) != targets).sum().float()
-    return loss, per_sample.sum().detach(), errors
+    errors = (logits.argmax(-1) != targets).float()  # (2 * batch,)
+    if sample_weights is None:
+        return loss, per_sample.sum().detach(), errors.sum()
+    sample_weights = sample_weights.detach().float()
+    return loss, (sample_weights * per_sample).sum().detach(), (sample_weights * errors).sum()
 
 
 def orthogonality_loss(shared, private, mode="normalized"):
@@ -188,30 +194,65 @@ def a_distance(errors, count, loss_sum, proxy="error"):
     """Proxy A-distance (eq. 6-7) from a discriminator's epoch statistics (tensors broadcast per class)."""
     if proxy == "loss":
         return 2.0 * (1.0 - 2.0 * loss_sum / count)
-    return (2.0 * (1.0 - 2.0 * errors / count)).clamp(0.0, 2.0)
+    if proxy == "error_clamped":
+        return (2.0 * (1.0 - 2.0 * errors / count)).clamp(0.0, 2.0)
+    return 2.0 * (1.0 - 2.0 * errors / count).abs()  # eps <- min(eps, 1 - eps): flipped decisions still separate
 
 
-def dynamic_factor_from_statistics(stats, mode="daan", proxy="error", current=0.5):
+def dynamic_factor_from_statistics(stats, mode="daan", proxy="error", current=0.5, bounds=(0.0, 1.0)):
     """The dynamic factor mu (eq. 8) from a whole epoch's summed discriminator statistics.
 
     `stats` holds the `FDRLOutput` fields `global_errors`, `global_count`, `global_loss_sum`, `local_errors`,
     `local_counts`, `local_loss_sums`, summed over the epoch (and over processes). "daan" weighs the local term
-    by the class-conditional distance, "paper" is the literal eq. 8. mu is clamped to [0, 1]; when the
-    denominator is ~0 or not finite, `current` is returned unchanged.
+    by the class-conditional distance, "paper" is the literal eq. 8. The local distance is the mean over the classes
+    with a positive (weighted) count. mu is clamped to `bounds`; when the global count or every local count is 0,
+    or the denominator is ~0 or not finite, `current` is returned unchanged.
     """
     if mode == "fixed":
         return float(current)
     stats = {key: torch.as_tensor(value, dtype=torch.float64) for key, value in stats.items()}
-    if stats["global_count"] <= 0 or bool((stats["local_counts"] <= 0).any()):
+    seen = stats["local_counts"] > 0  # (num_labels,)
+    if stats["global_count"] <= 0 or not bool(seen.any()):
         return float(current)
     distance_global = a_distance(stats["global_errors"], stats["global_count"], stats["global_loss_sum"], proxy)
-    distance_local = a_distance(stats["local_errors"], stats["local_counts"], stats["local_loss_sums"], proxy).mean()
+    distance_local = a_distance(
+        stats["local_errors"][seen], stats["local_counts"][seen], stats["local_loss_sums"][seen], proxy
+    ).mean()
     denominator = distance_global + distance_local
     if not torch.isfinite(denominator) or denominator.abs() < 1e-12:
         return float(current)
     numerator = distance_local if mode == "daan" else distance_global
-    mu = (numerator / denominator).clamp(0.0, 1.0)
+    mu = (numerator / denominator).clamp(float(bounds[0]), float(bounds[1]))
     return float(mu) if torch.isfinite(mu) else float(current)
+
+
+def discriminator_error_rates(stats, id2label=None, use_global=True, use_local=True):
+    """The raw error rates of an epoch's summed statistics, as log entries; none for a switched-off discriminator.
+
+    Returns `global_discriminator_error` and one `local_discriminator_error_<label>` per class (the label's name
+    from `id2label`, else its index) whose count is positive; the local rates are weighted as the counts are.
+    """
+    rates = {}
+    if use_global and float(stats["global_count"]) > 0:
+        rates["global_discriminator_error"] = float(stats["global_errors"]) / float(stats["global_count"])
+    if not use_local:
+        return rates
+    id2label = id2label or {}
+    for c, (errors, count) in enumerate(zip(_as_list(stats["local_errors"]), _as_list(stats["local_counts"]))):
+        if count > 0:
+            rates[f"local_discriminator_error_{id2label.get(c, c)}"] = errors / count
+    return rates
+
+
+def _as_list(values):
+    return torch.as_tensor(values, dtype=torch.float64).flatten().tolist()
+
+
+def local_weight_source(config):
+    """What weighs the local discriminators' inputs: "predictor", "predictor_attached" or "labels" ("auto" resolved)."""
+    if config.local_weights != "auto":
+        return config.local_weights
+    return "predictor" if config.use_predictor and config.gamma > 0 else "labels"
 
 
 class FDRLPreTrainedModel(PreTrainedModel):
@@ -239,7 +280,7 @@ class FDRLPreTrainedModel(PreTrainedModel):
 
 class FDRLModel(FDRLPreTrainedModel):
     # Every loss term comes from forward and is already a batch mean: Trainer must not rescale it for
-    # gradient accumulation (HF_NOTES.md: the loss doubles with 2 accumulation steps otherwise).
+    # gradient accumulation (the loss would double with 2 accumulation steps otherwise).
     accepts_loss_kwargs = False
 
     def __init__(self, config):
@@ -266,12 +307,14 @@ class FDRLModel(FDRLPreTrainedModel):
             if config.use_local_discriminators else None
         )
         self.modality_discriminator = FDRLDiscriminator(config) if config.use_modality_discriminator else None
-        # FP serves L_f and gives the class probabilities that weight the local discriminators' inputs.
-        needs_predictor = config.use_predictor or config.use_local_discriminators
+        # FP serves L_f and, unless the labels do, gives the class weights of the local discriminators' inputs.
+        weighs_local = config.use_local_discriminators and local_weight_source(config) != "labels"
+        needs_predictor = config.use_predictor or weighs_local
         self.predictor = nn.Linear(config.hidden_size, config.num_labels) if needs_predictor else None
         self.fusion = FDRLFusion(config)
 
-        self.register_buffer("dynamic_factor", torch.tensor(float(config.mu)), persistent=True)
+        # float32 whatever the model's dtype (`_apply`): a bf16 mu moves 0.7059 -> 0.7070
+        self.register_buffer("dynamic_factor", torch.tensor(float(config.mu), dtype=torch.float32), persistent=True)
         self.grl_coefficient = grl_coefficient_at(0.0, config.grl_schedule, config.grl_lambda)
         self.post_init()
         if config.freeze_feature_encoder:
@@ -288,13 +331,35 @@ class FDRLModel(FDRLPreTrainedModel):
         self.grl_coefficient = grl_coefficient_at(progress, self.config.grl_schedule, self.config.grl_lambda)
         return self.grl_coefficient
 
+    def _apply(self, fn, *args, **kwargs):
+        """`.to()`, `.half()`, `.cuda()`, ... move mu but keep it float32 (its value is not rounded)."""
+        dynamic_factor = self.dynamic_factor
+        super()._apply(fn, *args, **kwargs)
+        if self.dynamic_factor.dtype != torch.float32:
+            self.dynamic_factor = dynamic_factor.to(device=self.dynamic_factor.device, dtype=torch.float32)
+        return self
+
     def update_dynamic_factor(self, stats):
         """Update mu (eq. 8) from one epoch's summed discriminator statistics; returns the new value."""
+        config = self.config
         mu = dynamic_factor_from_statistics(
-            stats, self.config.dynamic_factor_mode, self.config.a_distance_proxy, float(self.dynamic_factor)
+            stats, config.dynamic_factor_mode, config.a_distance_proxy, float(self.dynamic_factor),
+            config.dynamic_factor_bounds,
         )
         self.dynamic_factor.fill_(mu)
         return mu
+
+    def end_epoch(self, stats):
+        """Update mu from one epoch's summed statistics; returns the epoch's log entries, mu next to the raw rates.
+
+        `{"dynamic_factor": mu, "global_discriminator_error": ..., "local_discriminator_error_<label>": ...}`, with
+        no entry for a switched-off discriminator (see [`discriminator_error_rates`]).
+        """
+        mu = self.update_dynamic_factor(stats)
+        rates = discriminator_error_rates(
+            stats, self.config.id2label, self.global_discriminator is not None, self.local_discriminators is not None
+        )
+        return {"dynamic_factor": mu, **rates}
 
     # ----- feature extraction (eq. 1-2) -----------------------------------------------------------------------
     def encode_audio(self, input_values, audio_attention_mask=None):
@@ -306,7 +371,42 @@ class FDRLModel(FDRLPreTrainedModel):
         return pool_text(self.text_model, input_ids, text_attention_mask, token_type_ids, self.config.text_pooling)
 
     # ----- losses -----------------------------------------------------------------------------------------------
-    def _alignment_losses(self, shared_audio, shared_text):
+    def _local_weights(self, shared_audio, shared_text, labels):
+        """y_i^c for the speech and the text halves, each (batch, num_labels), as `local_weights` says."""
+        source = local_weight_source(self.config)
+        if source == "labels":  # both modalities carry the utterance's label
+            if labels is None:
+                raise ValueError("`labels` are needed to weigh the local discriminators with local_weights='labels'")
+            one_hot = F.one_hot(labels, self.config.num_labels).float()  # (batch, num_labels)
+            return one_hot, one_hot
+        probs_audio = self.predictor(shared_audio).float().softmax(-1)  # (batch, num_labels)
+        probs_text = self.predictor(shared_text).float().softmax(-1)
+        if source == "predictor":  # unreversed, a gradient here would train FP and E_s against the alignment
+            return probs_audio.detach(), probs_text.detach()
+        return probs_audio, probs_text
+
+    def _local_alignment(self, reversed_audio, reversed_text, weights_audio, weights_text):
+        """L_l (eq. 5): each class's discriminator on y_i^c GRL(S_i); returns it with its statistics."""
+        sample_weights = torch.cat([weights_audio, weights_text]).detach()  # (2 * batch, num_labels)
+        if self.config.local_error_rate == "unweighted":
+            sample_weights = torch.ones_like(sample_weights)
+        per_class = [
+            modality_cross_entropy(
+                discriminator,
+                weights_audio[:, c : c + 1].to(reversed_audio.dtype) * reversed_audio,
+                weights_text[:, c : c + 1].to(reversed_text.dtype) * reversed_text,
+                sample_weights[:, c],
+            )
+            for c, discriminator in enumerate(self.local_discriminators)
+        ]
+        stats = dict(
+            local_errors=torch.stack([errors for _, _, errors in per_class]),
+            local_counts=sample_weights.sum(0),
+            local_loss_sums=torch.stack([loss_sum for _, loss_sum, _ in per_class]),
+        )
+        return torch.stack([loss for loss, _, _ in per_class]).sum(), stats
+
+    def _alignment_losses(self, shared_audio, shared_text, labels=None):
         """L_g (eq. 4) and L_l (eq. 5) behind the gradient reversal layer, with their epoch statistics."""
         zero = shared_audio.new_zeros((), dtype=torch.float32)
         num_labels = self.config.num_labels
@@ -325,23 +425,9 @@ class FDRLModel(FDRLPreTrainedModel):
             )
             stats.update(global_errors=errors, global_count=count, global_loss_sum=loss_sum)
         if self.local_discriminators is not None:
-            # y_i^c: FP's class probabilities for S_i, not detached (DAAN)
-            probs_audio = self.predictor(shared_audio).float().softmax(-1)  # (batch, num_labels)
-            probs_text = self.predictor(shared_text).float().softmax(-1)
-            per_class = [
-                modality_cross_entropy(
-                    discriminator,
-                    probs_audio[:, c : c + 1].to(shared_audio.dtype) * reversed_audio,
-                    probs_text[:, c : c + 1].to(shared_text.dtype) * reversed_text,
-                )
-                for c, discriminator in enumerate(self.local_discriminators)
-            ]
-            loss_local = torch.stack([loss for loss, _, _ in per_class]).sum()
-            stats.update(
-                local_errors=torch.stack([errors for _, _, errors in per_class]),
-                local_counts=count.expand(num_labels).clone(),
-                local_loss_sums=torch.stack([loss_sum for _, loss_sum, _ in per_class]),
-            )
+            weights_audio, weights_text = self._local_weights(shared_audio, shared_text, labels)
+            loss_local, local_stats = self._local_alignment(reversed_audio, reversed_text, weights_audio, weights_text)
+            stats.update(local_stats)
         return loss_global, loss_local, stats
 
     def _adversarial_term(self, loss_global, loss_local):
@@ -409,7 +495,7 @@ class FDRLModel(FDRLPreTrainedModel):
             return FDRLOutput(logits=logits, **representations)
 
         loss_task = F.cross_entropy(logits.float(), labels)  # eq. 14
-        loss_global, loss_local, stats = self._alignment_losses(shared_audio, shared_text)
+        loss_global, loss_local, stats = self._alignment_losses(shared_audio, shared_text, labels)
         loss_modality, loss_orthogonal = self._disparity_losses(shared_audio, shared_text, private_audio, private_text)
         loss_predictor = self._predictor_loss(shared_audio, shared_text, private_audio, private_text, labels)
         config = self.config
@@ -482,6 +568,6 @@ def _check_inputs(input_values, input_ids, labels, num_labels):
 FDRLModel.register_for_auto_class("AutoModel")
 
 __all__ = [
-    "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "GradientReversal", "dynamic_factor_from_statistics",
-    "grl_coefficient_at", "pool_audio", "pool_text",
+    "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "GradientReversal", "discriminator_error_rates",
+    "dynamic_factor_from_statistics", "grl_coefficient_at", "local_weight_source", "pool_audio", "pool_text",
 ]

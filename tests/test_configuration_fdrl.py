@@ -20,6 +20,15 @@ def test_defaults_are_the_paper_and_the_base_backbones():
     assert (config.dynamic_factor_mode, config.a_distance_proxy, config.grl_schedule, config.orthogonality) == (
         "daan", "error", "dann", "normalized"
     )
+    assert config.dynamic_factor_bounds == [0.05, 0.95]
+    assert (config.local_error_rate, config.local_weights) == ("weighted", "auto")
+
+
+def test_dynamic_factor_bounds_survive_the_round_trip(tmp_path):
+    tiny_fdrl_config(dynamic_factor_bounds=(0.0, 1.0), local_weights="labels").save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dynamic_factor_bounds"] == [0.0, 1.0]
+    loaded = FDRLConfig.from_pretrained(tmp_path)
+    assert loaded.dynamic_factor_bounds == [0.0, 1.0] and loaded.local_weights == "labels"
 
 
 def test_round_trip_keeps_nested_configs(tmp_path):
@@ -49,6 +58,13 @@ def test_sub_configs_from_dicts_and_other_backbones():
     [
         ("dynamic_factor_mode", "dann"),
         ("a_distance_proxy", "accuracy"),
+        ("local_error_rate", "mean"),
+        ("local_weights", "softmax"),
+        ("dynamic_factor_bounds", (0.9, 0.1)),
+        ("dynamic_factor_bounds", (0.0, 1.5)),
+        ("dynamic_factor_bounds", (0.1,)),
+        ("dynamic_factor_bounds", "low"),
+        ("dynamic_factor_bounds", None),
         ("grl_schedule", "linear"),
         ("orthogonality", "cosine"),
         ("fusion_inputs", "audio"),

@@ -13,8 +13,11 @@ from transformers import BertModel, Trainer, TrainingArguments, Wav2Vec2Model
 from modeling_fdrl import (
     FDRLDiscriminator,
     FDRLModel,
+    a_distance,
+    discriminator_error_rates,
     dynamic_factor_from_statistics,
     grl_coefficient_at,
+    local_weight_source,
     modality_cross_entropy,
     orthogonality_loss,
 )
@@ -71,9 +74,9 @@ def test_orthogonality_eq10_raw_and_normalized_by_hand():
     assert orthogonality_loss(shared * 1e-3, private, "raw").item() == pytest.approx(10.0 * 1e-6, rel=1e-4)
 
 
-ERROR_STATS = dict(  # eps_g = 0.25 -> d_g = 1; eps_l = .5, 0, .75, .25 -> d_l = 0, 2, 0 (clamped), 1 -> mean .75
-    global_errors=2.0, global_count=8.0, global_loss_sum=0.0,
-    local_errors=[4.0, 0.0, 6.0, 2.0], local_counts=[8.0] * 4, local_loss_sums=[0.0] * 4,
+ERROR_STATS = dict(  # eps_g = 0.25 -> d_g = 1; eps_l = .5, 0, .75, .125 -> d_l = 0, 2, 1, 1.5 -> mean 1.125
+    global_errors=2.0, global_count=8.0, global_loss_sum=0.0,  # (clamped: d_l = 0, 2, 0, 1.5 -> mean .875)
+    local_errors=[4.0, 0.0, 6.0, 1.0], local_counts=[8.0] * 4, local_loss_sums=[0.0] * 4,
 )
 LOSS_STATS = dict(  # L_g = .25 -> d_g = 1; L_l = .1, .2, .3, .8 -> d_l = 1.6, 1.2, .8, -1.2 -> mean .6
     global_errors=0.0, global_count=8.0, global_loss_sum=2.0,
@@ -84,8 +87,10 @@ LOSS_STATS = dict(  # L_g = .25 -> d_g = 1; L_l = .1, .2, .3, .8 -> d_l = 1.6, 1
 @pytest.mark.parametrize(
     "stats, proxy, mode, expected",
     [
-        (ERROR_STATS, "error", "daan", 0.75 / 1.75),
-        (ERROR_STATS, "error", "paper", 1.0 / 1.75),
+        (ERROR_STATS, "error", "daan", 1.125 / 2.125),
+        (ERROR_STATS, "error", "paper", 1.0 / 2.125),
+        (ERROR_STATS, "error_clamped", "daan", 0.875 / 1.875),
+        (ERROR_STATS, "error_clamped", "paper", 1.0 / 1.875),
         (LOSS_STATS, "loss", "daan", 0.6 / 1.6),
         (LOSS_STATS, "loss", "paper", 1.0 / 1.6),
         (ERROR_STATS, "error", "fixed", 0.37),
@@ -108,13 +113,72 @@ def test_dynamic_factor_clamping_and_non_finite_guard():
     assert dynamic_factor_from_statistics(empty, "daan", "error", 0.37) == 0.37
 
 
+def test_a_distance_proxy_reads_flipped_decisions_as_separation():
+    # 2 and 6 errors of 8: eps = .25 and .75 separate the modalities equally well
+    for errors in (2.0, 6.0):
+        assert a_distance(torch.tensor(errors), torch.tensor(8.0), None, "error").item() == 1.0
+    assert a_distance(torch.tensor(4.0), torch.tensor(8.0), None, "error").item() == 0.0  # chance
+    assert a_distance(torch.tensor(0.0), torch.tensor(8.0), None, "error").item() == 2.0
+    assert a_distance(torch.tensor(8.0), torch.tensor(8.0), None, "error").item() == 2.0
+    # the earlier clamp read eps = .75 as perfect alignment
+    assert a_distance(torch.tensor(2.0), torch.tensor(8.0), None, "error_clamped").item() == 1.0
+    assert a_distance(torch.tensor(6.0), torch.tensor(8.0), None, "error_clamped").item() == 0.0
+
+
+def test_global_error_above_chance_no_longer_pins_mu_at_one():
+    # the demo's case: eps_g = .75, eps_l = .25 everywhere
+    stats = dict(ERROR_STATS, global_errors=6.0, local_errors=[2.0] * 4)
+    assert dynamic_factor_from_statistics(stats, "daan", "error") == pytest.approx(0.5)  # d_g = d_l = 1
+    assert dynamic_factor_from_statistics(stats, "daan", "error_clamped") == 1.0  # d_g = 0
+
+
+def test_dynamic_factor_is_clamped_to_its_bounds():
+    only_local = dict(ERROR_STATS, global_errors=4.0, local_errors=[0.0] * 4)  # d_g = 0, d_l = 2: mu = 1
+    only_global = dict(ERROR_STATS, global_errors=0.0, local_errors=[4.0] * 4)  # d_g = 2, d_l = 0: mu = 0
+    assert dynamic_factor_from_statistics(only_local, "daan", "error", 0.5, (0.05, 0.95)) == pytest.approx(0.95)
+    assert dynamic_factor_from_statistics(only_global, "daan", "error", 0.5, (0.05, 0.95)) == pytest.approx(0.05)
+    model = _model()  # defaults (0.05, 0.95)
+    assert model.update_dynamic_factor(only_local) == pytest.approx(0.95)
+    assert model.dynamic_factor.item() == pytest.approx(0.95)
+    assert model.update_dynamic_factor(only_global) == pytest.approx(0.05)
+    unbounded = _model(dynamic_factor_bounds=(0.0, 1.0))
+    assert unbounded.update_dynamic_factor(only_local) == 1.0
+    assert unbounded.update_dynamic_factor(only_global) == 0.0
+
+
+def test_local_distance_averages_the_classes_seen_in_the_epoch():
+    # labels as weights: class 3 absent from the epoch has weight sum 0 and no error rate; it is left out
+    stats = dict(ERROR_STATS, local_errors=[4.0, 0.0, 6.0, 0.0], local_counts=[8.0, 8.0, 8.0, 0.0])
+    assert dynamic_factor_from_statistics(stats, "daan", "error") == pytest.approx(1.0 / 2.0)  # d_l = (0+2+1)/3
+    none_seen = dict(ERROR_STATS, local_counts=[0.0] * 4)
+    assert dynamic_factor_from_statistics(none_seen, "daan", "error", 0.37) == 0.37
+
+
 def test_update_dynamic_factor_changes_the_saved_buffer():
     model = _model()
     assert model.dynamic_factor.item() == 0.5
-    assert model.update_dynamic_factor(ERROR_STATS) == pytest.approx(3 / 7)
-    assert model.state_dict()["dynamic_factor"].item() == pytest.approx(3 / 7)
+    assert model.update_dynamic_factor(ERROR_STATS) == pytest.approx(9 / 17)
+    assert model.state_dict()["dynamic_factor"].item() == pytest.approx(9 / 17)
     fixed = _model(dynamic_factor_mode="fixed", mu=0.2)
     assert fixed.update_dynamic_factor(ERROR_STATS) == pytest.approx(0.2)
+
+
+def test_dynamic_factor_stays_float32_through_casts_and_save_load(tmp_path):
+    model = _model()
+    model.dynamic_factor.fill_(0.7059)
+    expected = torch.tensor(0.7059, dtype=torch.float32).item()  # a bf16 mu would read 0.70703125
+    model.to(torch.bfloat16)
+    assert model.shared_encoder.dense.weight.dtype == torch.bfloat16
+    assert model.dynamic_factor.dtype == torch.float32 and model.dynamic_factor.item() == expected
+    model.half()
+    assert model.dynamic_factor.dtype == torch.float32 and model.dynamic_factor.item() == expected
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    for dtype in (None, torch.bfloat16, torch.float32):
+        loaded = FDRLModel.from_pretrained(tmp_path, **({"dtype": dtype} if dtype else {}))
+        assert loaded.dynamic_factor.dtype == torch.float32, dtype
+        assert loaded.dynamic_factor.item() == expected, dtype
+    assert loaded.update_dynamic_factor(ERROR_STATS) == pytest.approx(9 / 17)
+    assert loaded.dynamic_factor.dtype == torch.float32
 
 
 def test_grl_schedule():
@@ -162,10 +226,18 @@ def test_forward_terms_and_eq15_against_a_computation_by_hand(batch):
         + 1.0 * loss_predictor
     assert out.loss.item() == pytest.approx(total.item(), rel=1e-5)
     # the statistics the dynamic factor needs
-    errors = (model.global_discriminator(torch.cat([sa, st])).argmax(-1) != torch.cat([audio_label, text_label])).sum()
+    targets = torch.cat([audio_label, text_label])
+    errors = (model.global_discriminator(torch.cat([sa, st])).argmax(-1) != targets).sum()
     assert out.global_errors.item() == errors.item() and out.global_count.item() == 8
-    assert out.local_counts.tolist() == [8.0] * 4 and out.local_errors.shape == (4,)
-    assert out.local_loss_sums.sum().item() == pytest.approx(4 * out.loss_local.item(), rel=1e-5)  # equal halves
+    # local: each sample weighted by y_i^c, the predictor's softmax
+    weights = torch.cat([prob_a, prob_t])  # (8, 4)
+    torch.testing.assert_close(out.local_counts, weights.sum(0))
+    for c, d in enumerate(model.local_discriminators):
+        with torch.no_grad():
+            logits = d(weights[:, c:c + 1] * torch.cat([sa, st]))
+        per_sample = torch.logsumexp(logits, -1) - logits.gather(-1, targets[:, None]).squeeze(-1)
+        assert out.local_errors[c].item() == pytest.approx((weights[:, c] * (logits.argmax(-1) != targets)).sum().item())
+        assert out.local_loss_sums[c].item() == pytest.approx((weights[:, c] * per_sample).sum().item(), rel=1e-5)
 
 
 def test_without_labels_only_logits_and_representations():
@@ -199,8 +271,9 @@ def test_global_discriminator_gradient_is_reversed_and_scaled(batch):
         torch.testing.assert_close(reversed_grad, p.grad)  # the discriminator learns normally
 
 
-def test_local_discriminator_gradient_reversed_on_features_not_on_class_weights(batch):
-    model = _model(use_global_discriminator=False)
+@pytest.mark.parametrize("local_weights", ["auto", "predictor_attached"])
+def test_local_discriminator_gradient_reversed_on_features_not_on_class_weights(batch, local_weights):
+    model = _model(use_global_discriminator=False, local_weights=local_weights)
     model.grl_coefficient = 0.4
     sa, st = _shared_leaves(model, batch)
     model._alignment_losses(sa, st)[1].backward()
@@ -210,8 +283,12 @@ def test_local_discriminator_gradient_reversed_on_features_not_on_class_weights(
     loss = sum(modality_cross_entropy(d, prob_a[:, c:c + 1] * f_a, prob_t[:, c:c + 1] * f_t)[0]
                for c, d in enumerate(model.local_discriminators))
     loss.backward()
-    torch.testing.assert_close(sa.grad, -0.4 * f_a.grad + y_a.grad)
-    torch.testing.assert_close(st.grad, -0.4 * f_t.grad + y_t.grad)
+    if local_weights == "auto":  # detached: only the reversed path reaches S
+        torch.testing.assert_close(sa.grad, -0.4 * f_a.grad)
+        torch.testing.assert_close(st.grad, -0.4 * f_t.grad)
+    else:  # DAAN's code: the class weights add an unreversed gradient
+        torch.testing.assert_close(sa.grad, -0.4 * f_a.grad + y_a.grad)
+        torch.testing.assert_close(st.grad, -0.4 * f_t.grad + y_t.grad)
 
 
 def test_shared_encoder_receives_reversed_gradient_from_discriminators(batch):
@@ -244,7 +321,8 @@ TERMS = ["loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthog
     ],
 )
 def test_each_switch_removes_exactly_its_term(batch, switch, removed):
-    full = _model()
+    # without the predictor the labels weigh the local discriminators (S6): compare with a full model that does so
+    full = _model(**({"local_weights": "labels"} if switch == "use_predictor" else {}))
     full.dynamic_factor.fill_(0.3)
     ablated = FDRLModel(tiny_fdrl_config(**{switch: False})).eval()
     ablated.load_state_dict(full.state_dict(), strict=False)
@@ -453,3 +531,148 @@ def test_bad_inputs_raise_clear_errors(batch):
         model(**dict(batch, input_values=batch["input_values"][:, None]))
     with pytest.raises(ValueError, match="input_ids"):
         model(input_values=batch["input_values"], input_ids=None)
+
+
+# ----- the local discriminators' class weights ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides, source",
+    [
+        ({}, "predictor"),
+        ({"gamma": 0.0}, "labels"),
+        ({"use_predictor": False}, "labels"),
+        ({"local_weights": "predictor", "gamma": 0.0}, "predictor"),
+        ({"local_weights": "predictor_attached"}, "predictor_attached"),
+        ({"local_weights": "labels"}, "labels"),
+    ],
+)
+def test_local_weight_source_resolves_auto(overrides, source):
+    assert local_weight_source(tiny_fdrl_config(**overrides)) == source
+
+
+def test_local_weights_model_without_predictor_builds_none():
+    assert _model(use_predictor=False).predictor is None  # the labels weigh the local discriminators
+    assert _model(use_predictor=False, local_weights="predictor").predictor is not None
+
+
+def _local_only_gradients(model, batch):
+    """Gradients of L_l alone with a zero reversal coefficient: what reaches FP and E_s then comes through y_i^c."""
+    model.grl_coefficient = 0.0
+    model(**batch).loss_local.backward()
+    encoder = torch.cat([p.grad.flatten() for p in model.shared_encoder.parameters()])
+    predictor = [p.grad for p in model.predictor.parameters()]
+    predictor = torch.cat([g.flatten() for g in predictor]) if all(g is not None for g in predictor) else None
+    return encoder, predictor
+
+
+def test_class_weights_carry_no_gradient_by_default(batch):
+    encoder, predictor = _local_only_gradients(_model(use_global_discriminator=False, classifier_dropout=0.0), batch)
+    assert torch.count_nonzero(encoder) == 0
+    assert predictor is None or torch.count_nonzero(predictor) == 0
+
+
+def test_attached_class_weights_train_predictor_and_encoder(batch):
+    model = _model(use_global_discriminator=False, classifier_dropout=0.0, local_weights="predictor_attached")
+    encoder, predictor = _local_only_gradients(model, batch)
+    assert encoder.abs().sum() > 0 and predictor.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides", [{"gamma": 0.0}, {"use_predictor": False}])
+def test_s6_weighs_the_local_discriminators_with_the_labels(batch, overrides):
+    model = _model(**overrides)
+    inputs = {}
+    for c, discriminator in enumerate(model.local_discriminators):
+        discriminator.register_forward_hook(lambda module, args, output, c=c: inputs.update({c: args[0]}))
+    with torch.no_grad():
+        out = model(**batch)
+    one_hot = torch.nn.functional.one_hot(batch["labels"], 4).float()  # (4, 4)
+    for c in range(4):
+        expected = torch.cat([one_hot[:, c:c + 1] * out.shared_audio, one_hot[:, c:c + 1] * out.shared_text])
+        torch.testing.assert_close(inputs[c], expected, rtol=0, atol=0)
+    # one-hot weights: each class counts the two representations of its own utterances
+    assert out.local_counts.tolist() == (2 * one_hot.sum(0)).tolist()
+
+
+# ----- the local error rates, weighted by the class weights ----------------------------------------------------------
+def _two_class_model(**overrides):
+    """hidden 2, two classes "a" and "b", every local discriminator with logits = relu(input)."""
+    torch.manual_seed(0)
+    config = tiny_fdrl_config(hidden_size=2, discriminator_hidden_size=2, fusion_num_heads=1,
+                              id2label={0: "a", 1: "b"}, **overrides)
+    model = FDRLModel(config).eval()
+    for discriminator in model.local_discriminators:
+        with torch.no_grad():
+            discriminator.dense.weight.copy_(torch.eye(2)), discriminator.dense.bias.zero_()
+            discriminator.out.weight.copy_(torch.eye(2)), discriminator.out.bias.zero_()
+    return model
+
+
+SHARED_AUDIO = torch.tensor([[1.0, 0.0], [0.0, 3.0]])  # label 0 (speech)
+SHARED_TEXT = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # label 1 (text)
+WEIGHTS_AUDIO = torch.tensor([[0.9, 0.1], [0.3, 0.7]])  # y_i^c
+WEIGHTS_TEXT = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
+
+
+def test_weighted_local_error_rate_by_hand():
+    # class a: inputs [.9, 0] right, [0, .9] wrong, [.4, 0] wrong, [0, .6] right -> (.3 + .2) / 2.0 = .25
+    # class b: inputs [.1, 0] right, [0, 2.1] wrong, [1.6, 0] wrong, [0, .4] right -> (.7 + .8) / 2.0 = .75
+    model = _two_class_model()
+    _, stats = model._local_alignment(SHARED_AUDIO, SHARED_TEXT, WEIGHTS_AUDIO, WEIGHTS_TEXT)
+    torch.testing.assert_close(stats["local_errors"], torch.tensor([0.5, 1.5]))
+    torch.testing.assert_close(stats["local_counts"], torch.tensor([2.0, 2.0]))
+    ce = [math.log(1 + math.exp(-0.9)), math.log(1 + math.exp(0.9)), math.log(1 + math.exp(0.4)),
+          math.log(1 + math.exp(-0.6))]  # class a, per sample
+    assert stats["local_loss_sums"][0].item() == pytest.approx(0.9 * ce[0] + 0.3 * ce[1] + 0.2 * ce[2] + 0.6 * ce[3])
+    full = dict(global_errors=0.0, global_count=4.0, global_loss_sum=0.0, **stats)
+    rates = model.end_epoch(full)
+    assert rates["local_discriminator_error_a"] == pytest.approx(0.25)
+    assert rates["local_discriminator_error_b"] == pytest.approx(0.75)
+    # d_g = 2, d_l = 1 and 1: mu = 1 / 3
+    assert rates["dynamic_factor"] == pytest.approx(1 / 3) and model.dynamic_factor.item() == pytest.approx(1 / 3)
+
+
+def test_unweighted_local_error_rate_is_one_switch_away():
+    model = _two_class_model(local_error_rate="unweighted")
+    _, stats = model._local_alignment(SHARED_AUDIO, SHARED_TEXT, WEIGHTS_AUDIO, WEIGHTS_TEXT)
+    assert stats["local_errors"].tolist() == [2.0, 2.0] and stats["local_counts"].tolist() == [4.0, 4.0]
+
+
+# ----- the epoch's log ---------------------------------------------------------------------------------------------
+def _epoch_stats(model, batch, steps=2):
+    stats = {}
+    with torch.no_grad():
+        for _ in range(steps):
+            out = model(**batch)
+            for key in ("global_errors", "global_count", "global_loss_sum", "local_errors", "local_counts",
+                        "local_loss_sums"):
+                stats[key] = stats.get(key, 0.0) + out[key].double()
+    return stats
+
+
+@pytest.mark.parametrize(
+    "overrides, has_global, has_local",
+    [({}, True, True), ({"use_global_discriminator": False}, False, True),
+     ({"use_local_discriminators": False}, True, False)],
+)
+def test_epoch_summary_has_raw_rates_and_no_entry_for_a_disabled_discriminator(batch, overrides, has_global,
+                                                                                has_local):
+    model = _model(**overrides)
+    stats = _epoch_stats(model, batch)
+    summary = model.end_epoch(stats)
+    local_keys = {f"local_discriminator_error_{label}" for label in ("ang", "hap", "neu", "sad")}
+    expected = {"dynamic_factor"} | ({"global_discriminator_error"} if has_global else set()) | (
+        local_keys if has_local else set())
+    assert set(summary) == expected
+    assert all(isinstance(v, float) and math.isfinite(v) for v in summary.values())
+    if has_global:
+        assert summary["global_discriminator_error"] == pytest.approx(
+            float(stats["global_errors"] / stats["global_count"]))
+    if has_local:
+        assert summary["local_discriminator_error_neu"] == pytest.approx(
+            float(stats["local_errors"][2] / stats["local_counts"][2]))
+
+
+def test_error_rates_name_classes_by_index_without_labels():
+    stats = dict(ERROR_STATS, local_counts=[8.0, 8.0, 0.0, 8.0])
+    rates = discriminator_error_rates(stats)
+    assert rates == {"global_discriminator_error": 0.25, "local_discriminator_error_0": 0.5,
+                     "local_discriminator_error_1": 0.0, "local_discriminator_error_3": 0.125}
