@@ -34,47 +34,73 @@ def _args(corpus, output_dir, *extra):
             "--cache_dir", str(corpus["data_dir"].parent / "cache"), *TINY, *extra]
 
 
+SYSTEMS = ["S0", "S1", "speech", "text", "concat", "late_fusion"]
+
+
 @pytest.fixture(scope="module")
 def protocol_run(corpus, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run")
     summary = run_fdrl.main(_args(corpus, output_dir, "--folds", "1,3", "--num_train_epochs", "2", "--seed", "7",
-                                  "--train_sampling_strategy", "group_by_length"))
+                                  "--systems", *SYSTEMS, "--train_sampling_strategy", "group_by_length"))
     return output_dir, summary
 
 
-def test_protocol_writes_results_for_every_fold(protocol_run, corpus):
+def _expected_test_ids(corpus, fold):
+    """The 4-class utterances of the held-out session, less those with an empty transcript (skipped, counted)."""
+    return [i for i in corpus["expected"]["4class"]["ids"][fold] if corpus["utterances"][i]["text"].strip()]
+
+
+def test_protocol_writes_every_system_of_every_fold(protocol_run, corpus):
     output_dir, summary = protocol_run
     results = json.loads((output_dir / "results.json").read_text())
     assert [(run["seed"], run["fold"]) for run in results["runs"]] == [(7, 1), (7, 3)]
     assert results["num_runs"] == 2 and results["label_names"] == ["ang", "hap", "neu", "sad"]
+    assert list(results["systems"]) == SYSTEMS and results["reference"] == "S0"
     for run in results["runs"]:
-        assert 0.0 <= run["war"] <= 1.0 and 0.0 <= run["uar"] <= 1.0
-        fold_dir = output_dir / "seed7" / f"fold{run['fold']}"
-        test = json.loads((fold_dir / "test_results.json").read_text())
-        # the 4-class utterances of the held-out session, less those with an empty transcript (skipped, counted)
-        expected = [i for i in corpus["expected"]["4class"]["ids"][run["fold"]]
-                    if corpus["utterances"][i]["text"].strip()]
-        matrix = torch.tensor(test["confusion_matrix"])
-        assert matrix.sum().item() == test["num_samples"] == len(expected)
-        assert test["war"] == pytest.approx(matrix.diag().sum().item() / matrix.sum().item())
-        assert (fold_dir / "confusion_matrix.png").stat().st_size > 1000
-        assert not list(fold_dir.glob("checkpoint-*"))  # only the best model is kept
-    mean_war = sum(run["war"] for run in results["runs"]) / 2
-    assert results["mean"]["war"] == pytest.approx(mean_war)
+        record = json.loads((output_dir / "runs" / f"seed7_fold{run['fold']}.json").read_text())
+        expected = _expected_test_ids(corpus, run["fold"])
+        assert record["test_ids"] == expected
+        for name in SYSTEMS:
+            metrics = record["systems"][name]
+            matrix = torch.tensor(metrics["confusion_matrix"])
+            assert matrix.sum().item() == metrics["num_samples"] == len(expected) == len(metrics["log_probs"])
+            assert metrics["war"] == pytest.approx(matrix.diag().sum().item() / matrix.sum().item())
+        # late fusion is the sum of the two single-modality log-probabilities
+        fused = torch.tensor(record["systems"]["speech"]["log_probs"]) + torch.tensor(record["systems"]["text"]["log_probs"])
+        assert (fused - torch.tensor(record["systems"]["late_fusion"]["log_probs"])).abs().max() <= 2e-6
+    for name in SYSTEMS:
+        uars = [run["systems"][name]["uar"] for run in results["runs"]]
+        assert results["systems"][name]["mean"]["uar"] == pytest.approx(sum(uars) / 2)
+        if name != "S0":
+            diffs = [run["systems"][name]["uar"] - run["systems"]["S0"]["uar"] for run in results["runs"]]
+            paired = results["systems"][name]["paired"]["uar"]
+            assert paired["mean"] == pytest.approx(sum(diffs) / 2)
+            assert paired["wins"] + paired["ties"] + paired["losses"] == 2
     table = (output_dir / "results.md").read_text()
-    assert "mean ± std" in table and f"{100 * mean_war:.2f}" in table
+    assert "UAR − S0 (paired)" in table and "late_fusion" in table
+    assert not list(output_dir.glob("seed7/fold*/*/checkpoint-*"))  # only the best models are kept
 
 
-def test_every_term_and_the_dynamic_factor_are_logged(protocol_run):
+def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol_run):
     output_dir, _ = protocol_run
-    history = json.loads((output_dir / "seed7" / "fold1" / "trainer_state.json").read_text())["log_history"]
+    history = json.loads((output_dir / "seed7" / "fold1" / "S0" / "trainer_state.json").read_text())["log_history"]
     train_logs = [entry for entry in history if "loss" in entry]
     assert train_logs
-    for key in ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor",
-                "dynamic_factor", "grl_coefficient"):
+    from fdrl.training.trainer import LOSS_TERMS
+
+    assert LOSS_TERMS == ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor")
+    for key in (*LOSS_TERMS, "dynamic_factor", "grl_coefficient"):
         assert all(key in entry for entry in train_logs), key
-    updates = [entry["dynamic_factor_update"] for entry in history if "dynamic_factor_update" in entry]
-    assert len(updates) == 2 and all(0.0 <= mu <= 1.0 for mu in updates)  # one per epoch
+    epochs = [entry for entry in history if "global_discriminator_error" in entry]
+    assert len(epochs) == 2  # one update per epoch
+    for entry in epochs:
+        assert 0.05 <= entry["dynamic_factor"] <= 0.95  # the default bounds
+        for label in ("ang", "hap", "neu", "sad"):
+            assert 0.0 <= entry[f"local_discriminator_error_{label}"] <= 1.0
+    evals = [entry for entry in history if "eval_uar" in entry]
+    assert len(evals) == 2 and all("eval_alignment_centroid_distance" in entry for entry in evals)
+    values = [v for entry in epochs + evals for v in entry.values() if isinstance(v, float)]
+    assert all(v == v for v in values)  # no NaN
     grl = [entry["grl_coefficient"] for entry in train_logs]
     assert grl == sorted(grl) and grl[0] == 0.0 < grl[-1] < 1.0  # DANN schedule: 0 at the start, then rising
 
@@ -98,6 +124,7 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names)
     card = (hub / "README.md").read_text()
     assert "model-index" in card and "leave-one-session-out" in card and "Intended use" in card
+    assert "multimodal-emotion-recognition" in card and "| speech: speech only" in card  # baseline rows
     config = json.loads((hub / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_fdrl.FDRLModel"
     # the same test session's predictions, in this process (saved weights) and in a fresh one (remote code)
@@ -126,7 +153,8 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
     from modeling_fdrl import FDRLModel
     from processing_fdrl import FDRLProcessor
 
-    model, processor = FDRLModel.from_pretrained(fold_dir).eval(), FDRLProcessor.from_pretrained(fold_dir)
+    model_dir = fold_dir / "model"
+    model, processor = FDRLModel.from_pretrained(model_dir).eval(), FDRLProcessor.from_pretrained(model_dir)
     audio = [soundfile.read(p, dtype="float32")[0] for p in wavs]
     with torch.no_grad():
         local = model(**processor(audio=audio, text=texts, sampling_rate=16000)).logits
@@ -146,64 +174,125 @@ def test_lengths_for_grouped_batches_come_from_the_corpus(corpus):
 
 
 def test_resume_restores_the_dynamic_factor_and_the_step(corpus, tmp_path):
-    common = ["--test_session", "2", "--num_train_epochs", "2", "--keep_checkpoints", "true", "--seed", "3"]
+    common = ["--folds", "2", "--num_train_epochs", "2", "--keep_checkpoints", "true", "--seed", "3"]
     run_fdrl.main(_args(corpus, tmp_path / "full", *common))
-    checkpoints = sorted((tmp_path / "full/seed3/fold2").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    full_dir = tmp_path / "full/seed3/fold2"
+    checkpoints = sorted((full_dir / "S0").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     first, last = checkpoints[0], checkpoints[-1]
     mu_first = load_file(first / "model.safetensors")["dynamic_factor"].item()
     assert mu_first != 0.5  # updated at the end of epoch 1, before the checkpoint was written
-    # interrupted after epoch 1: resume from its checkpoint in a new folder
-    shutil.copytree(first, tmp_path / "resumed/seed3/fold2" / first.name)
-    run_fdrl.main(_args(corpus, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true"))
+    # interrupted after epoch 1 (tokenizer already saved): resume from its checkpoint in a new folder
     resumed_dir = tmp_path / "resumed/seed3/fold2"
-    state = json.loads((resumed_dir / "trainer_state.json").read_text())
-    full_state = json.loads((tmp_path / "full/seed3/fold2/trainer_state.json").read_text())
+    shutil.copytree(first, resumed_dir / "S0" / first.name)
+    shutil.copytree(full_dir / "processor", resumed_dir / "processor")
+    run_fdrl.main(_args(corpus, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true"))
+    state = json.loads((resumed_dir / "S0" / "trainer_state.json").read_text())
+    full_state = json.loads((full_dir / "S0" / "trainer_state.json").read_text())
     assert state["global_step"] == full_state["global_step"] == int(last.name.split("-")[1])
-    resumed_logs = [e for e in state["log_history"] if "dynamic_factor_update" in e]
-    full_logs = [e for e in full_state["log_history"] if "dynamic_factor_update" in e]
-    assert resumed_logs[0]["dynamic_factor_update"] == full_logs[0]["dynamic_factor_update"] == pytest.approx(mu_first, abs=1e-6)
-    assert resumed_logs[-1]["dynamic_factor_update"] == pytest.approx(full_logs[-1]["dynamic_factor_update"], abs=1e-6)
-    full_weights = load_file(tmp_path / "full/seed3/fold2/model.safetensors")
-    resumed_weights = load_file(resumed_dir / "model.safetensors")
-    assert resumed_weights["dynamic_factor"].item() == pytest.approx(full_weights["dynamic_factor"].item(), abs=1e-6)
+    resumed_mu = [e["dynamic_factor"] for e in state["log_history"] if "global_discriminator_error" in e]
+    full_mu = [e["dynamic_factor"] for e in full_state["log_history"] if "global_discriminator_error" in e]
+    assert resumed_mu[0] == full_mu[0] == pytest.approx(mu_first, abs=1e-6)
+    assert resumed_mu[-1] == pytest.approx(full_mu[-1], abs=1e-6)
+    full_weights = load_file(full_dir / "model" / "model.safetensors")
+    resumed_weights = load_file(resumed_dir / "model" / "model.safetensors")
     difference = max((resumed_weights[k] - full_weights[k]).abs().max().item() for k in full_weights)
     assert difference <= 1e-4  # continues as if never stopped
+
+
+def test_resume_skips_an_incomplete_checkpoint(corpus, tmp_path, caplog):
+    common = ["--folds", "2", "--num_train_epochs", "2", "--keep_checkpoints", "true", "--seed", "3"]
+    run_fdrl.main(_args(corpus, tmp_path / "full", *common))
+    full_dir = tmp_path / "full/seed3/fold2"
+    first, last = sorted((full_dir / "S0").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    resumed_dir = tmp_path / "resumed/seed3/fold2"
+    shutil.copytree(first, resumed_dir / "S0" / first.name)
+    shutil.copytree(last, resumed_dir / "S0" / last.name)
+    (resumed_dir / "S0" / last.name / "trainer_state.json").unlink()  # killed while saving
+    shutil.copytree(full_dir / "processor", resumed_dir / "processor")
+    caplog.set_level("WARNING")
+    run_fdrl.main(_args(corpus, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true"))
+    assert f"skipping the incomplete checkpoint {resumed_dir / 'S0' / last.name}" in caplog.text
+    state = json.loads((resumed_dir / "S0" / "trainer_state.json").read_text())
+    assert state["global_step"] == int(last.name.split("-")[1])  # trained on from the complete one
+
+
+def test_a_truncated_run_record_is_rerun_on_resume(corpus, tmp_path, caplog):
+    common = ["--folds", "2", "--num_train_epochs", "1", "--seed", "3", "--systems", "speech"]
+    run_fdrl.main(_args(corpus, tmp_path, *common))
+    record = tmp_path / "runs" / "seed3_fold2.json"
+    record.write_text(record.read_text()[:40])  # killed while writing
+    caplog.set_level("WARNING")
+    summary = run_fdrl.main(_args(corpus, tmp_path, *common, "--resume_from_checkpoint", "true"))
+    assert "is not valid JSON" in caplog.text and summary["num_runs"] == 1
+    assert json.loads(record.read_text())["systems"]["speech"]["num_samples"] == len(_expected_test_ids(corpus, 2))
+
+
+def test_an_output_folder_in_use_by_a_live_run_is_refused(corpus, tmp_path):
+    """A second real process holds the folder's lock; once it is killed (-9), the lock is free again."""
+    from fdrl.training.protocol import LOCK_FILE
+
+    tmp_path.mkdir(exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from filelock import FileLock
+        lock = FileLock({str(tmp_path / LOCK_FILE)!r})
+        lock.acquire()
+        print("held", flush=True)
+        time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=f"--output_dir {tmp_path} is in use by another run"):
+            run_fdrl.main(_args(corpus, tmp_path, "--folds", "1", "--num_train_epochs", "1", "--systems", "text"))
+        assert not (tmp_path / "seed42").exists()  # refused before anything was trained
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = run_fdrl.main(_args(corpus, tmp_path, "--folds", "1", "--num_train_epochs", "1", "--systems", "text"))
+    assert summary["num_runs"] == 1
 
 
 def test_argument_files_json_and_yaml(corpus, tmp_path):
     import yaml
 
-    values = {"data_dir": str(corpus["data_dir"]), "model_preset": "tiny", "test_session": 1, "use_cpu": True,
-              "output_dir": str(tmp_path / "out"), "alpha": 0.25, "fusion_inputs": "shared", "folds": "1,2"}
+    values = {"data_dir": str(corpus["data_dir"]), "model_preset": "tiny", "use_cpu": True,
+              "output_dir": str(tmp_path / "out"), "alpha": 0.25, "fusion_inputs": "shared", "folds": [1, 2],
+              "systems": ["S0", "speech"], "dynamic_factor_bounds": [0.1, 0.9]}
     (tmp_path / "args.json").write_text(json.dumps(values))
     (tmp_path / "args.yaml").write_text(yaml.safe_dump(values))
     for path in ("args.json", "args.yaml"):
         model_args, data_args, training_args = run_fdrl.parse_arguments([str(tmp_path / path)])
         assert (model_args.alpha, model_args.fusion_inputs, data_args.data_dir) == (0.25, "shared", values["data_dir"])
-        assert training_args.fold_list() == [1, 2] and training_args.learning_rate == 1e-5  # the paper's default
+        assert training_args.folds == [1, 2] and training_args.learning_rate == 1e-5  # the paper's default
+        assert training_args.systems == ["S0", "speech"] and model_args.config_overrides()["dynamic_factor_bounds"] == (0.1, 0.9)
         assert training_args.per_device_train_batch_size == 8 and training_args.num_train_epochs == 100
 
 
 @pytest.mark.parametrize(
-    "extra, error, message",
+    "extra, message",
     [
-        (["--test_session", "4"], ValueError, r"test session\(s\) \[4\] not in the data, whose sessions are \[1, 2, 3\]"),
-        (["--folds", "1,x"], ValueError, "--folds"),
-        ([], ValueError, "--test_session"),
+        (["--folds", "4"], r"--folds: test session\(s\) \[4\] not in the data, whose sessions are \[1, 2, 3\]"),
+        (["--folds", "1,x"], "--folds must be a list of int"),
+        (["--folds", ","], "--folds is empty"),
+        (["--folds", "1,1"], r"--folds names \[1\] more than once"),
+        ([], "Give --folds"),
+        (["--folds", "1", "--alpha", "-1"], "--alpha must be a non-negative number, got -1"),
+        (["--folds", "1", "--systems", "S0", "S9"], r"unknown system\(s\) \['S9'\]"),
+        (["--folds", "1", "--local_weights", "guess"], "--local_weights must be one of"),
     ],
 )
-def test_bad_arguments_fail_before_training(corpus, tmp_path, extra, error, message):
-    with pytest.raises(error, match=message):
+def test_bad_arguments_fail_before_anything_is_loaded(corpus, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
         run_fdrl.main(_args(corpus, tmp_path, *extra))
     assert not (tmp_path / "seed42").exists()  # nothing trained
 
 
 def test_missing_data_dir_and_model_source_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data_dir .*nowhere"):
-        run_fdrl.main(["--data_dir", str(tmp_path / "nowhere"), "--model_preset", "tiny", "--test_session", "1",
+        run_fdrl.main(["--data_dir", str(tmp_path / "nowhere"), "--model_preset", "tiny", "--folds", "1",
                        "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="exactly one model source"):
-        run_fdrl.main(["--data_dir", str(tmp_path), "--test_session", "1", "--output_dir", str(tmp_path)])
+        run_fdrl.main(["--data_dir", str(tmp_path), "--folds", "1", "--output_dir", str(tmp_path)])
 
 
 def test_unknown_label_in_a_manifest_is_reported_by_row(corpus, tmp_path):
@@ -211,7 +300,7 @@ def test_unknown_label_in_a_manifest_is_reported_by_row(corpus, tmp_path):
     rows = ["audio,text,label,session", f"{wav},hello there,ang,1", f"{wav},good morning,joy,2"]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"(?s)joy.*row|row.*joy"):
-        run_fdrl.main(["--manifest", str(tmp_path / "data.csv"), "--test_session", "1", "--output_dir",
+        run_fdrl.main(["--manifest", str(tmp_path / "data.csv"), "--folds", "1", "--output_dir",
                        str(tmp_path / "out"), *TINY])
     assert not (tmp_path / "out" / "seed42").exists()
 
@@ -221,7 +310,7 @@ def test_push_to_hub_uploads_the_model_folder(protocol_run, monkeypatch):
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoUrl
 
-    from fdrl.training.protocol import push_folder
+    from fdrl.training.hub import push_folder
     from fdrl.training.trainer import FDRLTrainingArguments
 
     calls = {}
@@ -237,33 +326,33 @@ def test_push_to_hub_uploads_the_model_folder(protocol_run, monkeypatch):
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     output_dir, _ = protocol_run
     args = FDRLTrainingArguments(output_dir=str(output_dir), push_to_hub=True, hub_model_id="someone/fdrl-test",
-                                 use_cpu=True, test_session=1)
+                                 use_cpu=True, folds=[1])
     assert push_folder(output_dir / "model", args) == "someone/fdrl-test"
     assert calls["create_repo"][0] == "someone/fdrl-test" and calls["create_repo"][1]["exist_ok"] is True
     repo_id, files = calls["upload_folder"]
     assert repo_id == "someone/fdrl-test"
     assert {"model.safetensors", "config.json", "README.md", "modeling_fdrl.py", "tokenizer.json"} <= set(files)
     with pytest.raises(ValueError, match="hub_model_id"):
-        push_folder(output_dir / "model", FDRLTrainingArguments(output_dir=str(output_dir), use_cpu=True))
+        push_folder(output_dir / "model", FDRLTrainingArguments(output_dir=str(output_dir), use_cpu=True, folds=[1]))
 
 
 def test_two_processes_train_the_same_model(corpus, tmp_path):
     """`accelerate launch` with two real CPU processes (gloo): both ranks run and end with the same model."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "run_fdrl.py"),
-               *_args(corpus, tmp_path / "ddp", "--test_session", "1", "--num_train_epochs", "2",
+               *_args(corpus, tmp_path / "ddp", "--folds", "1", "--num_train_epochs", "2",
                       "--per_device_train_batch_size", "4", "--seed", "5")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
     fold_dir = tmp_path / "ddp/seed5/fold1"
-    states = [json.loads((fold_dir / f"rank_state_{rank}.json").read_text()) for rank in (0, 1)]
+    states = [json.loads((fold_dir / "S0" / f"rank_state_{rank}.json").read_text()) for rank in (0, 1)]
     assert [s["rank"] for s in states] == [0, 1] and all(s["world_size"] == 2 for s in states)
     assert states[0]["dynamic_factor"] == states[1]["dynamic_factor"] != 0.5
     assert states[0]["global_step"] == states[1]["global_step"]
     assert states[0]["parameter_checksum"] == pytest.approx(states[1]["parameter_checksum"], rel=1e-9)
     # each epoch, the two ranks together saw the training split once
-    history = json.loads((fold_dir / "trainer_state.json").read_text())
+    history = json.loads((fold_dir / "S0" / "trainer_state.json").read_text())
     splits = json.loads((fold_dir / "splits.json").read_text())
     steps_per_epoch = -(-len(splits["train"]) // 8)  # 2 processes x 4
     assert history["global_step"] == 2 * steps_per_epoch

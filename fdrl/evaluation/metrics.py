@@ -55,10 +55,10 @@ class fdrl_metrics:  # noqa: N801 (used like trainer_metrics, a factory of compu
         return metrics
 
     def alignment(self, predictions, labels, prefix=""):
-        from .alignment import alignment_diagnostics
+        from .alignment import alignment_metrics
 
         if len(predictions) < 3:
             return {}
-        diagnostics = alignment_diagnostics(np.asarray(predictions[1]), np.asarray(predictions[2]),
-                                            np.asarray(labels), self.label_names)
+        diagnostics = alignment_metrics(np.asarray(predictions[1]), np.asarray(predictions[2]), np.asarray(labels),
+                                        dict(enumerate(self.label_names)))
         return {f"{prefix}{key}": value for key, value in diagnostics.items()}

@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
@@ -88,9 +89,24 @@ def drop_empty_transcripts(split, name):
     return split
 
 
+def add_length_column(split, sampling_rate=16000):
+    """`length` in samples, for length-grouped batches: from IEMOCAP's times, else from the audio file's header."""
+    if "length" in split.column_names:
+        return split
+    if {"start", "end"} <= set(split.column_names):
+        lengths = [int(round((end - start) * sampling_rate)) for start, end in zip(split["start"][:], split["end"][:])]
+    else:
+        import soundfile
+
+        paths = split.cast_column("audio", datasets.Audio(decode=False))["audio"][:]
+        lengths = [int(soundfile.info(a["path"]).duration * sampling_rate) if a.get("path") else 0 for a in paths]
+    return split.add_column("length", lengths)
+
+
 def fold_splits(data, test_session, validation_fraction, seed):
     splits = leave_one_session_out(data, test_session, validation_fraction=validation_fraction, seed=seed)
-    splits = type(splits)({name: drop_empty_transcripts(split, name) for name, split in splits.items()})
+    splits = type(splits)({name: add_length_column(drop_empty_transcripts(split, name))
+                           for name, split in splits.items()})
     for name, split in splits.items():
         if len(split) == 0:
             raise ValueError(
@@ -254,6 +270,8 @@ def run_fold(context, seed, fold):
     processor = build_processor(model_args, splits["train"]["text"][:] + splits["validation"]["text"][:], fold_dir)
     context["processor"] = processor
     audio, text = build_backbones(model_args, processor, seed)
+    if args.should_save:
+        write_json(fold_dir / "splits.json", {name: splits_ids(split) for name, split in splits.items()})
     if args.freeze_backbones:
         splits = cached_pooled_features(audio, text, processor, splits, context, fold_dir)
     labels = splits["test"]["label"][:] if hasattr(splits["test"], "column_names") else [e["label"] for e in splits["test"]]
@@ -266,6 +284,7 @@ def run_fold(context, seed, fold):
         else:
             system_dir = fold_dir / system.name
             done[system.name], trainer = train_system(system, context, splits, audio, text, system_dir, seed)
+            write_rank_state(trainer, system_dir)
             if args.should_save:
                 trainer.save_state()  # trainer_state.json: every logged term, mu and the alignment over training
                 if system.name == reference:
@@ -276,16 +295,28 @@ def run_fold(context, seed, fold):
         logger.info(f"seed {seed}, fold {fold}, {system.name}: UAR {done[system.name]['uar']:.4f}, "
                     f"WAR {done[system.name]['war']:.4f}")
         if args.should_save:
-            write_json(record_path, {"seed": seed, "fold": fold, "systems": done, "test_ids": splits_ids(splits)})
+            write_json(record_path, {"seed": seed, "fold": fold, "systems": done,
+                                     "test_ids": splits_ids(splits["test"])})
             plot_confusion_matrix(done[system.name]["confusion_matrix"], context["label_names"],
                                   _mkdir(fold_dir) / f"confusion_{system.name}.png",
                                   title=f"{system.name}, test session {fold}, seed {seed}")
     return {"seed": seed, "fold": fold, "systems": {s.name: done[s.name] for s in context["systems"]}}
 
 
-def splits_ids(splits):
-    test = splits["test"]
-    return test["id"][:] if hasattr(test, "column_names") else [e["id"] for e in test]
+def splits_ids(split):
+    return split["id"][:] if hasattr(split, "column_names") else [e["id"] for e in split]
+
+
+def write_rank_state(trainer, folder):
+    """Each process records what it ended with, so a multi-process run can be checked for agreement."""
+    if trainer.args.world_size <= 1:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    state = dict(rank=trainer.args.process_index, world_size=trainer.args.world_size,
+                 dynamic_factor=float(getattr(model, "dynamic_factor", float("nan"))),
+                 global_step=trainer.state.global_step, parameter_checksum=checksum)
+    write_json(_mkdir(Path(folder)) / f"rank_state_{trainer.args.process_index}.json", state)
 
 
 def _mkdir(folder):

@@ -21,6 +21,8 @@ logger = logging.get_logger(__name__)
 
 # The loss terms are FDRLOutput's `loss_*` fields: one source of truth for logs, plots and tests.
 LOSS_TERMS = tuple(f.name for f in dataclasses.fields(FDRLOutput) if f.name.startswith("loss_"))
+# The discriminators' per-batch statistics, summed over an epoch (and over processes) to update mu.
+STAT_KEYS = tuple(f.name for f in dataclasses.fields(FDRLOutput) if f.name.startswith(("global_", "local_")))
 EPOCH_STATS_FILE = "fdrl_epoch_statistics_rank{rank}.json"
 BACKBONE_PREFIXES = ("audio_model.", "text_model.")
 
@@ -224,8 +226,8 @@ class FDRLTrainer(SystemTrainer):
         for term in LOSS_TERMS:
             self._term_sums[term] = self._term_sums.get(term, 0.0) + outputs[term].detach().float()
         self._term_steps += 1
-        for key, value in outputs.statistics().items():
-            self._epoch_stats[key] = self._epoch_stats.get(key, 0.0) + value.detach().double()
+        for key in STAT_KEYS:
+            self._epoch_stats[key] = self._epoch_stats.get(key, 0.0) + outputs[key].detach().double()
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs and self._term_steps:
@@ -244,7 +246,7 @@ class FDRLTrainer(SystemTrainer):
             return None
         stats = {k: self.accelerator.reduce(v.to(self.accelerator.device), "sum").cpu() for k, v in self._epoch_stats.items()}
         self._epoch_stats = {}
-        summary = self.fdrl_model.update_dynamic_factor(stats)
+        summary = self.fdrl_model.end_epoch(stats)
         self.log({key: round(float(value), 6) for key, value in summary.items()})
         return summary["dynamic_factor"]
 
