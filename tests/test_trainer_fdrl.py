@@ -3,10 +3,11 @@ import pytest
 import torch
 from conftest import make_batch, tiny_fdrl_config
 
-from fdrl.evaluation.metrics import classification_metrics, markdown_table, summarize
 from modeling_fdrl import FDRLModel, dynamic_factor_from_statistics
 from processing_fdrl import FDRLProcessor
-from fdrl.training.trainer import LOSS_TERMS, STAT_KEYS, FDRLDataCollator, FDRLTrainer, FDRLTrainingArguments
+from fdrl.training.trainer import (
+    LOSS_TERMS, STAT_KEYS, FDRLDataCollator, FDRLTrainer, FDRLTrainingArguments, parameter_groups,
+)
 
 
 def _example(seconds, text, label, rate=16000):
@@ -33,7 +34,7 @@ def test_collator_batches_both_modalities_or_one():
 @pytest.fixture
 def trainer(tmp_path):
     torch.manual_seed(0)
-    args = FDRLTrainingArguments(output_dir=str(tmp_path), use_cpu=True, test_session=1, report_to="none",
+    args = FDRLTrainingArguments(output_dir=str(tmp_path), use_cpu=True, folds=[1], report_to="none",
                                  eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
     return FDRLTrainer(model=FDRLModel(tiny_fdrl_config()), args=args)
 
@@ -45,7 +46,7 @@ def test_epoch_statistics_are_summed_and_give_mu(trainer):
         loss, output = trainer.compute_loss(model, make_batch(seed=seed), return_outputs=True)
         outputs.append(output)
     summed = {key: sum(o[key].detach().double() for o in outputs) for key in STAT_KEYS}
-    expected = dynamic_factor_from_statistics(summed, "daan", "error", 0.5)
+    expected = dynamic_factor_from_statistics(summed, "daan", "error", 0.5, (0.05, 0.95))
     assert summed["global_count"].item() == 16  # 2 batches x 4 utterances x 2 modalities
     assert trainer.end_epoch() == pytest.approx(expected)
     assert trainer.model.dynamic_factor.item() == pytest.approx(expected)
@@ -64,17 +65,29 @@ def test_logs_carry_the_averaged_terms_mu_and_grl(trainer):
     assert "loss_task" not in trainer.state.log_history[-1]
 
 
-def test_metrics_war_uar_by_hand():
-    labels = [0, 0, 0, 0, 1, 1, 2, 3]
-    predictions = [0, 0, 0, 1, 1, 0, 2, 2]
-    metrics = classification_metrics(predictions, labels, ["ang", "hap", "neu", "sad"])
-    assert metrics["war"] == pytest.approx(5 / 8)  # accuracy
-    assert metrics["uar"] == pytest.approx((3 / 4 + 1 / 2 + 1 + 0) / 4)  # mean per-class recall
-    assert metrics["recall"] == {"ang": 0.75, "hap": 0.5, "neu": 1.0, "sad": 0.0}
-    assert metrics["confusion_matrix"][0] == [3, 1, 0, 0] and metrics["confusion_matrix"][3] == [0, 0, 1, 0]
-    summary = summarize([{"fold": 1, "seed": 0, "war": 0.5, "uar": 0.4, "macro_f1": 0.3, "weighted_f1": 0.2},
-                         {"fold": 2, "seed": 0, "war": 0.7, "uar": 0.6, "macro_f1": 0.5, "weighted_f1": 0.4}])
-    assert summary["mean"]["war"] == pytest.approx(0.6) and summary["std"]["war"] == pytest.approx(0.1414214)
-    assert "**60.00 ± 14.14**" in markdown_table(summary)
-    with pytest.raises(ValueError, match="match"):
-        classification_metrics([0, 1], [0], ["a", "b"])
+def test_collator_stacks_cached_pooled_features():
+    examples = [{"id": "a", "label": 2, "pooled_audio": torch.ones(5), "pooled_text": torch.zeros(3)},
+                {"id": "b", "label": 0, "pooled_audio": torch.full((5,), 2.0), "pooled_text": torch.ones(3)}]
+    batch = FDRLDataCollator()(examples)
+    assert batch["pooled_audio"].shape == (2, 5) and batch["pooled_text"].shape == (2, 3)
+    assert batch["pooled_audio"][1, 0].item() == 2.0 and batch["labels"].tolist() == [2, 0]
+    assert set(FDRLDataCollator(modalities=("text",))(examples)) == {"pooled_text", "labels"}
+
+
+def test_backbones_and_heads_get_their_own_learning_rates():
+    model = FDRLModel(tiny_fdrl_config())
+    heads, backbones = parameter_groups(model, 1e-3, 1e-5)
+    assert (heads["lr"], backbones["lr"]) == (1e-3, 1e-5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith(("audio_model.", "text_model.")) for p in backbones["params"])
+    assert not any(names[id(p)].startswith(("audio_model.", "text_model.")) for p in heads["params"])
+    assert len(heads["params"]) + len(backbones["params"]) == sum(p.requires_grad for p in model.parameters())
+    model.text_model.requires_grad_(False)  # frozen parameters are left out
+    assert len(parameter_groups(model, 1e-3)[1]["params"]) == sum(p.requires_grad for p in model.audio_model.parameters())
+
+
+@pytest.mark.parametrize("values, message", [(["1", "1"], "more than once"), ([","], "is empty"), (["a"], "int")])
+def test_list_arguments_are_checked(tmp_path, values, message):
+    with pytest.raises(ValueError, match=message):
+        FDRLTrainingArguments(output_dir=str(tmp_path), use_cpu=True, folds=values)
+    assert FDRLTrainingArguments(output_dir=str(tmp_path), use_cpu=True, folds=["1,2", "3"]).folds == [1, 2, 3]

@@ -1,0 +1,64 @@
+"""The evaluate metric module, the paired multi-system summary and its table, on numbers worked out by hand."""
+
+import pytest
+
+from fdrl.evaluation.metrics import classification_metrics, load_metric
+from fdrl.evaluation.reporting import markdown_report, paired_difference, summarize_runs
+
+LABELS = ["ang", "hap", "neu", "sad"]
+
+
+def test_metric_module_loads_offline_and_scores_by_hand():
+    labels = [0, 0, 0, 0, 1, 1, 2, 3]
+    predictions = [0, 0, 0, 1, 1, 0, 2, 2]
+    result = load_metric().compute(predictions=predictions, references=labels, num_labels=4)
+    assert result["war"] == pytest.approx(5 / 8)  # accuracy
+    assert result["uar"] == pytest.approx((3 / 4 + 1 / 2 + 1 + 0) / 4)  # mean per-class recall
+    assert result["recall"] == [0.75, 0.5, 1.0, 0.0]
+    assert result["confusion_matrix"][0] == [3, 1, 0, 0] and result["confusion_matrix"][3] == [0, 0, 1, 0]
+    assert result["num_samples"] == 8
+    with pytest.raises(ValueError, match=r"class ids \[4\] are outside 0..3"):
+        load_metric().compute(predictions=[4], references=[0], num_labels=4)
+
+
+def test_a_class_absent_from_the_test_session_has_no_recall():
+    metrics = classification_metrics([0, 1, 1], [0, 1, 2], LABELS)  # no "sad" in the references
+    assert metrics["recall"] == {"ang": 1.0, "hap": 1.0, "neu": 0.0, "sad": None}
+    assert metrics["uar"] == pytest.approx(2 / 3)  # over the three present classes
+    with pytest.raises(ValueError, match="match"):
+        classification_metrics([0, 1], [0], ["a", "b"])
+
+
+def _metrics(uar, war=0.5):
+    return {"war": war, "uar": uar, "macro_f1": uar, "weighted_f1": war,
+            "recall": {"ang": uar, "hap": None, "neu": 0.5, "sad": 0.5}}
+
+
+def test_paired_differences_wins_ties_losses_by_hand():
+    runs = [{"seed": 0, "fold": f, "systems": {"S0": _metrics(s0), "speech": _metrics(sp), "S1": _metrics(s1)}}
+            for f, s0, sp, s1 in ((1, 0.60, 0.50, 0.60), (2, 0.70, 0.75, 0.65), (3, 0.50, 0.40, 0.55))]
+    summary = summarize_runs(runs, LABELS)
+    speech = summary["systems"]["speech"]
+    assert speech["mean"]["uar"] == pytest.approx(0.55)
+    assert speech["std"]["uar"] == pytest.approx(0.1802776)  # sample std of 0.50, 0.75, 0.40
+    paired = speech["paired"]["uar"]
+    # differences -0.10, +0.05, -0.10: mean -0.05, sample std 0.0866025
+    assert paired["mean"] == pytest.approx(-0.05) and paired["std"] == pytest.approx(0.0866025)
+    assert (paired["wins"], paired["ties"], paired["losses"], paired["n"]) == (1, 0, 2, 3)
+    s1 = summary["systems"]["S1"]["paired"]["uar"]
+    assert (s1["wins"], s1["ties"], s1["losses"]) == (1, 1, 1) and s1["mean"] == pytest.approx(0.0)
+    assert "paired" not in summary["systems"]["S0"]
+    assert summary["systems"]["speech"]["recall_mean"] == {"ang": pytest.approx(0.55), "hap": None, "neu": 0.5,
+                                                           "sad": 0.5}
+    table = markdown_report(summary, {"speech": "speech only"})
+    assert "| speech: speech only | 3 | 50.00 ± 0.00 | 55.00 ± 18.03 |" in table
+    assert "-5.00 ± 8.66 | 1/0/2 |" in table
+    assert "| 0 | 2 | 70.00 | 75.00 | 65.00 |" in table  # the per-run UAR table
+
+
+def test_paired_difference_skips_runs_missing_a_side():
+    assert paired_difference([0.5, None, 0.7], [0.4, 0.6, None]) == {
+        "mean": pytest.approx(0.1), "std": 0.0, "n": 1, "wins": 1, "ties": 0, "losses": 0}
+    assert paired_difference([None], [0.5]) is None
+    with pytest.raises(ValueError, match="no finished runs"):
+        summarize_runs([], LABELS)
