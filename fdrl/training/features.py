@@ -69,10 +69,10 @@ def extract_pooled(encoder, examples, collator, batch_size):
     audio_vectors, text_vectors = [], []
     for start in range(0, len(examples), batch_size):
         batch = collator([examples[i] for i in range(start, min(start + batch_size, len(examples)))])
-        batch.pop("labels", None)
-        text_inputs = {k: batch.pop(k) for k in ("input_ids", "text_attention_mask", "token_type_ids") if k in batch}
-        audio_vectors.append(encoder.encode_audio(**batch).float())
-        text_vectors.append(encoder.encode_text(**text_inputs).float())
+        speech = batch["input_values"] if "input_values" in batch else batch["input_features"]  # wav2vec2 / Whisper
+        audio_vectors.append(encoder.encode_audio(speech, batch.get("audio_attention_mask")).float())
+        text_vectors.append(encoder.encode_text(batch["input_ids"], batch.get("text_attention_mask"),
+                                                batch.get("token_type_ids")).float())
     return torch.cat(audio_vectors), torch.cat(text_vectors)
 
 

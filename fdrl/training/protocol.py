@@ -31,7 +31,7 @@ from .checkpoints import latest_complete_checkpoint
 from .features import cached_pooled_features
 from .hub import assemble_hub_folder, push_folder, save_model_folder
 from .systems import DESCRIPTIONS, build_system_model, resolve_systems
-from .trainer import FDRLDataCollator, FDRLTrainer, SystemTrainer
+from .trainer import FDRLDataCollator, FDRLTrainer, KeepBestTrainable, SystemTrainer
 
 
 logger = logging.get_logger(__name__)
@@ -189,6 +189,8 @@ def train_system(system, context, splits, audio, text, system_dir, seed):
     if unimodal:
         overrides.update(num_train_epochs=args.unimodal_epochs or args.num_train_epochs,
                          learning_rate=args.unimodal_learning_rate or args.learning_rate)
+    if frozen:  # best heads kept in memory, no checkpoints of the frozen backbones
+        overrides.update(save_strategy="no", load_best_model_at_end=False)
     system_args = dataclasses.replace(args, **overrides)
     modalities = {"speech": ("audio",), "text": ("text",)}.get(system.kind, ("audio", "text"))
     is_fdrl = system.kind == "fdrl"
@@ -196,8 +198,9 @@ def train_system(system, context, splits, audio, text, system_dir, seed):
         model=model, args=system_args, train_dataset=splits["train"], eval_dataset=splits["validation"],
         data_collator=FDRLDataCollator(context["processor"], context["data_args"].max_text_length, modalities),
         compute_metrics=(fdrl_metrics if is_fdrl else trainer_metrics)(label_names),
+        callbacks=[KeepBestTrainable()] if frozen else None,
     )
-    _train(trainer, resume_checkpoint(args.resume_from_checkpoint, system_dir))
+    _train(trainer, None if frozen else resume_checkpoint(args.resume_from_checkpoint, system_dir))
     output = trainer.predict(splits["test"], metric_key_prefix="test")
     predictions = output.predictions if isinstance(output.predictions, tuple) else (output.predictions,)
     log_probs = torch.log_softmax(torch.as_tensor(predictions[0], dtype=torch.float64), -1).numpy()

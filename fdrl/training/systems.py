@@ -79,11 +79,12 @@ class BackboneClassifier(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, input_values=None, audio_attention_mask=None, input_ids=None, text_attention_mask=None,
-                token_type_ids=None, pooled_audio=None, pooled_text=None, labels=None):
+                token_type_ids=None, pooled_audio=None, pooled_text=None, labels=None, input_features=None):
         pooled = []
         if self.audio_model is not None:
             if pooled_audio is None:
-                pooled_audio = self.encode_audio(input_values, audio_attention_mask)
+                speech = input_values if input_values is not None else input_features  # wav2vec2 / Whisper
+                pooled_audio = self.encode_audio(speech, audio_attention_mask)
             pooled.append(pooled_audio)
         if self.text_model is not None:
             if pooled_text is None:

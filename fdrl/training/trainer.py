@@ -277,3 +277,35 @@ class DynamicFactorCallback(TrainerCallback):
         checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(checkpoint_dir):
             self.trainer.save_epoch_statistics(checkpoint_dir)
+
+
+class KeepBestTrainable(TrainerCallback):
+    """Model selection without checkpoints, for heads trained on cached backbone outputs: after each evaluation, a
+    copy of the trainable parameters (the heads, a few MB) is kept in memory when `metric_for_best_model` improved,
+    and restored when training ends. Writing the frozen backbones to disk every epoch would cost far more than the
+    training itself."""
+
+    def __init__(self):
+        self.best_metric, self.best_state = None, None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        key = args.metric_for_best_model if args.metric_for_best_model.startswith("eval_") else f"eval_{args.metric_for_best_model}"
+        value = (metrics or {}).get(key)
+        if value is None or model is None:
+            return
+        better = self.best_metric is None or (value > self.best_metric if args.greater_is_better else value < self.best_metric)
+        if better:
+            self.best_metric = value
+            state.best_metric = value
+            self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.best_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.best_state is None or model is None:
+            return
+        parameters, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+        with torch.no_grad():
+            for name, value in self.best_state.items():
+                parameters[name].copy_(value)
+            for name, value in self.best_buffers.items():  # mu as it was at the best epoch
+                buffers[name].copy_(value)
