@@ -226,9 +226,10 @@ class UnimodalClassifier(nn.Module):
         self.classifier = nn.Linear(backbone.config.hidden_size, num_labels)
 
     def forward(self, input_values=None, audio_attention_mask=None, input_ids=None, text_attention_mask=None,
-                token_type_ids=None, labels=None):
-        if self.modality == "audio":
-            pooled = pool_audio(self.backbone, input_values, audio_attention_mask)
+                token_type_ids=None, labels=None, input_features=None):
+        if self.modality == "audio":  # input_features: a Whisper backbone's log-mel
+            speech = input_values if input_values is not None else input_features
+            pooled = pool_audio(self.backbone, speech, audio_attention_mask)
         else:
             pooled = pool_text(self.backbone, input_ids, text_attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(pooled))

@@ -6,9 +6,7 @@ import json
 import logging
 import math
 import re
-from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile
 import torch
