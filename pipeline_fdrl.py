@@ -194,8 +194,11 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
             self._check_audio_length(features["audio_attention_mask"])
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
+        speech = self.processor.audio_input_name  # input_values, or Whisper's input_features
         if self.dtype is not None and self.dtype.is_floating_point:
-            features["input_values"] = features["input_values"].to(self.dtype)
+            features[speech] = features[speech].to(self.dtype)
+        if speech == "input_features":  # (1, frames, mel bins): the pipeline's batching pads dimension 1
+            features[speech] = features[speech].transpose(1, 2)
         return {**features, "transcript": transcript, "transcript_source": source}
 
     def _resolve_transcript(self, text, waveform, sampling_rate):
@@ -234,6 +237,8 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         if self.model.training:
             logger.warning_once("The FDRL model is in training mode (dropout active): call model.eval() first")
         extras = {key: model_inputs.pop(key) for key in ("transcript", "transcript_source")}
+        if "input_features" in model_inputs:  # back to (batch, mel bins, frames)
+            model_inputs["input_features"] = model_inputs["input_features"].transpose(1, 2)
         outputs = self.model(**model_inputs)
         # logits first: the pipeline's unbatching reads the batch size from the first entry
         return {"logits": outputs.logits, **{key: outputs[key] for key in REPRESENTATIONS}, **extras}

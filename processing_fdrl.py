@@ -1,10 +1,11 @@
-"""Processor for FDRL: wav2vec2 feature extractor (speech) + any AutoTokenizer (transcript).
+"""Processor for FDRL: the speech backbone's feature extractor + any AutoTokenizer (transcript).
 
 The processor turns raw waveforms and transcripts into exactly the inputs `FDRLModel.forward` takes:
-`input_values`, `audio_attention_mask`, `input_ids`, `text_attention_mask` (+ `token_type_ids` when the tokenizer
-returns them). It validates every item, mixes multi-channel audio to mono, resamples to the feature extractor's rate
-with `torchaudio.functional.resample` and truncates to `max_duration` seconds. Reading audio files is not its job:
-it takes arrays.
+`input_values` (raw speech, for wav2vec2 / HuBERT / WavLM: a `Wav2Vec2FeatureExtractor`) or `input_features`
+(log-mel, for Whisper: a `WhisperFeatureExtractor`), `audio_attention_mask`, `input_ids`, `text_attention_mask`
+(+ `token_type_ids` when the tokenizer returns them). It validates every item, mixes multi-channel audio to mono,
+resamples to the feature extractor's rate with `torchaudio.functional.resample` and truncates to `max_duration`
+seconds. Reading audio files is not its job: it takes arrays.
 """
 
 import math
@@ -17,7 +18,13 @@ import torchaudio
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
-from transformers import BatchFeature, BertTokenizerFast, ProcessorMixin, Wav2Vec2FeatureExtractor
+from transformers import (
+    BatchFeature,
+    BertTokenizerFast,
+    ProcessorMixin,
+    Wav2Vec2FeatureExtractor,
+    WhisperFeatureExtractor,
+)
 from transformers.utils import logging
 
 
@@ -76,9 +83,34 @@ def train_wordpiece_tokenizer(
     return BertTokenizerFast(vocab=trainable.get_vocab(), do_lower_case=lowercase, model_max_length=512)
 
 
+def speech_feature_extractor(audio_config=None, sampling_rate=16000, **kwargs):
+    """
+    The feature extractor a speech backbone reads, built from its config (for backbones not loaded from a folder;
+    a pretrained one's own comes with `AutoFeatureExtractor.from_pretrained`).
+
+    Args:
+        audio_config (`PretrainedConfig`, *optional*): Whisper gives a log-mel [`WhisperFeatureExtractor`] with the
+            model's mel bins; anything else (wav2vec2, HuBERT, WavLM, or `None`) a normalising waveform
+            [`Wav2Vec2FeatureExtractor`].
+        sampling_rate (`int`, *optional*, defaults to 16000): the rate audio is resampled to.
+        kwargs (`dict[str, Any]`, *optional*): passed to the feature extractor.
+    """
+    if audio_config is not None and audio_config.model_type == "whisper":
+        return WhisperFeatureExtractor(feature_size=audio_config.num_mel_bins, sampling_rate=sampling_rate, **kwargs)
+    kwargs = {"do_normalize": True, "return_attention_mask": True, **kwargs}
+    return Wav2Vec2FeatureExtractor(sampling_rate=sampling_rate, **kwargs)
+
+
 class FDRLProcessor(ProcessorMixin):
     r"""
-    Constructs an FDRL processor, which wraps a wav2vec2 feature extractor and a text tokenizer into one processor.
+    Constructs an FDRL processor, which wraps the speech backbone's feature extractor and a text tokenizer.
+
+    With a [`Wav2Vec2FeatureExtractor`] (wav2vec2, HuBERT, WavLM) speech becomes `input_values`, raw samples padded
+    to the longest item, and `audio_attention_mask` marks the real samples. With a [`WhisperFeatureExtractor`]
+    speech becomes `input_features`, Whisper's log-mel spectrogram, and `audio_attention_mask` marks the real mel
+    frames (100 per second); a batch is padded to its longest item plus 33 ms, rounded up to a whole second (at
+    most Whisper's 30 s window), not to 30 s: the 33 ms keep the frames [`FDRLWhisperEncoder`] reads around the
+    last real one the same whatever else is in the batch.
 
     Audio conventions: a single item is a 1-D array of samples or a 2-D array shaped `(channels, samples)`
     (torchaudio's convention; transpose soundfile's `(samples, channels)` output with `.T`), mixed to mono by averaging
@@ -88,13 +120,14 @@ class FDRLProcessor(ProcessorMixin):
     extractor does.
 
     Args:
-        feature_extractor ([`Wav2Vec2FeatureExtractor`]):
-            The feature extractor; its `sampling_rate` is the rate audio is resampled to.
+        feature_extractor ([`Wav2Vec2FeatureExtractor`] or [`WhisperFeatureExtractor`]):
+            The speech backbone's feature extractor; its `sampling_rate` is the rate audio is resampled to.
         tokenizer ([`PreTrainedTokenizerBase`]):
             The tokenizer for the transcripts (BERT, RoBERTa, or one from [`train_wordpiece_tokenizer`]).
         max_duration (`float`, *optional*, defaults to 16.0):
             Audio longer than this many seconds is truncated. The default keeps more than 99% of IEMOCAP utterances
-            whole (their 99th percentile is 15.6 s). `None` never truncates. Saved in `processor_config.json`.
+            whole (their 99th percentile is 15.6 s). `None` never truncates (but Whisper reads at most 30 s).
+            Saved in `processor_config.json`.
     """
 
     def __init__(self, feature_extractor, tokenizer, max_duration=16.0):
@@ -117,11 +150,13 @@ class FDRLProcessor(ProcessorMixin):
         lowercase: bool = True,
         min_frequency: int = 1,
         max_duration: float | None = 16.0,
+        audio_config=None,
         **kwargs,
     ) -> "FDRLProcessor":
         """
-        Builds a processor from scratch: a default [`Wav2Vec2FeatureExtractor`] and a WordPiece tokenizer trained on
-        `texts` with [`train_wordpiece_tokenizer`].
+        Builds a processor from scratch: the feature extractor of the speech backbone `audio_config` describes
+        ([`speech_feature_extractor`]: a default [`Wav2Vec2FeatureExtractor`] unless it is Whisper) and a WordPiece
+        tokenizer trained on `texts` with [`train_wordpiece_tokenizer`].
 
         Args:
             texts (`Sequence[str]`):
@@ -136,11 +171,12 @@ class FDRLProcessor(ProcessorMixin):
                 Minimum number of occurrences for a merge to enter the vocabulary.
             max_duration (`float`, *optional*, defaults to 16.0):
                 See [`FDRLProcessor`].
+            audio_config (`PretrainedConfig`, *optional*):
+                The speech backbone's config; `None` stands for the wav2vec2 family.
             kwargs (`dict[str, Any]`, *optional*):
-                Passed to [`Wav2Vec2FeatureExtractor`], e.g. `do_normalize=False`.
+                Passed to the feature extractor, e.g. `do_normalize=False`.
         """
-        feature_extractor_kwargs = {"do_normalize": True, "return_attention_mask": True, **kwargs}
-        feature_extractor = Wav2Vec2FeatureExtractor(sampling_rate=sampling_rate, **feature_extractor_kwargs)
+        feature_extractor = speech_feature_extractor(audio_config, sampling_rate=sampling_rate, **kwargs)
         tokenizer = train_wordpiece_tokenizer(
             texts, vocab_size=vocab_size, lowercase=lowercase, min_frequency=min_frequency
         )
@@ -178,8 +214,9 @@ class FDRLProcessor(ProcessorMixin):
                 Passed to the tokenizer, e.g. `truncation=True, max_length=128`.
 
         Returns:
-            [`BatchFeature`]: with `input_values` and `audio_attention_mask` when audio is given, and `input_ids`,
-            `text_attention_mask` (and `token_type_ids` if the tokenizer makes them) when text is given.
+            [`BatchFeature`]: with `input_values` (or, for Whisper, `input_features`) and `audio_attention_mask` when
+            audio is given, and `input_ids`, `text_attention_mask` (and `token_type_ids` if the tokenizer makes them)
+            when text is given.
         """
         if audio is None and text is None:
             raise ValueError("You have to pass audio, text, or both; got neither")
@@ -195,14 +232,9 @@ class FDRLProcessor(ProcessorMixin):
 
         data = {}
         if audio_items is not None:
-            features = self.feature_extractor(
-                audio_items,
-                sampling_rate=self.feature_extractor.sampling_rate,
-                padding=padding,
-                return_attention_mask=True,
-                return_tensors=return_tensors,
-            )
-            data["input_values"] = features["input_values"]
+            extract = self._log_mel_features if self.audio_input_name == "input_features" else self._waveform_features
+            features = extract(audio_items, padding, return_tensors)
+            data[self.audio_input_name] = features[self.audio_input_name]
             # the tokenizer also returns `attention_mask`: the model tells the two apart by name
             data["audio_attention_mask"] = features["attention_mask"]
         if texts is not None:
@@ -212,11 +244,43 @@ class FDRLProcessor(ProcessorMixin):
         return BatchFeature(data, tensor_type=return_tensors)
 
     @property
+    def audio_input_name(self) -> str:
+        """`"input_values"` (waveform) or `"input_features"` (log-mel): the feature extractor's main output."""
+        return self.feature_extractor.model_input_names[0]
+
+    @property
     def model_input_names(self) -> list[str]:
         text_names = ["input_ids", "text_attention_mask"]
         if "token_type_ids" in self.tokenizer.model_input_names:
             text_names.append("token_type_ids")
-        return ["input_values", "audio_attention_mask"] + text_names
+        return [self.audio_input_name, "audio_attention_mask"] + text_names
+
+    def _waveform_features(self, items, padding, return_tensors):
+        return self.feature_extractor(
+            items, sampling_rate=self.feature_extractor.sampling_rate, padding=padding, return_attention_mask=True,
+            return_tensors=return_tensors,
+        )
+
+    def _log_mel_features(self, items, padding, return_tensors):
+        """Whisper's log-mel of each item padded to a whole second past its end (or the batch's longest item's)."""
+        extractor = self.feature_extractor
+        # The last real encoder frame reads mel frames up to two past the last real one (two kernel-3 convolutions),
+        # each an n_fft window around its hop: with this many zeros after an item, none of them sees the window's end.
+        margin = 2 * extractor.hop_length + extractor.n_fft // 2 + 1
+
+        def window(num_samples):  # whole seconds, at most the 30 s Whisper was trained on
+            return min(math.ceil((num_samples + margin) / extractor.sampling_rate) * extractor.sampling_rate,
+                       extractor.n_samples)
+
+        def extract(batch, length, tensors):
+            return extractor(batch, sampling_rate=extractor.sampling_rate, padding="max_length", max_length=length,
+                             truncation=True, return_attention_mask=True, return_tensors=tensors)
+
+        if padding in (True, "longest"):
+            return extract(items, window(max(len(item) for item in items)), return_tensors)
+        alone = [extract([item], window(len(item)), None) for item in items]
+        features = {key: [feature[key][0] for feature in alone] for key in ("input_features", "attention_mask")}
+        return BatchFeature(features, tensor_type=return_tensors)
 
     def _prepare_audio(self, audio, sampling_rate, max_duration) -> list[np.ndarray]:
         """Validates every item and returns mono float32 arrays at the feature extractor's rate, truncated."""
@@ -225,6 +289,8 @@ class FDRLProcessor(ProcessorMixin):
         max_duration = self.max_duration if max_duration is None else _check_max_duration(max_duration)
         target_rate = self.feature_extractor.sampling_rate
         max_samples = None if max_duration is None or math.isinf(max_duration) else round(max_duration * target_rate)
+        if self.audio_input_name == "input_features":  # Whisper's positions end at 30 s
+            max_samples = min(max_samples or math.inf, self.feature_extractor.n_samples)
 
         prepared = []
         for index, (item, rate) in enumerate(zip(items, rates)):
@@ -344,4 +410,4 @@ def _as_text_batch(text) -> list[str]:
 
 FDRLProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["FDRLProcessor", "train_wordpiece_tokenizer"]
+__all__ = ["FDRLProcessor", "speech_feature_extractor", "train_wordpiece_tokenizer"]
