@@ -528,6 +528,8 @@ class FDRLModel(FDRLPreTrainedModel):
         token_type_ids=None,
         labels=None,
         input_features=None,
+        pooled_audio=None,
+        pooled_text=None,
     ):
         r"""
         Args:
@@ -541,11 +543,19 @@ class FDRLModel(FDRLPreTrainedModel):
             labels (`torch.LongTensor` of shape `(batch,)`, *optional*): emotion classes; with them, the loss.
             input_features (`torch.FloatTensor` of shape `(batch, mel bins, mel frames)`): log-mel speech, from
                 [`FDRLProcessor`], for a Whisper backbone (in place of `input_values`).
+            pooled_audio, pooled_text (`torch.FloatTensor` of shape `(batch, backbone hidden)`, *optional*): H_a and
+                H_t as the backbones would pool them (their cached outputs, for heads trained on frozen backbones);
+                given both, the backbones are skipped.
         """
-        speech = _check_inputs(self.config.audio_config, input_values, input_features, input_ids, labels,
-                               self.config.num_labels)
-        hidden_audio = self.audio_projection(self.encode_audio(speech, audio_attention_mask))
-        hidden_text = self.text_projection(self.encode_text(input_ids, text_attention_mask, token_type_ids))
+        if pooled_audio is not None or pooled_text is not None:  # cached outputs of frozen backbones
+            _check_pooled(self.config, pooled_audio, pooled_text, labels)
+        else:
+            speech = _check_inputs(self.config.audio_config, input_values, input_features, input_ids, labels,
+                                   self.config.num_labels)
+            pooled_audio = self.encode_audio(speech, audio_attention_mask)
+            pooled_text = self.encode_text(input_ids, text_attention_mask, token_type_ids)
+        hidden_audio = self.audio_projection(pooled_audio.to(self.dtype))
+        hidden_text = self.text_projection(pooled_text.to(self.dtype))
         shared_audio, shared_text = self.shared_encoder(hidden_audio), self.shared_encoder(hidden_text)  # eq. 3
         private_audio, private_text = self.audio_encoder(hidden_audio), self.text_encoder(hidden_text)
 
@@ -657,6 +667,19 @@ def _check_inputs(audio_config, input_values, input_features, input_ids, labels,
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
             raise ValueError(f"`labels` must lie in [0, {num_labels}), got values {labels.unique().tolist()}")
     return speech
+
+
+def _check_pooled(config, pooled_audio, pooled_text, labels):
+    if pooled_audio is None or pooled_text is None:
+        raise ValueError("give both `pooled_audio` and `pooled_text` (cached backbone outputs), or neither")
+    for name, tensor, width in (("pooled_audio", pooled_audio, config.audio_config.hidden_size),
+                                ("pooled_text", pooled_text, config.text_config.hidden_size)):
+        if tensor.dim() != 2 or tensor.shape[1] != width:
+            raise ValueError(f"`{name}` must be (batch, {width}), got shape {tuple(tensor.shape)}")
+    if pooled_audio.shape[0] != pooled_text.shape[0] or (labels is not None and labels.shape != (pooled_audio.shape[0],)):
+        raise ValueError(f"`pooled_audio`, `pooled_text` and `labels` must hold the same batch, got "
+                         f"{pooled_audio.shape[0]}, {pooled_text.shape[0]} and "
+                         f"{None if labels is None else tuple(labels.shape)}")
 
 
 FDRLModel.register_for_auto_class("AutoModel")

@@ -63,8 +63,9 @@ def feature_key(audio, text, processor, text_pooling, max_text_length, ids, text
 
 
 @torch.no_grad()
-def extract_pooled(encoder, examples, collator, batch_size):
-    """(pooled speech, pooled text) for `examples`, the backbones in eval mode: (n, audio hidden), (n, text hidden)."""
+def extract_pooled(encoder, examples, collator, batch_size=1):
+    """(pooled speech, pooled text) for `examples`, the backbones in eval mode: (n, audio hidden), (n, text hidden).
+    One utterance per forward by default, so a vector never depends on what it was batched with."""
     encoder.eval()
     audio_vectors, text_vectors = [], []
     for start in range(0, len(examples), batch_size):
@@ -92,7 +93,7 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
     else:
         encoder = BackboneClassifier(config, audio_model=audio, text_model=text)
         collator = FDRLDataCollator(processor, data_args.max_text_length)
-        pooled_audio, pooled_text = extract_pooled(encoder, union, collator, args.per_device_eval_batch_size)
+        pooled_audio, pooled_text = extract_pooled(encoder, union, collator)
         tensors = {"audio": pooled_audio.contiguous(), "text": pooled_text.contiguous()}
         if args.should_save:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,87 @@
+"""The frozen-backbone mode: pooled backbone outputs cached once, the same logits with and without the cache, and a
+cache that a changed backbone or changed data never reads."""
+
+import os
+from types import SimpleNamespace
+
+import datasets
+import pytest
+import torch
+from conftest import tiny_fdrl_config
+from iemocap_fixture import make_iemocap_fixture
+
+from fdrl.data.iemocap import load_iemocap
+from fdrl.training.features import cached_pooled_features
+from fdrl.training.protocol import fold_splits
+from fdrl.training.trainer import FDRLDataCollator
+from modeling_fdrl import FDRLModel
+from processing_fdrl import FDRLProcessor
+
+
+@pytest.fixture(scope="module")
+def fold(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    corpus = make_iemocap_fixture(root, sessions=(1, 2), utterances_per_dialog=4, defects=False)
+    data = load_iemocap(corpus["data_dir"], cache_dir=str(root / "cache"))
+    splits = fold_splits(data, 1, 0.3, seed=0)
+    texts = splits["train"]["text"][:] + splits["validation"]["text"][:]
+    processor = FDRLProcessor.from_texts(texts, vocab_size=80)
+    return splits, processor
+
+
+def _context(tmp_path):
+    args = SimpleNamespace(feature_cache_dir=str(tmp_path / "features"), per_device_eval_batch_size=3, should_save=True)
+    return dict(training_args=args, data_args=SimpleNamespace(max_text_length=64),
+                config_kwargs=dict(hidden_size=16, fusion_num_heads=2, initializer_range=0.1))
+
+
+def _model(processor, seed=0):
+    torch.manual_seed(seed)
+    config = tiny_fdrl_config()
+    config.text_config.vocab_size = len(processor.tokenizer)
+    return FDRLModel(config).eval()
+
+
+def test_the_cache_gives_the_same_logits_as_the_backbones(fold, tmp_path):
+    splits, processor = fold
+    model = _model(processor)
+    cached = cached_pooled_features(model.audio_model, model.text_model, processor, splits, _context(tmp_path))
+    assert {name: len(rows) for name, rows in cached.items()} == {name: len(s) for name, s in splits.items()}
+    examples = [splits["test"][i] for i in range(4)]
+    rows = cached["test"][:4]
+    assert [r["id"] for r in rows] == [e["id"] for e in examples]
+    with torch.no_grad():  # each utterance through the backbones alone, as it was cached
+        direct = torch.cat([model(**FDRLDataCollator(processor, 64)([e])).logits for e in examples])
+        from_cache = model(**FDRLDataCollator()(rows)).logits
+        batched = model(**FDRLDataCollator(processor, 64)(examples)).logits
+    assert (direct - from_cache).abs().max().item() <= 1e-7  # measured 2.8e-9: the heads' matmul over 1 vs 4 rows
+    assert (batched - from_cache).abs().max().item() <= 1e-4  # padding a batch moves it only by float rounding
+    # the backbones ran once: one cache file for the union of the splits
+    assert len(os.listdir(tmp_path / "features")) == 1
+
+
+def test_a_changed_backbone_or_changed_data_is_not_read_from_the_cache(fold, tmp_path):
+    splits, processor = fold
+    model = _model(processor)
+    context = _context(tmp_path)
+    first = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
+    again = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
+    assert torch.equal(first["train"][0]["pooled_audio"], again["train"][0]["pooled_audio"])
+    assert len(os.listdir(tmp_path / "features")) == 1  # reused
+    with torch.no_grad():
+        model.audio_model.encoder.layers[0].feed_forward.output_dense.weight.mul_(-2.0)
+    changed = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
+    assert len(os.listdir(tmp_path / "features")) == 2
+    assert not torch.allclose(changed["train"][0]["pooled_audio"], first["train"][0]["pooled_audio"])
+    wav = splits["test"].cast_column("audio", datasets.Audio(decode=False))[0]["audio"]["path"]
+    os.utime(wav, ns=(1, 1))  # the same file, rewritten: a new modification time
+    cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
+    assert len(os.listdir(tmp_path / "features")) == 3
+
+
+def test_pooled_inputs_are_checked():
+    model = FDRLModel(tiny_fdrl_config()).eval()
+    with pytest.raises(ValueError, match="give both `pooled_audio` and `pooled_text`"):
+        model(pooled_audio=torch.zeros(2, 32))
+    with pytest.raises(ValueError, match=r"`pooled_text` must be \(batch, 32\), got shape \(2, 7\)"):
+        model(pooled_audio=torch.zeros(2, 32), pooled_text=torch.zeros(2, 7))
