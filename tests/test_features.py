@@ -53,9 +53,7 @@ def test_the_cache_gives_the_same_logits_as_the_backbones(fold, tmp_path):
     with torch.no_grad():  # each utterance through the backbones alone, as it was cached
         direct = torch.cat([model(**FDRLDataCollator(processor, 64)([e])).logits for e in examples])
         from_cache = model(**FDRLDataCollator()(rows)).logits
-        batched = model(**FDRLDataCollator(processor, 64)(examples)).logits
     assert (direct - from_cache).abs().max().item() <= 1e-7  # measured 2.8e-9: the heads' matmul over 1 vs 4 rows
-    assert (batched - from_cache).abs().max().item() <= 1e-4  # padding a batch moves it only by float rounding
     # the backbones ran once: one cache file for the union of the splits
     assert len(os.listdir(tmp_path / "features")) == 1
 
