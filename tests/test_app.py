@@ -179,6 +179,17 @@ def test_model_folder_and_modules_are_found(saved, tmp_path, monkeypatch):
         app.find_model_folder(str(tmp_path / "missing"))  # HF_HUB_OFFLINE=1: no Hub call
 
 
+def test_bench_app_runs(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_app
+
+    output = tmp_path / "app.json"
+    bench_app.main(["--tiny", "--repeats", "2", "--output", str(output)])
+    results = json.loads(output.read_text())["results"]
+    for mode in ("typed_transcript", "with_asr"):
+        assert results[mode]["latency_s"]["n"] == 2 and results[mode]["latency_s"]["median"] > 0
+
+
 def test_space_folder_pins_the_lock():
     """app/ is uploaded as a Space as it is: its requirements are the lock's versions, its README the Space card."""
     lock = (REPO / "requirements.lock").read_text()
