@@ -117,7 +117,17 @@ def resolve(args, app, scratch):
     else:
         model, described = random_model_folder(args.preset, scratch / "model", texts), f"random, {args.preset} preset"
     asr = args.asr_model or (str(DEFAULT_ASR_MODEL) if DEFAULT_ASR_MODEL.is_dir() else "none")
-    return model, described, (None if asr.lower() == "none" else asr), asr
+    if asr.lower() == "none":
+        return model, described, None, "none"
+    return model, described, asr, describe_asr(asr)
+
+
+def describe_asr(asr):
+    """The recogniser's folder name, and the model it stands for when fdrl.pretrained made it."""
+    provenance = Path(asr) / "fdrl_provenance.json"
+    if provenance.is_file():
+        return f"{Path(asr).name} ({json.loads(provenance.read_text()).get('stands_for', 'converted')})"
+    return asr
 
 
 def timed(function, *args):
