@@ -41,6 +41,12 @@ test: setup
 demo: setup
 	bash examples/demo.sh
 
+# The web demo (app/app.py) on the model `make demo` writes; `make app MODEL=folder` for another (a Hub id needs
+# HF_HUB_OFFLINE=0). It serves on http://127.0.0.1:7860 and makes no other Hub call (app/README.md).
+MODEL ?= demo_output/model
+app: setup
+	$(PY) app/app.py --model $(MODEL)
+
 # Regenerate the lock from pyproject.toml's pins (Linux x86-64, CPython 3.11: the machine this project runs on),
 # rebuild the venv from it and run the tests. Commit requirements.lock with the pyproject.toml change.
 lock:
