@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Only PyPI: the lock's hashes are PyPI's files (a machine-wide find-links or extra index is ignored).
 PIP_INSTALL := PIP_EXTRA_INDEX_URL= PIP_FIND_LINKS= $(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps
 
-.PHONY: setup system-deps check-env test demo lock pretrained app test-app clean clean-venv
+.PHONY: setup system-deps check-env test demo lock pretrained app clean clean-venv
 
 # Debian packages: FFmpeg's shared libraries (torchcodec decodes audio with them), espeak-ng (speaks the demo
 # corpus) and chromium + chromium-driver (the web demo's browser test). Installed only when missing; needs root or sudo.
@@ -46,6 +46,12 @@ demo: setup
 # pretrained/ (wheels cached under ~/.cache/fdrl/wheels; a second run does nothing).
 pretrained: setup
 	$(PY) -m fdrl.pretrained
+
+# The web demo (app/app.py) on the model `make demo` writes; `make app MODEL=folder` for another (a Hub id needs
+# HF_HUB_OFFLINE=0). It serves on http://127.0.0.1:7860 and makes no other Hub call (app/README.md).
+MODEL ?= demo_output/model
+app: setup
+	$(PY) app/app.py --model $(MODEL)
 
 # Regenerate the lock from pyproject.toml's pins (Linux x86-64, CPython 3.11: the machine this project runs on),
 # rebuild the venv from it and run the tests. Commit requirements.lock with the pyproject.toml change.
