@@ -601,15 +601,22 @@ class FDRLModel(FDRLPreTrainedModel):
             audio_kwargs, text_kwargs (`dict`, *optional*): passed to the backbones' `from_pretrained`.
             config_kwargs: the remaining [`FDRLConfig`] fields (`hidden_size`, `id2label`, `alpha`, ...).
         """
-        audio = _speech_encoder(_load_backbone(audio_model, audio_kwargs, "audio_model"))
-        text = _load_backbone(text_model, text_kwargs, "text_model")
+        audio, text = load_backbones(audio_model, text_model, audio_kwargs, text_kwargs)
         config = FDRLConfig(audio_config=audio.config, text_config=text.config, **config_kwargs)
         model = cls(config)
-        _drop_pooler(text)
         model.audio_model, model.text_model = audio, text  # the source weights, untouched
         if config.freeze_feature_encoder:
             model.freeze_feature_encoder()
         return model
+
+
+def load_backbones(audio_model, text_model, audio_kwargs=None, text_kwargs=None):
+    """(speech backbone, text backbone) as FDRL holds them, from Hub ids, local folders or loaded models: a Whisper
+    checkpoint's encoder alone as [`FDRLWhisperEncoder`], the text model without its unused pooler."""
+    audio = _speech_encoder(_load_backbone(audio_model, audio_kwargs, "audio_model"))
+    text = _load_backbone(text_model, text_kwargs, "text_model")
+    _drop_pooler(text)
+    return audio, text
 
 
 def _load_backbone(model_or_path, kwargs, name):
@@ -686,6 +693,7 @@ FDRLModel.register_for_auto_class("AutoModel")
 
 __all__ = [
     "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "FDRLWhisperEncoder", "GradientReversal",
-    "discriminator_error_rates", "dynamic_factor_from_statistics", "grl_coefficient_at", "local_weight_source",
+    "discriminator_error_rates", "dynamic_factor_from_statistics", "grl_coefficient_at", "load_backbones",
+    "local_weight_source",
     "pool_audio", "pool_text", "speech_backbone_from_config",
 ]

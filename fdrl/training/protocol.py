@@ -24,7 +24,7 @@ from fdrl.data.manifest import leave_one_session_out, load_manifest
 from fdrl.evaluation.metrics import classification_metrics, fdrl_metrics, trainer_metrics
 from fdrl.evaluation.plots import plot_confusion_matrix
 from fdrl.evaluation.reporting import summarize_runs, write_report
-from modeling_fdrl import _drop_pooler
+from modeling_fdrl import _drop_pooler, load_backbones
 from processing_fdrl import FDRLProcessor
 
 from .checkpoints import latest_complete_checkpoint
@@ -153,7 +153,7 @@ def build_backbones(model_args, processor, seed):
     """(speech backbone, text backbone): pretrained, taken from an FDRL checkpoint, or a preset's random weights
     drawn from `seed`."""
     if model_args.audio_model:
-        return AutoModel.from_pretrained(model_args.audio_model), AutoModel.from_pretrained(model_args.text_model)
+        return load_backbones(model_args.audio_model, model_args.text_model)
     if model_args.model_name_or_path:
         source = AutoModel.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
         return source.audio_model, source.text_model
