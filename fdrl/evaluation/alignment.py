@@ -33,7 +33,7 @@ def probe_error(shared_audio, shared_text, n_splits=5, random_state=0):
     folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
     errors = 0
     for train, test in folds.split(features, modality):
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        probe = make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", random_state=random_state))
         with warnings.catch_warnings():  # a not quite converged probe still measures separability
             warnings.simplefilter("ignore", ConvergenceWarning)
             probe.fit(features[train], modality[train])
