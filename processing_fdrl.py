@@ -35,7 +35,8 @@ def train_wordpiece_tokenizer(
 
     The vocabulary is learnt with the `tokenizers` library, using the same BERT normalizer and pre-tokenizer that the
     returned tokenizer applies, and handed to [`BertTokenizerFast`] as a dictionary (in transformers 5.x
-    `BertTokenizer(vocab_file=path)` silently ignores the file). The result saves a `tokenizer.json`.
+    `BertTokenizer(vocab_file=path)` silently ignores the file). The result saves a `tokenizer.json`, the same byte for
+    byte in every process for the same arguments (the order of `texts` does not matter either: only counts do).
 
     Args:
         texts (`Sequence[str]`):
@@ -64,16 +65,29 @@ def train_wordpiece_tokenizer(
     trainable = Tokenizer(WordPiece(unk_token="[UNK]"))
     trainable.normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=lowercase, strip_accents=None)
     trainable.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # The trainer gives each "##c" its id in the order it meets words in a hash map, seeded anew by every process, and
+    # breaks ties between equally frequent merges by those ids: the vocabulary then differs from run to run. Handing
+    # it every "##c" up front, sorted, fixes their ids and with them the merges. Only the vocabulary is kept below, so
+    # they are not special tokens of the result.
     trainer = WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=BERT_SPECIAL_TOKENS,
+        special_tokens=BERT_SPECIAL_TOKENS + _continuing_subwords(trainable, texts, prefix="##"),
         continuing_subword_prefix="##",
         show_progress=False,
     )
     trainable.train_from_iterator(texts, trainer=trainer)
     # BertTokenizerFast rebuilds the same normalizer, pre-tokenizer, [CLS]/[SEP] post-processor and decoder.
     return BertTokenizerFast(vocab=trainable.get_vocab(), do_lower_case=lowercase, model_max_length=512)
+
+
+def _continuing_subwords(tokenizer, texts, prefix):
+    """Every word-inner character of `texts` with `prefix` (`"##a"`, ...), sorted: the trainer makes one of each."""
+    characters = set()
+    for text in texts:
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text)):
+            characters.update(word[1:])
+    return [prefix + character for character in sorted(characters)]
 
 
 class FDRLProcessor(ProcessorMixin):
