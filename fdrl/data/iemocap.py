@@ -43,12 +43,20 @@ On a complete release (all five sessions) the counts are compared with the publi
 (4 classes: 5531) and any difference is logged.
 
 A session without any utterance of the config's classes gets no split (datasets cannot read back an
-empty one) and a warning. The audio column stores the absolute paths of the WAV files, so the
-IEMOCAP folder must stay where it was. The cache is keyed by the config and the path of `data_dir`,
-not by its contents: after changing the folder, pass `download_mode="force_redownload"` to
-`download_and_prepare` (or use a fresh `cache_dir`).
+empty one) and a warning.
+
+The cache: the audio column stores the absolute paths of the WAV files, so the IEMOCAP folder must
+stay where it was. The cache is keyed by the config, the path of `data_dir` and `input_fingerprint`:
+a hash of the bytes of every EmoEvaluation and transcription file the builder reads and of the names
+of the WAV files (the cache holds their paths, not their audio). A corrected label or transcript, or
+a WAV added or deleted, therefore gives a new cache folder and a rebuild; the old one stays in the
+cache until deleted. Fingerprinting reads those text files and lists the WAV folders on every load:
+0.15 s for a layout the size of the release (10k WAVs, 310 text files, 4 MB) on a local disk with a
+warm page cache, 2 ms for the test fixture. `load_iemocap(..., rebuild=True)` (`--rebuild_cache
+true`) rebuilds even when the fingerprint is unchanged.
 """
 
+import hashlib
 import logging
 import os
 import re
@@ -117,12 +125,16 @@ class IemocapConfig(datasets.BuilderConfig):
             Remove bracketed tags (`[LAUGHTER]`, `[BREATHING]`, ...) from the text and collapse spaces.
         strict (`bool`, *optional*, defaults to `False`):
             Raise on a missing WAV or transcription line instead of skipping the utterance.
+        input_fingerprint (`str`, *optional*, defaults to `""`):
+            `input_fingerprint(data_dir)`, set by `Iemocap` itself: being part of the config, it is
+            part of the cache folder's name, so changed inputs get a cache of their own.
     """
 
     classes: tuple = ALL_CLASSES
     merge: tuple = ()
     strip_tags: bool = False
     strict: bool = False
+    input_fingerprint: str = ""
 
     def class_of(self, code):
         """The class name an emotion code is counted as, or `None` if the code is dropped."""
@@ -156,6 +168,8 @@ class Iemocap(datasets.GeneratorBasedBuilder):
         # An absolute path: the cache is keyed by it, and the audio column stores paths below it.
         if data_dir is not None:
             data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
+            if os.path.isdir(data_dir):  # else _split_generators names the problem
+                kwargs.setdefault("input_fingerprint", input_fingerprint(data_dir))
         super().__init__(*args, data_dir=data_dir, **kwargs)
 
     def _info(self):
@@ -296,6 +310,36 @@ def _check_data_dir(data_dir):
     if not data_dir.is_dir():
         raise FileNotFoundError(f"IEMOCAP data_dir does not exist or is not a folder: {data_dir}")
     return data_dir
+
+
+def input_fingerprint(data_dir):
+    """A hash of what the cached dataset is built from: the bytes of every EmoEvaluation and transcription file
+    the builder reads, and the relative path of every WAV file (the cache stores WAV paths, so only their presence
+    matters; `fdrl.data.validation` reads the audio itself before training)."""
+    digest = hashlib.sha256()
+    for session_dir in sorted(p for p in Path(data_dir).iterdir() if p.is_dir() and _SESSION_DIR.match(p.name)):
+        for folder in ("EmoEvaluation", "transcriptions"):
+            for path in _listing(session_dir / "dialog" / folder, ".txt"):
+                digest.update(f"{path.relative_to(data_dir)}\0{path.stat().st_size}\0".encode())
+                digest.update(path.read_bytes())
+        for dialog_dir in _listing(session_dir / "sentences" / "wav", None):
+            for path in _listing(dialog_dir, ".wav"):
+                digest.update(f"{path.relative_to(data_dir)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def _listing(folder, suffix):
+    """Sorted entries of `folder` (files with `suffix`, or subfolders when it is None), dot-files left out."""
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        kept = [
+            Path(entry.path)
+            for entry in entries
+            if not entry.name.startswith(".")
+            and (entry.is_dir() if suffix is None else entry.is_file() and entry.name.endswith(suffix))
+        ]
+    return sorted(kept)
 
 
 def _find_sessions(data_dir):
