@@ -1,3 +1,4 @@
+import json
 import logging
 from collections import Counter
 
@@ -313,7 +314,48 @@ def test_subset_of_sessions_and_no_count_warning(tmp_path, caplog):
     dataset = load_iemocap(fixture["data_dir"], config_name="all", cache_dir=str(tmp_path / "cache"))
     assert list(dataset) == ["session2", "session4"]
     assert {s: len(dataset[f"session{s}"]) for s in (2, 4)} == {2: 12, 4: 12}
-    assert not [record for record in caplog.records if record.name == LOGGER]
+    messages = [record.getMessage() for record in caplog.records if record.name == LOGGER]
+    assert messages == [
+        f"Session1, Session3, Session5 missing from {fixture['data_dir']} (found Session2, Session4); a fold that "
+        "tests on a missing session cannot run"
+    ]
+
+
+def test_a_missing_session_is_warned_and_its_fold_refused(tmp_path, caplog):
+    """Issue 12, item 6: with Session2 absent the builder returned sessions 1, 3, 4, 5 without a word."""
+    fixture = make_iemocap_fixture(tmp_path / "data", sessions=(1, 3, 4, 5), utterances_per_dialog=2, defects=False)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    dataset = load_iemocap(fixture["data_dir"], cache_dir=str(tmp_path / "cache"))
+    assert list(dataset) == ["session1", "session3", "session4", "session5"]
+    missing = [r.getMessage() for r in caplog.records if r.name == LOGGER and "missing from" in r.getMessage()]
+    assert missing == [
+        f"Session2 missing from {fixture['data_dir']} (found Session1, Session3, Session4, Session5); a fold that "
+        "tests on a missing session cannot run"
+    ]
+    with pytest.raises(ValueError, match=r"test_session must be one of the dataset's sessions \[1, 3, 4, 5\], got 2"):
+        leave_one_session_out(dataset, test_session=2)
+
+
+def test_expected_sessions_of_other_layouts(tmp_path, caplog):
+    """Gaps count everywhere; Session5 only in a folder named as the release; a demo corpus expects its own."""
+    fixture = make_iemocap_fixture(tmp_path / "data", sessions=(1, 2, 4), utterances_per_dialog=2, defects=False)
+    release = fixture["data_dir"]
+    custom = release.rename(tmp_path / "data" / "my_corpus")
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+
+    def missing_warning(data_dir, cache):
+        caplog.clear()
+        load_iemocap(data_dir, cache_dir=str(tmp_path / cache))
+        found = [r.getMessage() for r in caplog.records if r.name == LOGGER and "missing from" in r.getMessage()]
+        return found[0].split(" missing from")[0] if found else None
+
+    assert missing_warning(custom, "c1") == "Session3"
+    (custom / "demo_corpus.json").write_text(json.dumps({"settings": {"sessions": [1, 2, 4]}}))
+    assert missing_warning(custom, "c2") is None
+    (custom / "demo_corpus.json").write_text(json.dumps({"settings": {"sessions": [1, 2, 3, 4, 5]}}))
+    assert missing_warning(custom, "c3") == "Session3, Session5"
+    (custom / "demo_corpus.json").unlink()
+    assert missing_warning(custom.rename(release), "c4") == "Session3, Session5"
 
 
 def test_a_session_without_utterances_gets_no_split(tmp_path, caplog):

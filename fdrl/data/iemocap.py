@@ -42,8 +42,12 @@ Incomplete data (each case is logged as one warning naming the first ids):
 On a complete release (all five sessions) the counts are compared with the published ones
 (4 classes: 5531) and any difference is logged.
 
-A session without any utterance of the config's classes gets no split (datasets cannot read back an
-empty one) and a warning.
+Sessions are numbered from 1 without gaps: a folder missing below the highest one found (Session2 of
+1, 3, 4, 5) is logged as a warning naming it, and so is a missing Session5 in a folder named
+`IEMOCAP_full_release` (the release has five). The demo corpus (`demo_corpus.json` beside the sessions)
+is expected to hold the sessions it was written with, whichever they are. A fold whose test session is
+missing fails in `leave_one_session_out`. A session without any utterance of the config's classes
+gets no split (datasets cannot read back an empty one) and a warning.
 
 The cache: the audio column stores the absolute paths of the WAV files, so the IEMOCAP folder must
 stay where it was. The cache is keyed by the config, the path of `data_dir` and `input_fingerprint`:
@@ -57,6 +61,7 @@ true`) rebuilds even when the fingerprint is unchanged.
 """
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -67,6 +72,7 @@ from pathlib import Path
 import datasets
 
 
+from .demo_corpus import STAMP_NAME as DEMO_CORPUS_STAMP
 from .manifest import leave_one_session_out
 
 
@@ -207,6 +213,7 @@ class Iemocap(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         data_dir = _check_data_dir(self.config.data_dir)
         sessions = _find_sessions(data_dir)
+        _warn_missing_sessions(data_dir, sessions)
         utterances = [u for s in sessions for u in _read_session(data_dir / f"Session{s}", s)]
         utterances = [u for u in utterances if self.config.class_of(u["emotion"]) is not None]
         utterances = self._attach_files(utterances)
@@ -355,6 +362,26 @@ def _find_sessions(data_dir):
             f"No Session1..Session5 folder in {data_dir}{hint}; data_dir must be the IEMOCAP_full_release folder"
         )
     return sessions
+
+
+def _warn_missing_sessions(data_dir, sessions):
+    """Sessions are numbered from 1 without gaps (the release has 1-5; a demo corpus the ones it was written with)."""
+    expected = set(range(1, max(sessions) + 1))
+    stamp = data_dir / DEMO_CORPUS_STAMP
+    if stamp.is_file():
+        try:
+            expected = set(json.loads(stamp.read_text())["settings"]["sessions"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning(f"{stamp} is not a demo corpus stamp; expecting sessions 1 to {max(sessions)}")
+    elif data_dir.name == "IEMOCAP_full_release":
+        expected |= {1, 2, 3, 4, 5}
+    missing = sorted(expected - set(sessions))
+    if missing:
+        found = ", ".join(f"Session{s}" for s in sessions)
+        logger.warning(
+            f"{', '.join(f'Session{s}' for s in missing)} missing from {data_dir} (found {found}); a fold that tests "
+            "on a missing session cannot run"
+        )
 
 
 def _read_session(session_dir, session):
