@@ -7,6 +7,7 @@ with `torchaudio.functional.resample` and truncates to `max_duration` seconds. R
 it takes arrays.
 """
 
+import json
 import math
 import numbers
 from collections.abc import Sequence
@@ -17,8 +18,8 @@ import torchaudio
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
-from transformers import BatchFeature, BertTokenizerFast, ProcessorMixin, Wav2Vec2FeatureExtractor
-from transformers.utils import logging
+from transformers import AutoConfig, BatchFeature, BertTokenizerFast, ProcessorMixin, Wav2Vec2FeatureExtractor
+from transformers.utils import cached_file, logging
 
 
 logger = logging.get_logger(__name__)
@@ -118,8 +119,14 @@ class FDRLProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a saved processor. This class is already imported, so its sub-processors need no remote code:
-        without `trust_remote_code=False`, AutoTokenizer sees the model folder's `auto_map` and asks."""
+        without `trust_remote_code=False`, AutoTokenizer sees the model folder's `auto_map` and asks. The tokenizer is
+        the text backbone's, so AutoTokenizer gets the text backbone's config: without remote code it would read the
+        folder's FDRL `config.json` into a plain config instead, warning "model of type fdrl" on every load."""
         kwargs.setdefault("trust_remote_code", False)
+        if "config" not in kwargs:
+            text_config = _saved_text_config(pretrained_model_name_or_path, kwargs)
+            if text_config is not None:
+                kwargs["config"] = text_config
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
@@ -250,6 +257,22 @@ class FDRLProcessor(ProcessorMixin):
                 waveform = waveform[:max_samples]
             prepared.append(waveform.numpy())
         return prepared
+
+
+def _saved_text_config(pretrained_model_name_or_path, kwargs):
+    """The text backbone's config in a saved FDRL `config.json`, or None (a processor saved on its own has none)."""
+    lookup = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+              if kwargs.get(key) is not None}
+    path = cached_file(pretrained_model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False, **lookup)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as file:
+        text_config = json.load(file).get("text_config")
+    if not isinstance(text_config, dict) or "model_type" not in text_config:
+        return None
+    text_config = dict(text_config)
+    return AutoConfig.for_model(text_config.pop("model_type"), **text_config)
 
 
 def _check_max_duration(max_duration):

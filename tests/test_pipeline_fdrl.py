@@ -6,6 +6,7 @@ repository), because a class registered in this process would win silently (HF_N
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -374,3 +375,20 @@ def test_cli_manifest_to_jsonl_and_exit_codes(saved, tmp_path):
                               "--device", "cpu"]) == 1  # nothing predicted
     assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest),
                               "--output", str(tmp_path / "predictions.txt")]) == 2  # bad arguments
+
+
+def test_processor_loads_without_a_model_type_warning(saved):
+    """Issue 12, item 8: AutoTokenizer, without remote code, read the FDRL config.json into a plain config and warned
+    "You are using a model of type `fdrl` to instantiate a model of type ``" on every predict."""
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(handler)
+    try:
+        processor = FDRLProcessor.from_pretrained(saved.folder)
+    finally:
+        transformers_logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "to instantiate a model of type" in r.getMessage()]
+    assert type(processor.tokenizer).__name__ == type(saved.processor.tokenizer).__name__
+    assert processor.tokenizer.get_vocab() == saved.processor.tokenizer.get_vocab()
