@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,10 +62,7 @@ result["batched"] = pipe(inputs(), sampling_rate=12000, batch_size=3)
 result["batched_sizes"] = list(batch_sizes)
 result["single_top_k"] = pipe(inputs()[0], top_k=2)
 result["representations"] = pipe(inputs()[:2], return_representations=True, batch_size=2)
-try:
-    pipe([inputs()[0], {"audio": spec["files"][0][0]}])
-except ValueError as error:
-    result["no_text_error"] = str(error)
+result["no_text_error"] = pipe([inputs()[0], {"audio": spec["files"][0][0]}])[1]
 
 with_asr = pipeline(task, model=spec["model"], trust_remote_code=True, device="cpu", asr_model=spec["asr"])
 result["asr"] = with_asr([{"audio": spec["files"][0][0]}, inputs()[1]], batch_size=2)
@@ -270,8 +268,8 @@ def test_remote_asr_transcript_reaches_the_text_encoder(saved, remote):
 
 
 def test_remote_missing_text_without_asr_names_the_item(saved, remote):
-    assert remote["no_text_error"].startswith(f"input 1 ({saved.files[0][0]})")
-    assert "no transcript" in remote["no_text_error"]
+    assert remote["no_text_error"]["input"] == f"input 1 ({saved.files[0][0]})"
+    assert remote["no_text_error"]["error"].startswith("no transcript: pass a non-empty 'text'")
 
 
 def test_empty_asr_transcript_is_an_error_naming_the_item(saved):
@@ -285,8 +283,11 @@ def test_empty_asr_transcript_is_an_error_naming_the_item(saved):
     pipe = MultimodalEmotionRecognitionPipeline(model=saved.model, processor=saved.processor, device="cpu",
                                                 asr_model=asr)
     path = saved.files[1][0]
-    with pytest.raises(ValueError, match=rf"^input 1 \({path}\): .*empty transcript"):
-        pipe([{"audio": saved.files[0][0], "text": TEXTS[0]}, {"audio": path}])
+    outputs = pipe([{"audio": saved.files[0][0], "text": TEXTS[0]}, {"audio": path}])
+    assert outputs[1] == {"input": f"input 1 ({path})", "error": "the speech-recognition model returned an empty "
+                          "transcript; pass 'text' for this input"}
+    with pytest.raises(ValueError, match=rf"^input \({path}\): .*empty transcript"):
+        pipe({"audio": path})
 
 
 # ----- (d) bad inputs: each fails naming the item --------------------------------------------------------------------
@@ -311,15 +312,38 @@ def test_empty_asr_transcript_is_an_error_naming_the_item(saved):
     ],
 )
 def test_bad_input_fails_naming_the_item(saved, local_pipe, tmp_path, make_input, message):
+    """In a list, the bad input's place holds its error; alone, it raises. Both name it."""
     (tmp_path / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(3000))
     sf.write(tmp_path / "empty.wav", np.zeros((0, 1), dtype=np.float32), 16000)
     bad = make_input(tmp_path)
     audio = bad.get("audio")
-    name = f"input 2 ({audio})" if isinstance(audio, str) else "input 2"
+    path = f" ({audio})" if isinstance(audio, str) else ""
     good = {"audio": saved.files[0][0], "text": TEXTS[0]}
+    outputs = local_pipe([good, good, bad], batch_size=2)
+    assert set(outputs[2]) == {"input", "error"} and outputs[2]["input"] == f"input 2{path}"
+    assert re.search(message, outputs[2]["error"]), outputs[2]["error"]
+    assert outputs[0] == outputs[1] and "error" not in outputs[0][0]
     with pytest.raises(ValueError, match=message) as error:
-        local_pipe([good, good, bad], batch_size=2)
-    assert str(error.value).startswith(f"{name}:"), str(error.value)
+        local_pipe(bad)
+    assert str(error.value).startswith(f"input{path}: {outputs[2]['error']}"), str(error.value)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_a_bad_input_does_not_lose_the_good_ones_after_it(saved, local_pipe, batch_size):
+    """Issue 12, item 8: a bad item raised after the first result was yielded, and the good ones after it were lost."""
+    first, last = ({"audio": path, "text": text} for path, text in saved.files[:2])
+    bad = {"audio": "/no/such.wav", "text": "hi"}
+    outputs = local_pipe([first, bad, last], batch_size=batch_size)
+    assert len(outputs) == 3
+    assert outputs[1] == {"input": "input 1 (/no/such.wav)", "error": "no such file"}
+    alone = [local_pipe(first), local_pipe(last)]
+    for output, want in zip([outputs[0], outputs[2]], alone):
+        np.testing.assert_allclose(by_class(output), by_class(want), atol=TOLERANCE)
+    only_bad = local_pipe([bad, bad], batch_size=batch_size)  # a batch without one good input never reaches the model
+    assert only_bad == [{"input": f"input {i} (/no/such.wav)", "error": "no such file"} for i in (0, 1)]
+    streamed = list(local_pipe(iter([first, bad, last]), batch_size=batch_size, return_transcript=True))
+    assert [set(output) for output in streamed] == [{"scores", "transcript", "transcript_source"}, {"input", "error"},
+                                                    {"scores", "transcript", "transcript_source"}]
 
 
 def test_single_input_errors_and_generators(saved, local_pipe):

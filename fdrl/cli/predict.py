@@ -185,18 +185,18 @@ def predict(pipe, recordings, writer, batch_size, with_transcript, class_names, 
         for start in range(0, len(usable), chunk_size):
             chunk = usable[start : start + chunk_size]
             inputs = [{"audio": r.audio, "text": r.text} for r in chunk]
-            try:
+            try:  # a bad input comes back as {"input", "error"} in its place
                 outputs = pipe(inputs, batch_size=batch_size, **call_kwargs)
-            except Exception:  # some input in the chunk is bad: find it, one input at a time
+            except Exception:  # the batch itself failed (out of memory, say): one input at a time
                 outputs = []
                 for recording, single in zip(chunk, inputs):
                     try:
                         outputs.append(pipe(single, **call_kwargs))
-                    except Exception as error:
-                        outputs.append(error)
+                    except Exception as error:  # its message starts with the pipeline's "input (path): "
+                        outputs.append({"error": str(error).removeprefix(f"input ({recording.audio}): ")})
             for recording, output in zip(chunk, outputs):
-                if isinstance(output, Exception):  # its message starts with the pipeline's "input (path): "
-                    errors.append(_error(recording, str(output).removeprefix(f"input ({recording.audio}): ")))
+                if "error" in output:
+                    errors.append(_error(recording, output["error"]))
                 else:
                     writer.write(_row(recording, output, with_transcript, class_names))
                     predicted += 1
