@@ -129,7 +129,7 @@ CLI_GOOD = {"calm": (0.5, 16000), "loud": (0.4, 8000), "short": (0.3, 16000)}
 
 @pytest.fixture(scope="module")
 def cli_run(saved):
-    """Starts `python predict_fdrl.py` on a folder of three good recordings, a corrupt WAV and one without a transcript.
+    """Starts `python -m fdrl.cli.predict` on a folder of three good recordings, a corrupt WAV and one without a transcript.
 
     It starts with the `remote` subprocess (which requests it), so the two interpreters load in parallel.
     """
@@ -143,9 +143,9 @@ def cli_run(saved):
     write_audio(clips / "untranscribed.wav", 0.3, 16000, seed=7)  # no .txt
     output = saved.root / "out" / "predictions.csv"
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "predict_fdrl.py"), "--model", str(saved.folder), "--input", str(clips),
+        [sys.executable, "-m", "fdrl.cli.predict", "--model", str(saved.folder), "--input", str(clips),
          "--output", str(output), "--batch_size", "2", "--device", "cpu"],
-        cwd=saved.root, env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
+        cwd=saved.root, env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )
     yield clips, output, process
@@ -377,10 +377,11 @@ def test_cli_predicts_every_good_file_and_reports_the_bad_ones(saved, cli_run):
     assert {error["id"] for error in report["errors"]} == {"corrupt", "untranscribed"}
     for name in ("corrupt.wav", "untranscribed.wav"):
         assert name in run.stdout
+    assert "to instantiate a model of type" not in run.stdout + run.stderr  # issue 12, item 8
 
 
 def test_cli_manifest_to_jsonl_and_exit_codes(saved, tmp_path):
-    import predict_fdrl
+    from fdrl.cli import predict as predict_fdrl
 
     manifest = tmp_path / "manifest.jsonl"
     rows = [{"id": "one", "audio": saved.files[0][0], "text": TEXTS[0]},
@@ -396,9 +397,98 @@ def test_cli_manifest_to_jsonl_and_exit_codes(saved, tmp_path):
 
     manifest.write_text(json.dumps(rows[1]) + "\n")
     assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest), "--output", str(output),
-                              "--device", "cpu"]) == 1  # nothing predicted
+                              "--device", "cpu", "--overwrite", "true"]) == 1  # nothing predicted
     assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest),
                               "--output", str(tmp_path / "predictions.txt")]) == 2  # bad arguments
+
+
+
+# ----- (e) the CLI refuses bad arguments before writing anything ----------------------------------------------------
+def run_cli(caplog, *argv):
+    """`fdrl.cli.predict.main(argv)` in this process: (exit status, its error messages)."""
+    from fdrl.cli import predict
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="fdrl.cli.predict"):
+        status = predict.main([str(arg) for arg in argv])
+    return status, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def write_manifest(path, saved, text_key="text"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": f"clip{i}", "audio": audio, text_key: text}) + "\n"
+                            for i, (audio, text) in enumerate(saved.files)))
+    return path
+
+
+def test_cli_refuses_an_output_that_is_its_input(saved, tmp_path, caplog):
+    """Issue 12, item 7: `--output` equal to `--input` overwrote the manifest with predictions."""
+    manifest = write_manifest(tmp_path / "data" / "manifest.jsonl", saved)
+    original = manifest.read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(manifest)
+    os.link(manifest, tmp_path / "hardlink.jsonl")
+    spellings = [manifest, tmp_path / "data" / ".." / "data" / "manifest.jsonl", tmp_path / "link.jsonl",
+                 tmp_path / "hardlink.jsonl"]
+    for output in spellings:
+        for overwrite in ("false", "true"):  # --overwrite never applies to the input
+            status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output,
+                                       "--overwrite", overwrite)
+            assert status == 2
+            assert messages == [f"--output {output} would overwrite the --input manifest {manifest} (the same file): "
+                                "write the predictions to another file"]
+    assert manifest.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "hardlink.jsonl", "link.jsonl", "manifest.jsonl"]
+
+
+def test_cli_keeps_an_existing_output_unless_told(saved, tmp_path, caplog):
+    manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
+    output = tmp_path / "predictions.csv"
+    output.write_text("the user's own file\n")
+    status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output)
+    assert status == 2
+    assert messages == [f"--output {output} already exists: pass --overwrite true to replace it, or choose another file"]
+    assert output.read_text() == "the user's own file\n" and not Path(f"{output}.errors.json").exists()
+    status, _ = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output, "--device", "cpu",
+                        "--overwrite", "true")
+    assert status == 0
+    with open(output, newline="") as f:
+        assert [row["id"] for row in csv.DictReader(f)] == ["clip0", "clip1", "clip2"]
+
+
+def test_cli_names_a_misnamed_column(saved, tmp_path, caplog):
+    """Issue 12, item 7: `--text_column transcript` absent from the manifest skipped every row without naming it."""
+    manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
+    output = tmp_path / "predictions.jsonl"
+    present = "its columns: 'id', 'audio', 'text'"
+    cases = {
+        ("--text_column", "transcript"): f"{manifest} has no 'transcript' column ({present}); pass --text_column "
+                                         "<name>, or --asr_model to transcribe the speech",
+        ("--audio_column", "path"): f"{manifest} has no 'path' column ({present}); pass --audio_column <name>",
+        ("--id_column", "utterance"): f"{manifest} has no 'utterance' column ({present}); pass --id_column <name>",
+    }
+    for flag, message in cases.items():
+        status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output, *flag)
+        assert (status, messages) == (2, [message])
+    assert not output.exists() and not Path(f"{output}.errors.json").exists()
+
+
+def test_cli_names_a_missing_model_folder(saved, tmp_path, caplog):
+    """Issue 12, item 8: a missing --model exited 1 with "Repo id must be in the form..."."""
+    manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
+    output = tmp_path / "predictions.jsonl"
+    (tmp_path / "no_config").mkdir()
+    cases = {
+        tmp_path / "outputs" / "fold1": f"--model {tmp_path / 'outputs' / 'fold1'}: no such folder (and not a Hub id, "
+                                        "which is 'name' or 'org/name')",
+        manifest: f"--model {manifest} is a file: give the model folder (run_fdrl.py's model/ or fold folder)",
+        tmp_path / "no_config": f"--model {tmp_path / 'no_config'} has no config.json: not a saved FDRL model folder",
+    }
+    for model, message in cases.items():
+        status, messages = run_cli(caplog, "--model", model, "--input", manifest, "--output", output)
+        assert (status, messages) == (2, [message])
+    status, messages = run_cli(caplog, "--model", "nobody/no-such-fdrl-model", "--input", manifest, "--output", output)
+    assert status == 2 and messages[0].startswith("--model nobody/no-such-fdrl-model: cannot load the model (")
+    assert not output.exists()
 
 
 def test_processor_loads_without_a_model_type_warning(saved):
