@@ -267,12 +267,12 @@ def _saved_text_config(pretrained_model_name_or_path, kwargs):
                        _raise_exceptions_for_connection_errors=False, **lookup)
     if path is None:
         return None
-    with open(path, encoding="utf-8") as file:
-        text_config = json.load(file).get("text_config")
-    if not isinstance(text_config, dict) or "model_type" not in text_config:
+    try:
+        with open(path, encoding="utf-8") as file:
+            text_config = dict(json.load(file)["text_config"])
+        return AutoConfig.for_model(text_config.pop("model_type"), **text_config)
+    except (ValueError, KeyError, TypeError):  # not an FDRL config, or a backbone unknown here: AutoTokenizer decides
         return None
-    text_config = dict(text_config)
-    return AutoConfig.for_model(text_config.pop("model_type"), **text_config)
 
 
 def _check_max_duration(max_duration):
