@@ -263,7 +263,8 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         good = [i for i, error in enumerate(errors) if error is None]
         batch_size, device = len(errors), model_inputs["input_values"].device
         logits = torch.zeros(batch_size, self.model.config.num_labels, device=device)
-        vectors = {key: torch.zeros(batch_size, self.model.config.hidden_size, device=device) for key in REPRESENTATIONS}
+        hidden_size = self.model.config.hidden_size
+        vectors = {key: torch.zeros(batch_size, hidden_size, device=device) for key in REPRESENTATIONS}
         if good:  # only the good rows reach the model; the placeholders' rows stay zero and postprocess skips them
             outputs = self.model(**{key: value[good] for key, value in model_inputs.items()})
             logits = logits.to(outputs.logits.dtype)

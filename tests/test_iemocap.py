@@ -192,7 +192,8 @@ def test_builder_class_and_config_ids(fixture, tmp_path):
 def relabel(fixture, utterance_id, code):
     """Change one utterance's emotion code in its EmoEvaluation file, as a corrected annotation would."""
     utterance = fixture["utterances"][utterance_id]
-    path = fixture["data_dir"] / f"Session{utterance['session']}" / "dialog" / "EmoEvaluation" / f"{utterance['dialog']}.txt"
+    session_dir = fixture["data_dir"] / f"Session{utterance['session']}"
+    path = session_dir / "dialog" / "EmoEvaluation" / f"{utterance['dialog']}.txt"
     text = path.read_text()
     old = f"\t{utterance_id}\t{utterance['emotion']}\t"
     assert text.count(old) == 1

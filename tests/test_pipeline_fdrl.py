@@ -129,7 +129,8 @@ CLI_GOOD = {"calm": (0.5, 16000), "loud": (0.4, 8000), "short": (0.3, 16000)}
 
 @pytest.fixture(scope="module")
 def cli_run(saved):
-    """Starts `python -m fdrl.cli.predict` on a folder of three good recordings, a corrupt WAV and one without a transcript.
+    """Starts `python -m fdrl.cli.predict` on a folder of three good recordings, a corrupt WAV and one without a
+    transcript.
 
     It starts with the `remote` subprocess (which requests it), so the two interpreters load in parallel.
     """
@@ -446,7 +447,8 @@ def test_cli_keeps_an_existing_output_unless_told(saved, tmp_path, caplog):
     output.write_text("the user's own file\n")
     status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output)
     assert status == 2
-    assert messages == [f"--output {output} already exists: pass --overwrite true to replace it, or choose another file"]
+    assert messages == [f"--output {output} already exists: pass --overwrite true to replace it, or choose another "
+                        "file"]
     assert output.read_text() == "the user's own file\n" and not Path(f"{output}.errors.json").exists()
     status, _ = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output, "--device", "cpu",
                         "--overwrite", "true")
