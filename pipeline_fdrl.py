@@ -10,7 +10,9 @@ An input is a dict with "audio" (a file path, encoded bytes, a numpy array or to
 `(channels, samples)`), "text" (the transcript) and, for arrays and tensors, "sampling_rate"; or a list of them.
 Files and bytes are decoded with soundfile (torchcodec for the formats it lacks) and every waveform is resampled by
 the processor. With `asr_model=...` the transcript of an input without text comes from that speech recogniser.
-Every input problem raises a `ValueError` that names the input: its index in the list and, for files, the path.
+Every input problem is reported naming the input (its index in the list and, for files, the path): a single input
+raises a `ValueError`; in a list, dataset or generator the bad input gives `{"input": name, "error": message}` in its
+place and the others are classified as usual.
 
 `save_pipeline(model, processor, folder)` writes a folder (a Hub model repository) that the call above loads.
 """
@@ -82,6 +84,15 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
          "transcript": "the text the model read", "transcript_source": "input" or "asr",  # with return_transcript
          "representations": {"shared_audio": [...], "shared_text": [...],               # with return_representations
                              "private_audio": [...], "private_text": [...]}}
+
+    Bad inputs: a single input that cannot be used (missing or undecodable file, empty, NaN or too short audio, no
+    transcript, unknown keys, ...) raises a `ValueError` whose message starts with its name. In a list, a dataset or a
+    generator, each bad input gives, in its place and in input order,
+
+        {"input": "input 2 (clips/b.wav)", "error": "cannot decode the audio (...)"}
+
+    so one bad file does not lose the results of the others; check `"error" in output` before reading scores. Wrong
+    call arguments (`top_k=0`, ...) raise in every case.
 
     Batching (`batch_size=...`) pads speech and text across inputs; with a layer-norm speech backbone (wav2vec2
     large-lv60, HuBERT, WavLM, the tiny test models) batched and unbatched scores agree to float precision, with a
@@ -182,6 +193,14 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
     # ----- preprocess: one input -> the processor's tensors, batch of 1 ---------------------------------------------
     def preprocess(self, item, sampling_rate=None, max_text_length=None):
         index, value = (item.index, item.value) if isinstance(item, _IndexedInput) else (None, item)
+        try:
+            return self._preprocess_one(index, value, sampling_rate, max_text_length)
+        except _InputError as error:
+            if index is None:  # a single input: nothing else to lose, raise as before
+                raise ValueError(f"{error.name}: {error.message}") from None
+            return self._error_placeholder(error)
+
+    def _preprocess_one(self, index, value, sampling_rate, max_text_length):
         audio, text, item_rate = _unpack_input(value, index)
         name = _input_name(index, audio)
         try:
@@ -193,13 +212,21 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
             )
             self._check_audio_length(features["audio_attention_mask"])
         except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
+            raise _InputError(name, str(error)) from None
         speech = self.processor.audio_input_name  # input_values, or Whisper's input_features
         if self.dtype is not None and self.dtype.is_floating_point:
             features[speech] = features[speech].to(self.dtype)
         if speech == "input_features":  # (1, frames, mel bins): the pipeline's batching pads dimension 1
             features[speech] = features[speech].transpose(1, 2)
-        return {**features, "transcript": transcript, "transcript_source": source}
+        return {**features, "transcript": transcript, "transcript_source": source, "error": None}
+
+    def _error_placeholder(self, error):
+        """A bad input's stand-in: one-step tensors under every key (they never pad the others), never forwarded."""
+        placeholder = {name: torch.zeros((1, 1), dtype=torch.long) for name in self.processor.model_input_names}
+        speech = self.processor.audio_input_name
+        shape = (1, 1, self.processor.feature_extractor.feature_size) if speech == "input_features" else (1, 1)
+        placeholder[speech] = torch.zeros(shape, dtype=self.dtype or torch.float32)
+        return {**placeholder, "transcript": None, "transcript_source": None, "error": (error.name, error.message)}
 
     def _resolve_transcript(self, text, waveform, sampling_rate):
         """The text the model reads: the input's, or the ASR model's for speech-only inputs."""
@@ -236,15 +263,31 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
     def _forward(self, model_inputs):
         if self.model.training:
             logger.warning_once("The FDRL model is in training mode (dropout active): call model.eval() first")
-        extras = {key: model_inputs.pop(key) for key in ("transcript", "transcript_source")}
-        if "input_features" in model_inputs:  # back to (batch, mel bins, frames)
-            model_inputs["input_features"] = model_inputs["input_features"].transpose(1, 2)
-        outputs = self.model(**model_inputs)
+        extras = {key: model_inputs.pop(key) for key in ("transcript", "transcript_source", "error")}
+        speech = self.processor.audio_input_name
+        if speech == "input_features":  # back to (batch, mel bins, frames)
+            model_inputs[speech] = model_inputs[speech].transpose(1, 2)
+        errors = extras["error"] if isinstance(extras["error"], list) else [extras["error"]]  # unbatched: one item
+        good = [i for i, error in enumerate(errors) if error is None]
+        batch_size, device = len(errors), model_inputs[speech].device
+        logits = torch.zeros(batch_size, self.model.config.num_labels, device=device)
+        hidden_size = self.model.config.hidden_size
+        vectors = {key: torch.zeros(batch_size, hidden_size, device=device) for key in REPRESENTATIONS}
+        if good:  # only the good rows reach the model; the placeholders' rows stay zero and postprocess skips them
+            outputs = self.model(**{key: value[good] for key, value in model_inputs.items()})
+            logits = logits.to(outputs.logits.dtype)
+            logits[good] = outputs.logits
+            for key in REPRESENTATIONS:
+                vectors[key] = vectors[key].to(outputs[key].dtype)
+                vectors[key][good] = outputs[key]
         # logits first: the pipeline's unbatching reads the batch size from the first entry
-        return {"logits": outputs.logits, **{key: outputs[key] for key in REPRESENTATIONS}, **extras}
+        return {"logits": logits, **vectors, **extras}
 
     # ----- postprocess: one input's outputs -> scores (and extras) ---------------------------------------------------
     def postprocess(self, model_outputs, top_k=None, return_representations=False, return_transcript=None):
+        if model_outputs["error"] is not None:
+            name, message = model_outputs["error"]
+            return {"input": name, "error": message}
         probabilities = model_outputs["logits"][0].float().softmax(-1)  # (num_labels,)
         top_k = probabilities.shape[0] if top_k is None else min(top_k, probabilities.shape[0])
         values, ids = probabilities.topk(top_k)
@@ -265,6 +308,14 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
 
 
 # ----- reading inputs ------------------------------------------------------------------------------------------------
+class _InputError(Exception):
+    """A problem with one input: its name ("input 2 (a.wav)") and what is wrong."""
+
+    def __init__(self, name, message):
+        super().__init__(f"{name}: {message}")
+        self.name, self.message = name, message
+
+
 def _input_name(index, audio) -> str:
     name = "input" if index is None else f"input {index}"
     if isinstance(audio, (str, os.PathLike)):
@@ -279,12 +330,12 @@ def _unpack_input(value, index):
     unknown = sorted(set(value) - set(INPUT_KEYS))
     name = _input_name(index, value.get("audio"))
     if unknown:
-        raise ValueError(f"{name}: unknown keys {unknown}; an input has the keys {list(INPUT_KEYS)}")
+        raise _InputError(name, f"unknown keys {unknown}; an input has the keys {list(INPUT_KEYS)}")
     if value.get("audio") is None:
-        raise ValueError(f"{name}: no 'audio'")
+        raise _InputError(name, "no 'audio'")
     text = value.get("text")
     if text is not None and not isinstance(text, str):
-        raise ValueError(f"{name}: 'text' must be a str, got {type(text).__name__}")
+        raise _InputError(name, f"'text' must be a str, got {type(text).__name__}")
     return value["audio"], text, value.get("sampling_rate")
 
 
@@ -339,12 +390,12 @@ def read_audio(source) -> tuple[np.ndarray, int]:
             raise ValueError("the audio bytes are empty")
     errors = []
     if soundfile is not None:
+        opened = source if isinstance(source, str) else io.BytesIO(source)
         try:
-            data, rate = soundfile.read(source if isinstance(source, str) else io.BytesIO(source), dtype="float32",
-                                        always_2d=True)
+            data, rate = soundfile.read(opened, dtype="float32", always_2d=True)
             return data.T, rate  # (channels, samples)
         except Exception as error:  # libsndfile reports unreadable data as LibsndfileError or RuntimeError
-            errors.append(f"soundfile: {error}")
+            errors.append(f"soundfile: {str(error).replace(repr(opened), 'the bytes')}")  # not "<_io.BytesIO at 0x..>"
     try:
         from torchcodec.decoders import AudioDecoder
 

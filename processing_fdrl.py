@@ -8,6 +8,7 @@ resamples to the feature extractor's rate with `torchaudio.functional.resample` 
 seconds. Reading audio files is not its job: it takes arrays.
 """
 
+import json
 import math
 import numbers
 from collections.abc import Sequence
@@ -19,13 +20,14 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 from transformers import (
+    AutoConfig,
     BatchFeature,
     BertTokenizerFast,
     ProcessorMixin,
     Wav2Vec2FeatureExtractor,
     WhisperFeatureExtractor,
 )
-from transformers.utils import logging
+from transformers.utils import cached_file, logging
 
 
 logger = logging.get_logger(__name__)
@@ -42,7 +44,8 @@ def train_wordpiece_tokenizer(
 
     The vocabulary is learnt with the `tokenizers` library, using the same BERT normalizer and pre-tokenizer that the
     returned tokenizer applies, and handed to [`BertTokenizerFast`] as a dictionary (in transformers 5.x
-    `BertTokenizer(vocab_file=path)` silently ignores the file). The result saves a `tokenizer.json`.
+    `BertTokenizer(vocab_file=path)` silently ignores the file). The result saves a `tokenizer.json`, the same byte for
+    byte in every process for the same arguments (the order of `texts` does not matter either: only counts do).
 
     Args:
         texts (`Sequence[str]`):
@@ -71,16 +74,29 @@ def train_wordpiece_tokenizer(
     trainable = Tokenizer(WordPiece(unk_token="[UNK]"))
     trainable.normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=lowercase, strip_accents=None)
     trainable.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # The trainer gives each "##c" its id in the order it meets words in a hash map, seeded anew by every process, and
+    # breaks ties between equally frequent merges by those ids: the vocabulary then differs from run to run. Handing
+    # it every "##c" up front, sorted, fixes their ids and with them the merges. Only the vocabulary is kept below, so
+    # they are not special tokens of the result.
     trainer = WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=BERT_SPECIAL_TOKENS,
+        special_tokens=BERT_SPECIAL_TOKENS + _continuing_subwords(trainable, texts, prefix="##"),
         continuing_subword_prefix="##",
         show_progress=False,
     )
     trainable.train_from_iterator(texts, trainer=trainer)
     # BertTokenizerFast rebuilds the same normalizer, pre-tokenizer, [CLS]/[SEP] post-processor and decoder.
     return BertTokenizerFast(vocab=trainable.get_vocab(), do_lower_case=lowercase, model_max_length=512)
+
+
+def _continuing_subwords(tokenizer, texts, prefix):
+    """Every word-inner character of `texts` with `prefix` (`"##a"`, ...), sorted: the trainer makes one of each."""
+    characters = set()
+    for text in texts:
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text)):
+            characters.update(word[1:])
+    return [prefix + character for character in sorted(characters)]
 
 
 def speech_feature_extractor(audio_config=None, sampling_rate=16000, **kwargs):
@@ -137,8 +153,14 @@ class FDRLProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a saved processor. This class is already imported, so its sub-processors need no remote code:
-        without `trust_remote_code=False`, AutoTokenizer sees the model folder's `auto_map` and asks."""
+        without `trust_remote_code=False`, AutoTokenizer sees the model folder's `auto_map` and asks. The tokenizer is
+        the text backbone's, so AutoTokenizer gets the text backbone's config: without remote code it would read the
+        folder's FDRL `config.json` into a plain config instead, warning "model of type fdrl" on every load."""
         kwargs.setdefault("trust_remote_code", False)
+        if "config" not in kwargs:
+            text_config = _saved_text_config(pretrained_model_name_or_path, kwargs)
+            if text_config is not None:
+                kwargs["config"] = text_config
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
@@ -302,6 +324,22 @@ class FDRLProcessor(ProcessorMixin):
                 waveform = waveform[:max_samples]
             prepared.append(waveform.numpy())
         return prepared
+
+
+def _saved_text_config(pretrained_model_name_or_path, kwargs):
+    """The text backbone's config in a saved FDRL `config.json`, or None (a processor saved on its own has none)."""
+    lookup = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+              if kwargs.get(key) is not None}
+    path = cached_file(pretrained_model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False, **lookup)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            text_config = dict(json.load(file)["text_config"])
+        return AutoConfig.for_model(text_config.pop("model_type"), **text_config)
+    except (ValueError, KeyError, TypeError):  # not an FDRL config, or a backbone unknown here: AutoTokenizer decides
+        return None
 
 
 def _check_max_duration(max_duration):

@@ -1,3 +1,4 @@
+import json
 import logging
 from collections import Counter
 
@@ -18,6 +19,7 @@ ALL_COUNTS = {
     "ang": 5, "hap": 5, "exc": 4, "sad": 5, "neu": 3, "fru": 4, "sur": 4, "fea": 4, "dis": 4, "oth": 4, "xxx": 4,
 }  # fmt: skip
 ALL_SESSIONS = {1: 8, 2: 7, 3: 12, 4: 7, 5: 12}
+LOGGER = "fdrl.data.iemocap"
 
 
 @pytest.fixture(scope="module")
@@ -187,21 +189,87 @@ def test_builder_class_and_config_ids(fixture, tmp_path):
     assert Iemocap(data_dir=data_dir, cache_dir=cache_dir).config.name == "4class"
 
 
+def relabel(fixture, utterance_id, code):
+    """Change one utterance's emotion code in its EmoEvaluation file, as a corrected annotation would."""
+    utterance = fixture["utterances"][utterance_id]
+    session_dir = fixture["data_dir"] / f"Session{utterance['session']}"
+    path = session_dir / "dialog" / "EmoEvaluation" / f"{utterance['dialog']}.txt"
+    text = path.read_text()
+    old = f"\t{utterance_id}\t{utterance['emotion']}\t"
+    assert text.count(old) == 1
+    path.write_text(text.replace(old, f"\t{utterance_id}\t{code}\t"))
+
+
 def test_rebuild_after_the_folder_changed(tmp_path):
     small = make_iemocap_fixture(tmp_path / "data", sessions=(1,), defects=False)
     assert len(load_iemocap(small["data_dir"], cache_dir=str(tmp_path / "cache"))["session1"]) == 5
     large = make_iemocap_fixture(tmp_path / "data", sessions=(1,), utterances_per_dialog=8, defects=False)
     builder = Iemocap(data_dir=large["data_dir"], cache_dir=str(tmp_path / "cache"))
     builder.download_and_prepare()
-    assert len(builder.as_dataset()["session1"]) == 5  # the cache is keyed by the path, not the contents
-    builder.download_and_prepare(download_mode="force_redownload")
     assert len(builder.as_dataset()["session1"]) == large["expected"]["4class"]["total"] == 10
 
 
+def test_a_corrected_label_is_loaded_next_time(tmp_path):
+    """Issue 12, item 5: the cache was keyed by the path only, so a corrected label still loaded the old one."""
+    fixture = make_iemocap_fixture(tmp_path / "data", sessions=(1,), defects=False)
+    cache_dir = str(tmp_path / "cache")
+    before = rows(load_iemocap(fixture["data_dir"], cache_dir=cache_dir))["Ses01F_impro01_F000"]
+    assert (before["emotion"], before["label"]) == ("neu", FOUR_CLASSES.index("neu"))
+    relabel(fixture, "Ses01F_impro01_F000", "sad")  # same length: only the bytes tell the files apart
+    after = rows(load_iemocap(fixture["data_dir"], cache_dir=cache_dir))["Ses01F_impro01_F000"]
+    assert (after["emotion"], after["label"]) == ("sad", FOUR_CLASSES.index("sad"))
+
+
+def test_a_deleted_wav_is_skipped_next_time(tmp_path, caplog):
+    """Issue 12, item 5: a WAV deleted after the first load stayed in the cache and crashed when decoded."""
+    fixture = make_iemocap_fixture(tmp_path / "data", sessions=(1,), defects=False)
+    cache_dir = str(tmp_path / "cache")
+    assert "Ses01F_impro01_M000" in rows(load_iemocap(fixture["data_dir"], cache_dir=cache_dir))
+    wav = fixture["utterances"]["Ses01F_impro01_M000"]["wav"]
+    wav.unlink()
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    dataset = load_iemocap(fixture["data_dir"], cache_dir=cache_dir)
+    assert "Ses01F_impro01_M000" not in dataset["session1"]["id"][:]
+    assert len(dataset["session1"]) == 4
+    warning = next(r.getMessage() for r in caplog.records if "WAV file is missing" in r.getMessage())
+    assert warning.startswith("Skipped 1 utterance(s)") and f"Ses01F_impro01_M000 ({wav})" in warning
+    assert all(example["audio"].get_all_samples().data.numel() > 0 for example in dataset["session1"])
+
+
+def test_rebuild_true_rebuilds_what_the_fingerprint_cannot_see(tmp_path, monkeypatch):
+    fixture = make_iemocap_fixture(tmp_path / "data", sessions=(1,), defects=False)
+    cache_dir = str(tmp_path / "cache")
+    monkeypatch.setattr(iemocap, "input_fingerprint", lambda data_dir: "unchanged")
+    load_iemocap(fixture["data_dir"], cache_dir=cache_dir)
+    relabel(fixture, "Ses01F_impro01_F000", "sad")
+    stale = rows(load_iemocap(fixture["data_dir"], cache_dir=cache_dir))["Ses01F_impro01_F000"]
+    assert stale["emotion"] == "neu"  # the same cache key: the cache is reused as it is
+    rebuilt = rows(load_iemocap(fixture["data_dir"], cache_dir=cache_dir, rebuild=True))["Ses01F_impro01_F000"]
+    assert rebuilt["emotion"] == "sad"
+
+
+def test_input_fingerprint_follows_the_inputs(tmp_path):
+    fixture = make_iemocap_fixture(tmp_path / "data", sessions=(1, 2), defects=False)
+    data_dir = fixture["data_dir"]
+    first = iemocap.input_fingerprint(data_dir)
+    assert iemocap.input_fingerprint(data_dir) == first and len(first) == 16
+    (data_dir / "Session1" / "dialog" / "EmoEvaluation" / "Categorical" / "extra.txt").write_text("ignored")
+    (data_dir / "Session1" / "sentences" / "wav" / "._junk.wav").write_bytes(b"\0")
+    assert iemocap.input_fingerprint(data_dir) == first  # what the builder does not read does not count
+    transcript = data_dir / "Session2" / "dialog" / "transcriptions" / "Ses02F_impro02.txt"
+    said = fixture["utterances"]["Ses02F_impro02_F000"]["text"]
+    assert said in transcript.read_text()
+    transcript.write_text(transcript.read_text().replace(said, said.upper()))
+    second = iemocap.input_fingerprint(data_dir)
+    assert second != first
+    fixture["utterances"]["Ses02F_impro02_F000"]["wav"].unlink()
+    assert iemocap.input_fingerprint(data_dir) not in (first, second)
+
+
 def test_incomplete_data_is_logged(fixture, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="iemocap")
+    caplog.set_level(logging.WARNING, logger=LOGGER)
     load_iemocap(fixture["data_dir"], cache_dir=str(tmp_path))
-    messages = [record.getMessage() for record in caplog.records if record.name == "iemocap"]
+    messages = [record.getMessage() for record in caplog.records if record.name == LOGGER]
     wav = next(m for m in messages if "WAV file is missing" in m)
     assert "Skipped 1 utterance(s)" in wav and "Ses02F_impro02_M001" in wav
     assert str(fixture["utterances"]["Ses02F_impro02_M001"]["wav"]) in wav
@@ -215,7 +283,7 @@ def test_matching_counts_are_not_logged(fixture, tmp_path, caplog, monkeypatch):
     expected = fixture["expected"]["4class"]
     published = {"per_class": expected["per_class"], "per_session": expected["per_session"]}
     monkeypatch.setattr(iemocap, "FULL_RELEASE_4CLASS", published)
-    caplog.set_level(logging.WARNING, logger="iemocap")
+    caplog.set_level(logging.WARNING, logger=LOGGER)
     load_iemocap(fixture["data_dir"], cache_dir=str(tmp_path))
     assert not any("5531" in record.getMessage() for record in caplog.records)
 
@@ -243,11 +311,52 @@ def test_strict_raises_on_a_missing_transcription(tmp_path):
 
 def test_subset_of_sessions_and_no_count_warning(tmp_path, caplog):
     fixture = make_iemocap_fixture(tmp_path / "data", sessions=(2, 4), utterances_per_dialog=6, defects=False)
-    caplog.set_level(logging.WARNING, logger="iemocap")
+    caplog.set_level(logging.WARNING, logger=LOGGER)
     dataset = load_iemocap(fixture["data_dir"], config_name="all", cache_dir=str(tmp_path / "cache"))
     assert list(dataset) == ["session2", "session4"]
     assert {s: len(dataset[f"session{s}"]) for s in (2, 4)} == {2: 12, 4: 12}
-    assert not [record for record in caplog.records if record.name == "iemocap"]
+    messages = [record.getMessage() for record in caplog.records if record.name == LOGGER]
+    assert messages == [
+        f"Session1, Session3, Session5 missing from {fixture['data_dir']} (found Session2, Session4); a fold that "
+        "tests on a missing session cannot run"
+    ]
+
+
+def test_a_missing_session_is_warned_and_its_fold_refused(tmp_path, caplog):
+    """Issue 12, item 6: with Session2 absent the builder returned sessions 1, 3, 4, 5 without a word."""
+    fixture = make_iemocap_fixture(tmp_path / "data", sessions=(1, 3, 4, 5), utterances_per_dialog=2, defects=False)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    dataset = load_iemocap(fixture["data_dir"], cache_dir=str(tmp_path / "cache"))
+    assert list(dataset) == ["session1", "session3", "session4", "session5"]
+    missing = [r.getMessage() for r in caplog.records if r.name == LOGGER and "missing from" in r.getMessage()]
+    assert missing == [
+        f"Session2 missing from {fixture['data_dir']} (found Session1, Session3, Session4, Session5); a fold that "
+        "tests on a missing session cannot run"
+    ]
+    with pytest.raises(ValueError, match=r"test_session must be one of the dataset's sessions \[1, 3, 4, 5\], got 2"):
+        leave_one_session_out(dataset, test_session=2)
+
+
+def test_expected_sessions_of_other_layouts(tmp_path, caplog):
+    """Gaps count everywhere; Session5 only in a folder named as the release; a demo corpus expects its own."""
+    fixture = make_iemocap_fixture(tmp_path / "data", sessions=(1, 2, 4), utterances_per_dialog=2, defects=False)
+    release = fixture["data_dir"]
+    custom = release.rename(tmp_path / "data" / "my_corpus")
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+
+    def missing_warning(data_dir, cache):
+        caplog.clear()
+        load_iemocap(data_dir, cache_dir=str(tmp_path / cache))
+        found = [r.getMessage() for r in caplog.records if r.name == LOGGER and "missing from" in r.getMessage()]
+        return found[0].split(" missing from")[0] if found else None
+
+    assert missing_warning(custom, "c1") == "Session3"
+    (custom / "demo_corpus.json").write_text(json.dumps({"settings": {"sessions": [1, 2, 4]}}))
+    assert missing_warning(custom, "c2") is None
+    (custom / "demo_corpus.json").write_text(json.dumps({"settings": {"sessions": [1, 2, 3, 4, 5]}}))
+    assert missing_warning(custom, "c3") == "Session3, Session5"
+    (custom / "demo_corpus.json").unlink()
+    assert missing_warning(custom.rename(release), "c4") == "Session3, Session5"
 
 
 def test_a_session_without_utterances_gets_no_split(tmp_path, caplog):
@@ -257,7 +366,7 @@ def test_a_session_without_utterances_gets_no_split(tmp_path, caplog):
         for code in ("ang", "hap", "exc", "neu", "sad"):
             text = text.replace(f"\t{code}\t", "\tfru\t")
         path.write_text(text)
-    caplog.set_level(logging.WARNING, logger="iemocap")
+    caplog.set_level(logging.WARNING, logger=LOGGER)
     dataset = load_iemocap(fixture["data_dir"], cache_dir=str(tmp_path / "cache"))
     assert list(dataset) == ["session1"]
     assert any("in Session2: no split" in record.getMessage() for record in caplog.records)

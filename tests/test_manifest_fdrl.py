@@ -169,3 +169,30 @@ def test_leave_one_session_out_on_a_manifest(fixture, tmp_path):
     assert set(no_session["session"][:]) == {-1}
     with pytest.raises(ValueError, match=r"sessions \[\], got 1"):
         leave_one_session_out(no_session, test_session=1)
+
+
+def test_hints_name_what_the_user_can_do(fixture, tmp_path):
+    """Issue 12, item 8: the hints said "pass strict=False" (run_fdrl.py has no such flag) and "give an 'id' column"
+    to manifests that had one."""
+    rows = four_class_rows(fixture)[:3]
+    rows[2]["id"] = rows[0]["id"]
+    with_ids = write_csv(tmp_path / "ids.csv", rows)
+    with pytest.raises(ValueError) as error:
+        load_manifest(with_ids, base_dir=fixture["data_dir"])
+    assert str(error.value) == (f"Duplicate ids in {with_ids}, the 'id' column must be unique (a row with an empty id "
+                                f"takes its audio path): {rows[0]['id']}")
+
+    rows[2]["audio"] = rows[0]["audio"]
+    without_ids = write_csv(tmp_path / "paths.csv", rows, ["audio", "text", "label", "session"])
+    with pytest.raises(ValueError) as error:
+        load_manifest(without_ids, base_dir=fixture["data_dir"])
+    assert str(error.value) == (f"Duplicate ids in {without_ids}, without an 'id' column the id is the audio path, so "
+                                f"these files are listed twice; add an 'id' column: {rows[0]['audio']}")
+
+    rows = four_class_rows(fixture)[:2]
+    rows[1]["text"] = ""
+    empty = write_csv(tmp_path / "empty.csv", rows)
+    with pytest.raises(ValueError) as error:
+        load_manifest(empty, base_dir=fixture["data_dir"])
+    assert str(error.value) == (f"1 empty transcript(s) in {empty}: fill them in or remove those rows (from Python, "
+                                "load_manifest(..., strict=False) keeps them with text ''): row 2 (line 3)")

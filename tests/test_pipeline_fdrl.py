@@ -6,7 +6,9 @@ repository), because a class registered in this process would win silently (HF_N
 
 import csv
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,10 +62,7 @@ result["batched"] = pipe(inputs(), sampling_rate=12000, batch_size=3)
 result["batched_sizes"] = list(batch_sizes)
 result["single_top_k"] = pipe(inputs()[0], top_k=2)
 result["representations"] = pipe(inputs()[:2], return_representations=True, batch_size=2)
-try:
-    pipe([inputs()[0], {"audio": spec["files"][0][0]}])
-except ValueError as error:
-    result["no_text_error"] = str(error)
+result["no_text_error"] = pipe([inputs()[0], {"audio": spec["files"][0][0]}])[1]
 
 with_asr = pipeline(task, model=spec["model"], trust_remote_code=True, device="cpu", asr_model=spec["asr"])
 result["asr"] = with_asr([{"audio": spec["files"][0][0]}, inputs()[1]], batch_size=2)
@@ -130,7 +129,8 @@ CLI_GOOD = {"calm": (0.5, 16000), "loud": (0.4, 8000), "short": (0.3, 16000)}
 
 @pytest.fixture(scope="module")
 def cli_run(saved):
-    """Starts `python predict_fdrl.py` on a folder of three good recordings, a corrupt WAV and one without a transcript.
+    """Starts `python -m fdrl.cli.predict` on a folder of three good recordings, a corrupt WAV and one without a
+    transcript.
 
     It starts with the `remote` subprocess (which requests it), so the two interpreters load in parallel.
     """
@@ -144,9 +144,9 @@ def cli_run(saved):
     write_audio(clips / "untranscribed.wav", 0.3, 16000, seed=7)  # no .txt
     output = saved.root / "out" / "predictions.csv"
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "predict_fdrl.py"), "--model", str(saved.folder), "--input", str(clips),
+        [sys.executable, "-m", "fdrl.cli.predict", "--model", str(saved.folder), "--input", str(clips),
          "--output", str(output), "--batch_size", "2", "--device", "cpu"],
-        cwd=saved.root, env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
+        cwd=saved.root, env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )
     yield clips, output, process
@@ -269,8 +269,8 @@ def test_remote_asr_transcript_reaches_the_text_encoder(saved, remote):
 
 
 def test_remote_missing_text_without_asr_names_the_item(saved, remote):
-    assert remote["no_text_error"].startswith(f"input 1 ({saved.files[0][0]})")
-    assert "no transcript" in remote["no_text_error"]
+    assert remote["no_text_error"]["input"] == f"input 1 ({saved.files[0][0]})"
+    assert remote["no_text_error"]["error"].startswith("no transcript: pass a non-empty 'text'")
 
 
 def test_empty_asr_transcript_is_an_error_naming_the_item(saved):
@@ -284,8 +284,11 @@ def test_empty_asr_transcript_is_an_error_naming_the_item(saved):
     pipe = MultimodalEmotionRecognitionPipeline(model=saved.model, processor=saved.processor, device="cpu",
                                                 asr_model=asr)
     path = saved.files[1][0]
-    with pytest.raises(ValueError, match=rf"^input 1 \({path}\): .*empty transcript"):
-        pipe([{"audio": saved.files[0][0], "text": TEXTS[0]}, {"audio": path}])
+    outputs = pipe([{"audio": saved.files[0][0], "text": TEXTS[0]}, {"audio": path}])
+    assert outputs[1] == {"input": f"input 1 ({path})", "error": "the speech-recognition model returned an empty "
+                          "transcript; pass 'text' for this input"}
+    with pytest.raises(ValueError, match=rf"^input \({path}\): .*empty transcript"):
+        pipe({"audio": path})
 
 
 # ----- (d) bad inputs: each fails naming the item --------------------------------------------------------------------
@@ -310,15 +313,38 @@ def test_empty_asr_transcript_is_an_error_naming_the_item(saved):
     ],
 )
 def test_bad_input_fails_naming_the_item(saved, local_pipe, tmp_path, make_input, message):
+    """In a list, the bad input's place holds its error; alone, it raises. Both name it."""
     (tmp_path / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(3000))
     sf.write(tmp_path / "empty.wav", np.zeros((0, 1), dtype=np.float32), 16000)
     bad = make_input(tmp_path)
     audio = bad.get("audio")
-    name = f"input 2 ({audio})" if isinstance(audio, str) else "input 2"
+    path = f" ({audio})" if isinstance(audio, str) else ""
     good = {"audio": saved.files[0][0], "text": TEXTS[0]}
+    outputs = local_pipe([good, good, bad], batch_size=2)
+    assert set(outputs[2]) == {"input", "error"} and outputs[2]["input"] == f"input 2{path}"
+    assert re.search(message, outputs[2]["error"]), outputs[2]["error"]
+    assert outputs[0] == outputs[1] and "error" not in outputs[0][0]
     with pytest.raises(ValueError, match=message) as error:
-        local_pipe([good, good, bad], batch_size=2)
-    assert str(error.value).startswith(f"{name}:"), str(error.value)
+        local_pipe(bad)
+    assert str(error.value).startswith(f"input{path}: {outputs[2]['error']}"), str(error.value)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_a_bad_input_does_not_lose_the_good_ones_after_it(saved, local_pipe, batch_size):
+    """Issue 12, item 8: a bad item raised after the first result was yielded, and the good ones after it were lost."""
+    first, last = ({"audio": path, "text": text} for path, text in saved.files[:2])
+    bad = {"audio": "/no/such.wav", "text": "hi"}
+    outputs = local_pipe([first, bad, last], batch_size=batch_size)
+    assert len(outputs) == 3
+    assert outputs[1] == {"input": "input 1 (/no/such.wav)", "error": "no such file"}
+    alone = [local_pipe(first), local_pipe(last)]
+    for output, want in zip([outputs[0], outputs[2]], alone):
+        np.testing.assert_allclose(by_class(output), by_class(want), atol=TOLERANCE)
+    only_bad = local_pipe([bad, bad], batch_size=batch_size)  # a batch without one good input never reaches the model
+    assert only_bad == [{"input": f"input {i} (/no/such.wav)", "error": "no such file"} for i in (0, 1)]
+    streamed = list(local_pipe(iter([first, bad, last]), batch_size=batch_size, return_transcript=True))
+    assert [set(output) for output in streamed] == [{"scores", "transcript", "transcript_source"}, {"input", "error"},
+                                                    {"scores", "transcript", "transcript_source"}]
 
 
 def test_single_input_errors_and_generators(saved, local_pipe):
@@ -352,10 +378,11 @@ def test_cli_predicts_every_good_file_and_reports_the_bad_ones(saved, cli_run):
     assert {error["id"] for error in report["errors"]} == {"corrupt", "untranscribed"}
     for name in ("corrupt.wav", "untranscribed.wav"):
         assert name in run.stdout
+    assert "to instantiate a model of type" not in run.stdout + run.stderr  # issue 12, item 8
 
 
 def test_cli_manifest_to_jsonl_and_exit_codes(saved, tmp_path):
-    import predict_fdrl
+    from fdrl.cli import predict as predict_fdrl
 
     manifest = tmp_path / "manifest.jsonl"
     rows = [{"id": "one", "audio": saved.files[0][0], "text": TEXTS[0]},
@@ -371,6 +398,113 @@ def test_cli_manifest_to_jsonl_and_exit_codes(saved, tmp_path):
 
     manifest.write_text(json.dumps(rows[1]) + "\n")
     assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest), "--output", str(output),
-                              "--device", "cpu"]) == 1  # nothing predicted
+                              "--device", "cpu", "--overwrite", "true"]) == 1  # nothing predicted
     assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest),
                               "--output", str(tmp_path / "predictions.txt")]) == 2  # bad arguments
+
+
+
+# ----- (e) the CLI refuses bad arguments before writing anything ----------------------------------------------------
+def run_cli(caplog, *argv):
+    """`fdrl.cli.predict.main(argv)` in this process: (exit status, its error messages)."""
+    from fdrl.cli import predict
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="fdrl.cli.predict"):
+        status = predict.main([str(arg) for arg in argv])
+    return status, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def write_manifest(path, saved, text_key="text"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": f"clip{i}", "audio": audio, text_key: text}) + "\n"
+                            for i, (audio, text) in enumerate(saved.files)))
+    return path
+
+
+def test_cli_refuses_an_output_that_is_its_input(saved, tmp_path, caplog):
+    """Issue 12, item 7: `--output` equal to `--input` overwrote the manifest with predictions."""
+    manifest = write_manifest(tmp_path / "data" / "manifest.jsonl", saved)
+    original = manifest.read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(manifest)
+    os.link(manifest, tmp_path / "hardlink.jsonl")
+    spellings = [manifest, tmp_path / "data" / ".." / "data" / "manifest.jsonl", tmp_path / "link.jsonl",
+                 tmp_path / "hardlink.jsonl"]
+    for output in spellings:
+        for overwrite in ("false", "true"):  # --overwrite never applies to the input
+            status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output,
+                                       "--overwrite", overwrite)
+            assert status == 2
+            assert messages == [f"--output {output} would overwrite the --input manifest {manifest} (the same file): "
+                                "write the predictions to another file"]
+    assert manifest.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "hardlink.jsonl", "link.jsonl", "manifest.jsonl"]
+
+
+def test_cli_keeps_an_existing_output_unless_told(saved, tmp_path, caplog):
+    manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
+    output = tmp_path / "predictions.csv"
+    output.write_text("the user's own file\n")
+    status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output)
+    assert status == 2
+    assert messages == [f"--output {output} already exists: pass --overwrite true to replace it, or choose another "
+                        "file"]
+    assert output.read_text() == "the user's own file\n" and not Path(f"{output}.errors.json").exists()
+    status, _ = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output, "--device", "cpu",
+                        "--overwrite", "true")
+    assert status == 0
+    with open(output, newline="") as f:
+        assert [row["id"] for row in csv.DictReader(f)] == ["clip0", "clip1", "clip2"]
+
+
+def test_cli_names_a_misnamed_column(saved, tmp_path, caplog):
+    """Issue 12, item 7: `--text_column transcript` absent from the manifest skipped every row without naming it."""
+    manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
+    output = tmp_path / "predictions.jsonl"
+    present = "its columns: 'id', 'audio', 'text'"
+    cases = {
+        ("--text_column", "transcript"): f"{manifest} has no 'transcript' column ({present}); pass --text_column "
+                                         "<name>, or --asr_model to transcribe the speech",
+        ("--audio_column", "path"): f"{manifest} has no 'path' column ({present}); pass --audio_column <name>",
+        ("--id_column", "utterance"): f"{manifest} has no 'utterance' column ({present}); pass --id_column <name>",
+    }
+    for flag, message in cases.items():
+        status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output, *flag)
+        assert (status, messages) == (2, [message])
+    assert not output.exists() and not Path(f"{output}.errors.json").exists()
+
+
+def test_cli_names_a_missing_model_folder(saved, tmp_path, caplog):
+    """Issue 12, item 8: a missing --model exited 1 with "Repo id must be in the form..."."""
+    manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
+    output = tmp_path / "predictions.jsonl"
+    (tmp_path / "no_config").mkdir()
+    cases = {
+        tmp_path / "outputs" / "fold1": f"--model {tmp_path / 'outputs' / 'fold1'}: no such folder (and not a Hub id, "
+                                        "which is 'name' or 'org/name')",
+        manifest: f"--model {manifest} is a file: give the model folder (run_fdrl.py's model/ or fold folder)",
+        tmp_path / "no_config": f"--model {tmp_path / 'no_config'} has no config.json: not a saved FDRL model folder",
+    }
+    for model, message in cases.items():
+        status, messages = run_cli(caplog, "--model", model, "--input", manifest, "--output", output)
+        assert (status, messages) == (2, [message])
+    status, messages = run_cli(caplog, "--model", "nobody/no-such-fdrl-model", "--input", manifest, "--output", output)
+    assert status == 2 and messages[0].startswith("--model nobody/no-such-fdrl-model: cannot load the model (")
+    assert not output.exists()
+
+
+def test_processor_loads_without_a_model_type_warning(saved):
+    """Issue 12, item 8: AutoTokenizer, without remote code, read the FDRL config.json into a plain config and warned
+    "You are using a model of type `fdrl` to instantiate a model of type ``" on every predict."""
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(handler)
+    try:
+        processor = FDRLProcessor.from_pretrained(saved.folder)
+    finally:
+        transformers_logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "to instantiate a model of type" in r.getMessage()]
+    assert type(processor.tokenizer).__name__ == type(saved.processor.tokenizer).__name__
+    assert processor.tokenizer.get_vocab() == saved.processor.tokenizer.get_vocab()

@@ -254,6 +254,34 @@ def test_trained_tokenizer_knows_the_corpus_words(tokenizer, tmp_path):
     assert reloaded(CORPUS)["input_ids"] == tokenizer(CORPUS)["input_ids"]
 
 
+TRAIN_IN_FRESH_PROCESS = textwrap.dedent(
+    """
+    import random, sys
+    from processing_fdrl import FDRLProcessor
+
+    words = ("excuse me do you have your forms yeah let see them problem who told line sorry okay fine thank "
+             "believe happened again beach wonderful news going went").split()
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(300)]
+    # a small vocabulary stops the merges among many equally frequent pairs, where ties decide
+    FDRLProcessor.from_texts(texts, vocab_size=120).tokenizer.save_pretrained(sys.argv[1])
+    """
+)
+
+
+def test_trained_vocabulary_is_the_same_in_every_process(tmp_path):
+    """Issue 12, item 3: the trainer's hash maps are seeded per process; the vocabulary must not depend on it."""
+    saved = []
+    for hash_seed in ("0", "1"):
+        folder = tmp_path / f"hashseed{hash_seed}"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO_ROOT)}
+        subprocess.run([sys.executable, "-c", TRAIN_IN_FRESH_PROCESS, str(folder)], check=True, cwd=REPO_ROOT, env=env,
+                       timeout=300)
+        saved.append((folder / "tokenizer.json").read_bytes())
+    assert saved[0] == saved[1]
+    assert len(json.loads(saved[0])["model"]["vocab"]) == 120
+
+
 # ---------------------------------------------------------------- save / remote-code round trip
 
 LOAD_IN_FRESH_PROCESS = textwrap.dedent(

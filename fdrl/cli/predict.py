@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Predict emotions for many recordings with a trained FDRL model, into a CSV or JSON-lines file.
 
-    python predict_fdrl.py --model outputs/fdrl-iemocap/fold1 --input clips/ --output predictions.csv
-    python predict_fdrl.py --model outputs/fdrl-iemocap/fold1 --input manifest.jsonl --output predictions.jsonl \\
+    fdrl-predict --model outputs/fdrl-iemocap/fold1 --input clips/ --output predictions.csv
+    python -m fdrl.cli.predict --model outputs/fdrl-iemocap/fold1 --input manifest.jsonl --output predictions.jsonl \\
         --batch_size 16 --device cuda --asr_model openai/whisper-small
 
 Inputs, `--input`:
@@ -10,6 +10,8 @@ Inputs, `--input`:
   file of the same name beside it (`a.wav` + `a.txt`). The id is the path relative to the folder, without suffix.
 - a manifest, `.csv`, `.tsv`, `.jsonl`, `.ndjson` or `.json`: one row per recording with the columns `audio` (a path,
   relative ones from the manifest's folder), `text` and optionally `id` (defaults to the audio path as written).
+  A column named by `--audio_column`, `--text_column` or a non-default `--id_column` that the manifest lacks is an
+  error listing the columns it has (with `--asr_model`, a missing text column is a warning: everything is transcribed).
 Without `--asr_model` every recording needs a non-empty transcript; with it, recordings without one are transcribed.
 
 Output, `--output` (`.csv`, `.tsv`, or `.jsonl`/`.ndjson`/`.json` for JSON lines): one row per predicted recording,
@@ -17,9 +19,13 @@ in input order, with `id`, `audio`, `label`, `score` and `score_<label>` for eve
 `transcript_source` with `--asr_model`). Recordings that cannot be used (missing, unreadable or corrupt file,
 empty or NaN audio, no transcript) are skipped without stopping the run: they are logged by name at the end and
 listed in `<output>.errors.json` (`{"predicted": n, "failed": m, "errors": [{"id", "audio", "error"}, ...]}`).
+No command overwrites what a user gave it: an `--output` that is the `--input` manifest (under any spelling, a
+symlink or a hard link) is refused whatever the flags, and an existing `--output` file only with `--overwrite true`
+(its `.errors.json` goes with it).
 
 Exit status: 0 when at least one recording was predicted, 1 when none was (no input found, or every one failed),
-2 for bad arguments or an unreadable manifest.
+2 for bad arguments (a missing `--model` folder, an `--output` that exists or is the input, a missing column), an
+unreadable manifest or a model that cannot be loaded. Nothing is written before the arguments are checked.
 
 The model is loaded with this repository's classes (`FDRLModel`, `FDRLProcessor`), so no remote code runs.
 """
@@ -27,14 +33,18 @@ The model is loaded with this repository's classes (`FDRLModel`, `FDRLProcessor`
 import csv
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import transformers
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from tqdm import tqdm
 from transformers import HfArgumentParser
+
+from fdrl.data.manifest import read_rows
 
 from modeling_fdrl import FDRLModel
 from pipeline_fdrl import MultimodalEmotionRecognitionPipeline
@@ -66,6 +76,9 @@ class PredictionArguments:
     max_text_length: Optional[int] = field(
         default=None, metadata={"help": "Truncate transcripts to this many tokens (default: the text model's limit)."}
     )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an existing --output file (never the --input, whatever this says)."}
+    )
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -77,6 +90,37 @@ class PredictionArguments:
             raise ValueError(f"--input {source} does not exist")
         if source.is_file() and source.suffix.lower() not in MANIFEST_SUFFIXES:
             raise ValueError(f"--input must be a folder or a manifest ending in {MANIFEST_SUFFIXES}, got {source}")
+        _check_model(self.model)
+        _check_output(Path(self.output), source, self.overwrite)
+
+
+def _check_model(model):
+    """A local folder with a config.json, or something that can only be a Hub id ("name" or "org/name")."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"--model {model} is a file: give the model folder (run_fdrl.py's model/ or fold folder)")
+        if not (path / "config.json").is_file():
+            raise ValueError(f"--model {model} has no config.json: not a saved FDRL model folder")
+        return
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise ValueError(f"--model {model}: no such folder (and not a Hub id, which is 'name' or 'org/name')") from None
+
+
+def _check_output(output, source, overwrite):
+    """Never write over the input; write over an earlier output only when asked to."""
+    errors_file = Path(f"{output}.errors.json")
+    for written in (output, errors_file):
+        if written.exists() and source.is_file() and os.path.samefile(written, source):
+            raise ValueError(f"--output {output} would overwrite the --input manifest {source} (the same file): "
+                             "write the predictions to another file")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder: give a file name such as {output / 'predictions.csv'}")
+    if output.exists() and not overwrite:
+        raise ValueError(f"--output {output} already exists: pass --overwrite true to replace it, or choose another "
+                         "file")
 
 
 @dataclass
@@ -101,12 +145,14 @@ def folder_recordings(folder, pattern):
     return recordings
 
 
-def manifest_recordings(path, audio_column="audio", text_column="text", id_column="id"):
-    """Recordings from a CSV/TSV or JSON-lines manifest; relative audio paths start at the manifest's folder."""
+def manifest_recordings(path, audio_column="audio", text_column="text", id_column="id", transcribe=False):
+    """Recordings from a CSV/TSV or JSON-lines manifest; relative audio paths start at the manifest's folder.
+    `transcribe`: an ASR model will transcribe recordings without text, so a missing text column is no error."""
     path = Path(path)
-    rows = _read_manifest_rows(path)
-    if rows and audio_column not in set().union(*rows):
-        raise ValueError(f"{path} has no {audio_column!r} column")
+    numbered, columns = read_rows(path)
+    rows = [row for _, row in numbered]
+    if rows:
+        _check_columns(path, columns, audio_column, text_column, id_column, transcribe)
     recordings = []
     for number, row in enumerate(rows, start=1):
         audio = str(row.get(audio_column) or "").strip()
@@ -118,24 +164,18 @@ def manifest_recordings(path, audio_column="audio", text_column="text", id_colum
     return recordings
 
 
-def _read_manifest_rows(path):
-    if path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return list(csv.DictReader(f, delimiter="," if path.suffix.lower() == ".csv" else "\t"))
-    content = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() == ".json" and content.lstrip().startswith("["):
-        rows = json.loads(content)
-    else:
-        rows = []
-        for line, text in enumerate(content.splitlines(), start=1):
-            if text.strip():
-                try:
-                    rows.append(json.loads(text))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line}: not a JSON object ({error})") from None
-    if not all(isinstance(row, dict) for row in rows):
-        raise ValueError(f"{path}: every row must be a JSON object")
-    return rows
+def _check_columns(path, columns, audio_column, text_column, id_column, transcribe):
+    """A misnamed column would skip every row (or silently use other ids): name it and the columns there are."""
+    present = f"its columns: {', '.join(map(repr, columns))}"
+    if audio_column not in columns:
+        raise ValueError(f"{path} has no {audio_column!r} column ({present}); pass --audio_column <name>")
+    if text_column not in columns and not transcribe:
+        raise ValueError(f"{path} has no {text_column!r} column ({present}); pass --text_column <name>, or "
+                         "--asr_model to transcribe the speech")
+    if text_column not in columns:
+        logger.warning(f"{path} has no {text_column!r} column ({present}): every recording is transcribed")
+    if id_column not in columns and id_column != "id":  # "id" is optional; a column asked for by name is not
+        raise ValueError(f"{path} has no {id_column!r} column ({present}); pass --id_column <name>")
 
 
 # ----- outputs -------------------------------------------------------------------------------------------------------
@@ -185,18 +225,18 @@ def predict(pipe, recordings, writer, batch_size, with_transcript, class_names, 
         for start in range(0, len(usable), chunk_size):
             chunk = usable[start : start + chunk_size]
             inputs = [{"audio": r.audio, "text": r.text} for r in chunk]
-            try:
+            try:  # a bad input comes back as {"input", "error"} in its place
                 outputs = pipe(inputs, batch_size=batch_size, **call_kwargs)
-            except Exception:  # some input in the chunk is bad: find it, one input at a time
+            except Exception:  # the batch itself failed (out of memory, say): one input at a time
                 outputs = []
                 for recording, single in zip(chunk, inputs):
                     try:
                         outputs.append(pipe(single, **call_kwargs))
-                    except Exception as error:
-                        outputs.append(error)
+                    except Exception as error:  # its message starts with the pipeline's "input (path): "
+                        outputs.append({"error": str(error).removeprefix(f"input ({recording.audio}): ")})
             for recording, output in zip(chunk, outputs):
-                if isinstance(output, Exception):  # its message starts with the pipeline's "input (path): "
-                    errors.append(_error(recording, str(output).removeprefix(f"input ({recording.audio}): ")))
+                if "error" in output:
+                    errors.append(_error(recording, output["error"]))
                 else:
                     writer.write(_row(recording, output, with_transcript, class_names))
                     predicted += 1
@@ -249,18 +289,23 @@ def main(argv=None) -> int:
         source = Path(args.input)
         recordings = (
             folder_recordings(source, args.pattern) if source.is_dir()
-            else manifest_recordings(source, args.audio_column, args.text_column, args.id_column)
+            else manifest_recordings(source, args.audio_column, args.text_column, args.id_column,
+                                     transcribe=args.asr_model is not None)
         )
-    except ValueError as error:
+    except (ValueError, csv.Error) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         logger.error(str(error))
         return 2
     transformers.utils.logging.set_verbosity_warning()
     logger.info(f"{len(recordings)} recording(s) from {source}")
 
     # The model, its processor and the pipeline (this repository's classes: no remote code)
-    model = FDRLModel.from_pretrained(args.model).eval()
-    # trust_remote_code=False: the classes are local; without it AutoTokenizer, seeing the folder's auto_map, prompts
-    processor = FDRLProcessor.from_pretrained(args.model, trust_remote_code=False)
+    try:
+        model = FDRLModel.from_pretrained(args.model).eval()
+        # trust_remote_code=False: the classes are local; without it AutoTokenizer, seeing the folder's auto_map, asks
+        processor = FDRLProcessor.from_pretrained(args.model, trust_remote_code=False)
+    except (OSError, ValueError) as error:  # not found on the Hub, no weights, a broken config
+        logger.error(f"--model {args.model}: cannot load the model ({error})")
+        return 2
     device = int(args.device) if args.device is not None and args.device.lstrip("-").isdigit() else args.device
     pipe = MultimodalEmotionRecognitionPipeline(model=model, processor=processor, device=device,
                                                 asr_model=args.asr_model)

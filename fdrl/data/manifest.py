@@ -15,9 +15,10 @@ manifest has neither, so that every dataset has the same columns). Other columns
 
 Every problem is reported at once, by row (1 = first data row) and line of the file:
 - unknown labels and bad session values: ValueError.
-- missing audio files: FileNotFoundError; with `strict=False`, the rows are skipped and counted in a
-  logged warning.
+- missing audio files: FileNotFoundError; with `load_manifest(..., strict=False)`, the rows are skipped
+  and counted in a logged warning.
 - empty transcripts: ValueError; with `strict=False`, the rows are kept with text "" and logged.
+- duplicate ids: ValueError (without an `id` column the id is the audio path, so a file listed twice).
 
 `leave_one_session_out` splits such a dataset, or the IEMOCAP builder's `DatasetDict`, into
 train / validation / test for one fold of the leave-one-session-out protocol.
@@ -70,7 +71,7 @@ def load_manifest(
         raise FileNotFoundError(f"Manifest not found: {path}")
     label2id = DEFAULT_LABEL2ID if label2id is None else label2id
     class_names = _class_names(label2id)
-    rows, columns = _read_rows(path)
+    rows, columns = read_rows(path)
     missing = [c for c in (audio_column, text_column, label_column) if c not in columns]
     if missing:
         raise ValueError(f"{path} has no column {', '.join(map(repr, missing))} (its columns: {columns})")
@@ -118,11 +119,12 @@ def load_manifest(
         logger.warning(f"Skipped {len(no_audio)} row(s) of {path} whose audio file is missing: " + _preview(no_audio))
     if empty and strict:
         raise ValueError(
-            f"{len(empty)} empty transcript(s) in {path}, pass strict=False to keep them: " + "; ".join(empty)
+            f"{len(empty)} empty transcript(s) in {path}: fill them in or remove those rows (from Python, "
+            "load_manifest(..., strict=False) keeps them with text ''): " + "; ".join(empty)
         )
     if empty:
         logger.warning(f"Kept {len(empty)} row(s) of {path} with an empty transcript: " + _preview(empty))
-    _check_unique_ids(examples, path)
+    _check_unique_ids(examples, path, has_id_column="id" in columns)
     return datasets.Dataset.from_list(examples, features=manifest_features(class_names))
 
 
@@ -202,7 +204,7 @@ def _class_names(label2id):
     return [next(name for name, i in label2id.items() if i == index) for index in ids]
 
 
-def _read_rows(path):
+def read_rows(path):
     """`([(line number, row dict)], column names)` of a delimited or JSON-lines manifest."""
     suffix = path.suffix.lower()
     if suffix in _DELIMITERS:
@@ -244,14 +246,19 @@ def _as_session(value):
     return int(number) if number.is_integer() else None
 
 
-def _check_unique_ids(examples, path):
+def _check_unique_ids(examples, path, has_id_column):
     seen, duplicates = set(), []
     for example in examples:
         if example["id"] in seen:
             duplicates.append(example["id"])
         seen.add(example["id"])
-    if duplicates:
-        raise ValueError(f"Duplicate ids in {path} (give an 'id' column): {_preview(duplicates)}")
+    if not duplicates:
+        return
+    if has_id_column:
+        hint = "the 'id' column must be unique (a row with an empty id takes its audio path)"
+    else:
+        hint = "without an 'id' column the id is the audio path, so these files are listed twice; add an 'id' column"
+    raise ValueError(f"Duplicate ids in {path}, {hint}: {_preview(duplicates)}")
 
 
 def _preview(items, limit=5):
@@ -259,4 +266,4 @@ def _preview(items, limit=5):
     return shown + (f"; ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-__all__ = ["DEFAULT_LABEL2ID", "leave_one_session_out", "load_manifest", "manifest_features"]
+__all__ = ["DEFAULT_LABEL2ID", "leave_one_session_out", "load_manifest", "manifest_features", "read_rows"]

@@ -4,11 +4,16 @@ and long enough for the speech backbone to produce at least one frame.
 
 Each bad utterance is an error that names its file and id, or, with `--skip_bad_audio true`, a counted skip named
 in the log and in the results (`skipped_audio` in `results.json`).
+
+Cost, measured on 200 generated 3 s 16-bit WAVs (warm page cache, 2 shared CPU cores): 0.75 ms per utterance, about
+half of it soundfile's decoding; IEMOCAP's 5531 utterances take about 5 s. A wav2vec2-base + BERT training step on
+the same CPU takes 17 s per utterance (bench/results/train_step_cpu.json), so the check costs well under 0.1% of an
+epoch there.
 """
 
+import io
 import math
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,32 +50,53 @@ def minimum_samples(audio_config):
     return int(0.02 * SAMPLING_RATE)
 
 
-def _declared_frames(path):
-    """The frame count a WAV header declares and the frames the file really holds; None for other formats."""
-    if Path(path).suffix.lower() != ".wav":
+def _declared_frames(handle, size):
+    """(frames the WAV header declares, frames the file holds), read from the RIFF chunks of any WAV (PCM, float,
+    extensible); None for other formats and unreadable headers (soundfile then says what is wrong). libsndfile reads
+    a truncated WAV without complaint, so this is the only place that notices one."""
+    if handle.read(4) != b"RIFF" or len(handle.read(4)) < 4 or handle.read(4) != b"WAVE":
         return None
-    try:
-        with wave.open(str(path), "rb") as handle:
-            declared = handle.getnframes()
-            held = len(handle.readframes(declared)) // max(handle.getsampwidth() * handle.getnchannels(), 1)
-            return declared, held
-    except (wave.Error, EOFError):
-        return None  # not PCM (e.g. float WAV): soundfile reads it below
+    block_align = None
+    while True:
+        header = handle.read(8)
+        if len(header) < 8:
+            return None
+        chunk_id, chunk_size = header[:4], int.from_bytes(header[4:], "little")
+        if chunk_id == b"data":
+            if not block_align or chunk_size == 0xFFFFFFFF:  # 0xFFFFFFFF: a streamed WAV of unknown length
+                return None
+            return chunk_size // block_align, min(chunk_size, size - handle.tell()) // block_align
+        body = handle.read(chunk_size + (chunk_size & 1))  # chunks are padded to an even size
+        if chunk_id == b"fmt " and len(body) >= 14:
+            block_align = int.from_bytes(body[12:14], "little")  # bytes per frame, all channels
 
 
 def check_file(path, min_samples):
-    """The problem with one audio file, or None."""
-    if not Path(path).is_file():
-        return "the file does not exist"
-    if Path(path).stat().st_size == 0:
-        return "the file is empty (0 bytes)"
-    frames = _declared_frames(path)
-    if frames and frames[1] < frames[0]:
-        return f"truncated: the WAV header declares {frames[0]} samples, the file holds {frames[1]}"
-    try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except Exception as error:  # libsndfile's own message says what is wrong with the file
-        return f"cannot be decoded ({error})"
+    """The problem with one audio file, or None. `path` may also be the encoded bytes of a file (datasets that embed
+    their audio)."""
+    if isinstance(path, (bytes, bytearray)):
+        if not path:
+            return "the audio bytes are empty (0 bytes)"
+        source, size = io.BytesIO(path), len(path)
+    else:
+        if not Path(path).exists():
+            return "the file does not exist"
+        if not Path(path).is_file():
+            return "not a file"
+        source, size = path, Path(path).stat().st_size
+        if size == 0:
+            return "the file is empty (0 bytes)"
+    handle = source if isinstance(source, io.BytesIO) else open(source, "rb")
+    with handle:
+        frames = _declared_frames(handle, size)
+        handle.seek(0)
+        if frames and frames[1] < frames[0]:
+            return f"truncated: the WAV header declares {frames[0]} samples, the file holds {frames[1]}"
+        try:
+            data, rate = soundfile.read(handle, dtype="float32", always_2d=True)
+        except Exception as error:  # libsndfile's own message says what is wrong, after the handle's repr
+            name = "the audio bytes" if isinstance(source, io.BytesIO) else "the file"
+            return f"cannot be decoded ({str(error).replace(repr(handle), name)})"
     if data.shape[0] == 0:
         return "holds no samples"
     if not np.isfinite(data).all():
@@ -87,11 +113,12 @@ def find_bad_audio(split, min_samples):
     raw = split.cast_column("audio", datasets.Audio(decode=False))
     bad = []
     for utterance, audio in zip(raw["id"][:], raw["audio"][:]):
-        if audio.get("bytes") and not audio.get("path"):
-            continue  # embedded audio was decoded when the dataset was built
-        problem = check_file(audio["path"], min_samples)
+        if audio.get("bytes") is not None:  # embedded audio: its path, if any, is only the original file name
+            problem, where = check_file(audio["bytes"], min_samples), audio.get("path") or "embedded audio"
+        else:
+            problem, where = check_file(audio["path"], min_samples), audio["path"]
         if problem:
-            bad.append(BadAudio(utterance, audio["path"], problem))
+            bad.append(BadAudio(utterance, where, problem))
     return bad
 
 
