@@ -28,7 +28,8 @@ from configuration_fdrl import FDRLConfig
 from modeling_fdrl import FDRLModel, FDRLWhisperEncoder
 from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, save_pipeline
 from processing_fdrl import FDRLProcessor
-from trainer_fdrl import FDRLDataCollator, UnimodalClassifier
+from fdrl.training.systems import BackboneClassifier
+from fdrl.training.trainer import FDRLDataCollator
 
 TEXTS = ["I am so happy today", "this is terrible news", "okay fine whatever", "why would you do that"]
 LENGTHS = [11200, 20800, 35200, 6400]  # 0.7, 1.3, 2.2 and 0.4 s at 16 kHz
@@ -213,7 +214,7 @@ def test_collator_batches_feed_fdrl_and_the_speech_only_baseline():
     assert {"input_features", "audio_attention_mask", "labels"} <= set(batch) and "input_values" not in batch
     model = _model()
     assert torch.isfinite(model(**batch).loss)
-    baseline = UnimodalClassifier(model.audio_model, "audio", num_labels=4)
+    baseline = BackboneClassifier(model.config, audio_model=model.audio_model)
     assert baseline(**batch)["logits"].shape == (4, 4)
 
 
