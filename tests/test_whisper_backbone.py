@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_audio_config, tiny_text_config
+from conftest import REPO, tiny_audio_config, tiny_text_config
 from pretrained_fixture import pretrained, pretrained_dir  # noqa: F401
 from safetensors.torch import load_file
 from transformers import (
@@ -284,3 +284,17 @@ def test_remote_code_round_trip_in_a_fresh_offline_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("DIFF", "PIPELINE")))
     assert float(lines["DIFF"]) <= 1e-5 and lines["PIPELINE"] == "True"
+
+
+def test_the_fidelity_benchmark_runs_on_tiny_settings(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_whisper_window
+
+    threads = torch.get_num_threads()
+    try:
+        results = bench_whisper_window.main(["--tiny", "--threads", "1", "--output", str(tmp_path / "window.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "window.json").read_text())["script"] == "bench_whisper_window.py"
+    assert 0.0 < results["cosine_masked"]["min"] <= 1.0 + 1e-6 and results["speedup_encoder_median"] > 0
+    assert [row["own_window_s"] for row in results["per_clip"].values()] == [1.0, 2.0]
