@@ -4,6 +4,7 @@ model card and the Hub push. `run_fdrl.py` parses the arguments and calls `run_p
 import dataclasses
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -354,10 +355,16 @@ def write_model_card(folder, summary, fold, model_args, data_args, training_args
                    metric_name=name, metric_value=round(100 * summary["mean"][key], 2))
         for key, metric, name in (("war", "accuracy", "WAR (accuracy)"), ("uar", "recall", "UAR (unweighted average recall)"))
     ]
+    base_models = [base_model_id(model_args.audio_model), base_model_id(model_args.text_model)]
     card_data = ModelCardData(model_name=model_name, eval_results=eval_results, license="apache-2.0",
                               library_name="transformers", pipeline_tag="audio-classification",
-                              tags=["emotion-recognition", "multimodal", "speech", "fdrl", "custom_code"])
+                              tags=["emotion-recognition", "multimodal", "speech", "fdrl", "custom_code"],
+                              base_model=[name for name in base_models if name] or None)
     labels = ", ".join(summary["label_names"])
+    backbones = ""
+    if model_args.audio_model and model_args.text_model:
+        backbones = (f"\n- **Base models:** {base_models[0] or model_args.audio_model} (speech), "
+                     f"{base_models[1] or model_args.text_model} (text)")
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -369,7 +376,7 @@ transcript together. Speech (wav2vec2-style) and text (BERT-style) are projected
 subspaces; adversarial discriminators align the shared representations globally and per emotion class, a modality
 discriminator and an orthogonality loss keep the private ones distinct, and multi-head self-attention fuses the four.
 
-- **Labels:** {labels}
+- **Labels:** {labels}{backbones}
 - **Training data:** {dataset_name}
 - **Protocol:** leave-one-session-out: train on four sessions (a stratified {training_args.validation_fraction:.0%}
   of them held out for model selection by validation UAR), test on the fifth. This repository holds the model
@@ -402,6 +409,17 @@ not agreed to it. Figures on the synthetic demo corpus only show that the pipeli
 real speech.
 """
     ModelCard(content).save(Path(folder) / "README.md")
+
+
+def base_model_id(model):
+    """The Hub id a backbone stands for: the id itself, or for a `make pretrained` folder the id in its
+    `fdrl_provenance.json`; None for another local folder (it has no Hub id) or no backbone."""
+    if not model or not isinstance(model, (str, os.PathLike)):
+        return None
+    provenance = Path(model) / "fdrl_provenance.json"
+    if provenance.is_file():
+        return json.loads(provenance.read_text()).get("stands_for")
+    return None if Path(model).exists() else str(model)
 
 
 def push_folder(folder, training_args):
