@@ -164,7 +164,9 @@ def main(argv=None):
     }
     timing = results["seconds_per_utterance"]
     results["speedup_encoder_median"] = timing["encoder_30s"]["median"] / timing["encoder_own"]["median"]
-    settings = {"model": "tiny random Whisper" if args.tiny else args.model, "voices": args.voices,
+    model = Path(args.model).resolve()
+    model = str(model.relative_to(common.REPO)) if model.is_relative_to(common.REPO) else args.model
+    settings = {"model": "tiny random Whisper" if args.tiny else model, "voices": args.voices,
                 "sentences": len(SENTENCES), "warmup": args.warmup, "seed": args.seed, "batch_size": 1,
                 "pooling": "mean over the encoder frames covering the speech"}
     common.write_result(args.output or common.RESULTS_DIR / "whisper_window_cpu.json", "bench_whisper_window.py",
