@@ -14,6 +14,8 @@ from conftest import tiny_fdrl_config
 from pretrained_fixture import pretrained, pretrained_dir, speak  # noqa: F401
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, pipeline
 
+from fdrl.asr import edit_counts, normalize_text, word_error_rate
+from fdrl.asr import main as asr_main
 from fdrl.pretrained import materialize as materialize_module
 from fdrl.pretrained.materialize import (
     BACKBONES,
@@ -244,3 +246,27 @@ def test_pipeline_transcribes_speech_only_inputs_with_whisper_base(pretrained_di
     result = classifier({"audio": str(speak(SENTENCE, tmp_path / "sentence.wav"))})
     assert result["transcript"] == SENTENCE and result["transcript_source"] == "asr"
     assert len(result["scores"]) == 4
+
+
+def test_word_error_rate_by_hand():
+    assert normalize_text("  Hello, WORLD!  I can't -- 'quote' ") == "hello world i can't quote"
+    # reference "the cat sat on the mat", hypothesis "the cat sit on mat too": 1 substitution, 1 deletion, 1 insertion
+    assert edit_counts("the cat sat on the mat".split(), "the cat sit on mat too".split()) == (1, 1, 1)
+    result = word_error_rate(["The cat sat on the mat.", "Hello there"], ["the cat sit on mat too", "hello, there!"])
+    assert result == {"wer": 3 / 8, "substitutions": 1, "deletions": 1, "insertions": 1, "reference_words": 8,
+                      "utterances": 2}
+    assert word_error_rate(["a b"], [""])["wer"] == 1.0 and word_error_rate(["a"], ["b c d"])["wer"] == 3.0
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        word_error_rate(["a", "b"], ["a"])
+
+
+@pretrained
+def test_wer_command_on_a_manifest_with_whisper_base(pretrained_dir, tmp_path):  # noqa: F811
+    speak(SENTENCE, tmp_path / "a.wav")
+    speak("Please leave me alone.", tmp_path / "b.wav", voice="en-us+f3")
+    (tmp_path / "corpus.csv").write_text(f'audio,text,label\na.wav,"{SENTENCE}",ang\nb.wav,Please leave me alone!,sad\n')
+    assert asr_main(["--model", str(pretrained_dir / "whisper-base"), "--manifest", str(tmp_path / "corpus.csv"),
+                     "--output", str(tmp_path / "wer.json")]) == 0
+    result = json.loads((tmp_path / "wer.json").read_text())
+    assert result["utterances"] == 2 and result["reference_words"] == 10
+    assert result["wer"] == 0.0, result["items"]

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_audio_config, tiny_text_config
+from conftest import REPO, tiny_audio_config, tiny_text_config
 from pretrained_fixture import pretrained, pretrained_dir  # noqa: F401
 from safetensors.torch import load_file
 from transformers import (
@@ -252,7 +252,7 @@ def test_remote_code_round_trip_in_a_fresh_offline_process(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert config["audio_config"]["model_type"] == "whisper" and not list(folder.glob("*.bin"))
     clips = _clips()
-    np.save(tmp_path / "clips.npy", np.array(clips, dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "clips.npz", *clips)
     with torch.no_grad():
         expected = model(**processor(audio=clips, text=TEXTS, sampling_rate=16000)).logits
     torch.save(expected, tmp_path / "expected.pt")
@@ -266,7 +266,8 @@ def test_remote_code_round_trip_in_a_fresh_offline_process(tmp_path):
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         assert type(model.audio_model).__name__ == "FDRLWhisperEncoder", type(model.audio_model)
         assert type(processor.feature_extractor).__name__ == "WhisperFeatureExtractor"
-        clips = list(np.load({str(tmp_path / "clips.npy")!r}, allow_pickle=True))
+        saved = np.load({str(tmp_path / "clips.npz")!r})
+        clips = [saved[f"arr_{{i}}"] for i in range(len(saved.files))]
         texts = {TEXTS!r}
         with torch.no_grad():
             logits = model(**processor(audio=clips, text=texts, sampling_rate=16000)).logits
@@ -285,3 +286,52 @@ def test_remote_code_round_trip_in_a_fresh_offline_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("DIFF", "PIPELINE")))
     assert float(lines["DIFF"]) <= 1e-5 and lines["PIPELINE"] == "True"
+
+
+def test_the_fidelity_benchmark_runs_on_tiny_settings(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_whisper_window
+
+    threads = torch.get_num_threads()
+    try:
+        results = bench_whisper_window.main(["--tiny", "--threads", "1", "--output", str(tmp_path / "window.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "window.json").read_text())["script"] == "bench_whisper_window.py"
+    assert 0.0 < results["cosine_masked"]["min"] <= 1.0 + 1e-6 and results["speedup_encoder_median"] > 0
+    assert [row["own_window_s"] for row in results["per_clip"].values()] == [1.0, 2.0]
+
+
+# ----- training with a Whisper speech backbone, end to end ------------------------------------------------------------
+@pretrained
+def test_one_fold_with_whisper_and_minilm_backbones_and_a_card_naming_them(pretrained_dir, tmp_path):  # noqa: F811
+    import run_fdrl
+    from iemocap_fixture import make_iemocap_fixture
+
+    corpus = make_iemocap_fixture(tmp_path / "corpus", sessions=(1, 2), utterances_per_dialog=6)
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(tiny_whisper_config()).save_pretrained(tmp_path / "whisper")
+    WhisperFeatureExtractor().save_pretrained(tmp_path / "whisper")
+    run_fdrl.main([
+        "--data_dir", str(corpus["data_dir"]), "--output_dir", str(tmp_path / "out"), "--cache_dir",
+        str(tmp_path / "cache"), "--audio_model", str(tmp_path / "whisper"), "--text_model",
+        str(pretrained_dir / "all-MiniLM-L6-v2"), "--test_session", "2", "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "4", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true",
+        "--validation_fraction", "0.3", "--dataloader_num_workers", "0", "--hidden_size", "32",
+        "--fusion_num_heads", "2", "--train_sampling_strategy", "group_by_length",
+    ])
+    card = (tmp_path / "out" / "model" / "README.md").read_text()
+    assert "- sentence-transformers/all-MiniLM-L6-v2" in card.split("---")[1]  # base_model metadata: a Hub id
+    assert f"**Base models:** {tmp_path / 'whisper'} (speech), sentence-transformers/all-MiniLM-L6-v2 (text)" in card
+    processor = FDRLProcessor.from_pretrained(tmp_path / "out" / "model")
+    assert processor.audio_input_name == "input_features"
+
+
+def test_base_model_ids_come_from_hub_ids_and_materialised_folders(tmp_path):
+    from protocol_fdrl import base_model_id
+
+    (tmp_path / "whisper-base").mkdir()
+    (tmp_path / "whisper-base" / "fdrl_provenance.json").write_text('{"stands_for": "openai/whisper-base"}')
+    assert base_model_id(tmp_path / "whisper-base") == "openai/whisper-base"
+    assert base_model_id("openai/whisper-base") == "openai/whisper-base"
+    assert base_model_id(str(tmp_path)) is None and base_model_id(None) is None

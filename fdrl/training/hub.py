@@ -1,5 +1,7 @@
 """Model folders (what a Hub model repository holds), the model card with the protocol's table, and the push."""
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -38,6 +40,17 @@ def assemble_hub_folder(output_dir, seed, fold, summary, model_args, data_args, 
     return hub_dir
 
 
+def base_model_id(model):
+    """The Hub id a backbone stands for: the id itself, or for a `make pretrained` folder the id in its
+    `fdrl_provenance.json`; None for another local folder (it has no Hub id) or no backbone."""
+    if not model or not isinstance(model, (str, os.PathLike)):
+        return None
+    provenance = Path(model) / "fdrl_provenance.json"
+    if provenance.is_file():
+        return json.loads(provenance.read_text()).get("stands_for")
+    return None if Path(model).exists() else str(model)
+
+
 def _dataset_name(data_args):
     if data_args.manifest:
         return "custom manifest"
@@ -61,15 +74,16 @@ def write_model_card(folder, summary, fold, model_args, data_args, training_args
         for key, metric, name in (("war", "accuracy", "WAR (accuracy)"),
                                   ("uar", "recall", "UAR (unweighted average recall)"))
     ]
-    base_models = [m for m in (model_args.audio_model, model_args.text_model) if m]
+    base_models = [base_model_id(model_args.audio_model), base_model_id(model_args.text_model)]
     card_data = ModelCardData(
         model_name=model_name, eval_results=eval_results, license="apache-2.0", library_name="transformers",
-        pipeline_tag="audio-classification", base_model=base_models or None,
+        pipeline_tag="audio-classification", base_model=[m for m in base_models if m] or None,
         tags=["emotion-recognition", "multimodal", "speech", "fdrl", "custom_code", TASK],
     )
     labels = ", ".join(summary["label_names"])
-    backbones = (f"speech backbone `{model_args.audio_model}`, text backbone `{model_args.text_model}`"
-                 if base_models else f"randomly initialised `{model_args.model_preset or 'checkpoint'}` backbones")
+    backbones = (f"speech backbone `{base_models[0] or model_args.audio_model}`, text backbone "
+                 f"`{base_models[1] or model_args.text_model}`" if model_args.audio_model
+                 else f"randomly initialised `{model_args.model_preset or 'checkpoint'}` backbones")
     frozen = ("frozen (their pooled outputs cached; only FDRL's own layers trained)" if training_args.freeze_backbones
               else "fine-tuned")
     content = f"""---
