@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # pip installs only what the lock names (--no-deps), each file checked against its sha256 (--require-hashes).
-# Only PyPI: the lock's hashes are PyPI's files (a machine-wide find-links or extra index is ignored).
-PIP_INSTALL := PIP_EXTRA_INDEX_URL= PIP_FIND_LINKS= $(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps
+# Only PyPI: the lock's hashes are PyPI's files (machine-wide pip config, find-links and extra indexes are ignored).
+PIP_INSTALL := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= $(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps
 
 .PHONY: setup system-deps check-env test demo lock pretrained app clean clean-venv
 

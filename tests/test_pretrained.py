@@ -14,8 +14,8 @@ from conftest import tiny_fdrl_config
 from pretrained_fixture import pretrained, pretrained_dir, speak  # noqa: F401
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, pipeline
 
-from fdrl.asr import edit_counts, normalize_text, word_error_rate
-from fdrl.asr import main as asr_main
+from fdrl.evaluation.asr import main as asr_main
+from fdrl.evaluation.asr import normalize_text, word_error_rate
 from fdrl.pretrained import materialize as materialize_module
 from fdrl.pretrained.materialize import (
     BACKBONES,
@@ -250,11 +250,10 @@ def test_pipeline_transcribes_speech_only_inputs_with_whisper_base(pretrained_di
 
 def test_word_error_rate_by_hand():
     assert normalize_text("  Hello, WORLD!  I can't -- 'quote' ") == "hello world i can't quote"
-    # reference "the cat sat on the mat", hypothesis "the cat sit on mat too": 1 substitution, 1 deletion, 1 insertion
-    assert edit_counts("the cat sat on the mat".split(), "the cat sit on mat too".split()) == (1, 1, 1)
+    # reference "the cat sat on the mat", hypothesis "the cat sit on mat too": three edits, at best (Levenshtein)
     result = word_error_rate(["The cat sat on the mat.", "Hello there"], ["the cat sit on mat too", "hello, there!"])
-    assert result == {"wer": 3 / 8, "substitutions": 1, "deletions": 1, "insertions": 1, "reference_words": 8,
-                      "utterances": 2}
+    assert result["wer"] == 3 / 8 and result["reference_words"] == 8 and result["utterances"] == 2
+    assert result["substitutions"] + result["deletions"] + result["insertions"] == 3
     assert word_error_rate(["a b"], [""])["wer"] == 1.0 and word_error_rate(["a"], ["b c d"])["wer"] == 3.0
     with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
         word_error_rate(["a", "b"], ["a"])

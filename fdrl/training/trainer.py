@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
+from fdrl.data.audio import decode_audio
 from modeling_fdrl import FDRLOutput
 
 
@@ -143,22 +143,12 @@ class FDRLDataCollator:
     def _process(self, examples):
         kwargs = {}
         if "audio" in self.modalities:
-            arrays, rates = zip(*(_decode(ex["audio"], ex.get("id", i)) for i, ex in enumerate(examples)))
+            arrays, rates = zip(*(decode_audio(ex["audio"], ex.get("id", i)) for i, ex in enumerate(examples)))
             kwargs.update(audio=list(arrays), sampling_rate=list(rates))
         if "text" in self.modalities:
             kwargs.update(text=[example["text"] for example in examples], truncation=True,
                           max_length=self.max_text_length)
         return dict(self.processor(**kwargs))
-
-
-def _decode(audio, name):
-    try:
-        if hasattr(audio, "get_all_samples"):  # torchcodec AudioDecoder (datasets 5)
-            samples = audio.get_all_samples()
-            return samples.data.numpy(), int(samples.sample_rate)
-        return np.asarray(audio["array"]), int(audio["sampling_rate"])
-    except Exception as error:
-        raise ValueError(f"could not decode the audio of example {name!r}: {error}") from error
 
 
 def parameter_groups(model, learning_rate, backbone_learning_rate=None):

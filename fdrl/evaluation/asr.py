@@ -1,12 +1,12 @@
-"""Word error rate of a speech recogniser on a corpus: `python -m fdrl.asr`.
+"""Word error rate of a speech recogniser on a corpus: `fdrl-wer` (or `python -m fdrl.evaluation.asr`).
 
-    python -m fdrl.asr --model pretrained/whisper-base --data_dir demo_data/IEMOCAP_demo --sessions 5
-    python -m fdrl.asr --model openai/whisper-base --manifest my_corpus.csv --output wer.json
+    fdrl-wer --model pretrained/whisper-base --data_dir demo_data/IEMOCAP_demo --sessions 5
+    fdrl-wer --model openai/whisper-base --manifest my_corpus.csv --output wer.json
 
 The recogniser is transformers' "automatic-speech-recognition" pipeline on the model's standard window (30 s for
-Whisper). WER is computed here (no jiwer in the lock): the word-level edit distance, summed over the corpus, over
-the number of reference words, after a light normalisation of both sides (lowercase, punctuation removed except
-apostrophes inside words, whitespace collapsed), so "Hello, world!" and "hello world" count as the same.
+Whisper). WER is jiwer's corpus word error rate (edit operations summed over the corpus, over the reference words),
+after a light normalisation of both sides (lowercase, punctuation removed except apostrophes inside words,
+whitespace collapsed), so "Hello, world!" and "hello world" count as the same.
 """
 
 import argparse
@@ -15,6 +15,10 @@ import logging
 import re
 import time
 from pathlib import Path
+
+import jiwer
+
+from fdrl.data.audio import decode_audio
 
 
 logger = logging.getLogger(__name__)
@@ -25,23 +29,6 @@ _NOT_WORD = re.compile(r"[^\w']+|(?<!\w)'|'(?!\w)")
 def normalize_text(text):
     """Lowercase, punctuation to spaces (apostrophes inside words kept: "can't"), single spaces."""
     return " ".join(_NOT_WORD.sub(" ", text.lower()).split())
-
-
-def edit_counts(reference, hypothesis):
-    """(substitutions, deletions, insertions) of the cheapest alignment of two word lists (Levenshtein)."""
-    # costs[j]: (total, substitutions, deletions, insertions) aligning reference[:i] with hypothesis[:j]
-    costs = [(j, 0, 0, j) for j in range(len(hypothesis) + 1)]
-    for i, word in enumerate(reference, start=1):
-        previous, costs = costs, [(i, 0, i, 0)]
-        for j, other in enumerate(hypothesis, start=1):
-            total, s, d, n = previous[j - 1]
-            match = (total, s, d, n) if word == other else (total + 1, s + 1, d, n)
-            total, s, d, n = previous[j]
-            delete = (total + 1, s, d + 1, n)
-            total, s, d, n = costs[j - 1]
-            insert = (total + 1, s, d, n + 1)
-            costs.append(min(match, delete, insert))
-    return costs[-1][1:]
 
 
 def word_error_rate(references, hypotheses, normalize=True):
@@ -60,44 +47,35 @@ def word_error_rate(references, hypotheses, normalize=True):
         raise ValueError("references and hypotheses must be lists of str, not str")
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    totals = [0, 0, 0]
-    words = 0
-    for reference, hypothesis in zip(references, hypotheses):
-        if normalize:
-            reference, hypothesis = normalize_text(reference), normalize_text(hypothesis)
-        reference, hypothesis = reference.split(), hypothesis.split()
-        totals = [a + b for a, b in zip(totals, edit_counts(reference, hypothesis))]
-        words += len(reference)
+    if normalize:
+        references, hypotheses = [normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses]
+    words = sum(len(r.split()) for r in references)
     if words == 0:
         raise ValueError("the references hold no words")
-    substitutions, deletions, insertions = totals
-    return {"wer": sum(totals) / words, "substitutions": substitutions, "deletions": deletions,
-            "insertions": insertions, "reference_words": words, "utterances": len(references)}
+    output = jiwer.process_words(references, hypotheses)
+    return {"wer": (output.substitutions + output.deletions + output.insertions) / words,
+            "substitutions": output.substitutions, "deletions": output.deletions, "insertions": output.insertions,
+            "reference_words": words, "utterances": len(references)}
 
 
 def transcribe(recogniser, examples):
     """The recogniser's text for each `{"audio": {"array", "sampling_rate"} or decoder, ...}` example."""
-    import numpy as np
-
     texts = []
-    for example in examples:
-        audio = example["audio"]
-        if hasattr(audio, "get_all_samples"):  # a torchcodec AudioDecoder (datasets 5)
-            samples = audio.get_all_samples()
-            array, rate = samples.data.mean(0).numpy(), int(samples.sample_rate)
-        else:
-            array, rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
-        texts.append(recogniser({"raw": array, "sampling_rate": rate})["text"].strip())
+    for index, example in enumerate(examples):
+        array, rate = decode_audio(example["audio"], example.get("id", index))
+        if array.ndim > 1:
+            array = array.mean(0)  # mono
+        texts.append(recogniser({"raw": array.astype("float32"), "sampling_rate": rate})["text"].strip())
     return texts
 
 
 def _load_examples(args):
     if args.manifest:
-        from manifest_fdrl import load_manifest
+        from fdrl.data.manifest import load_manifest
 
         data = load_manifest(args.manifest)
     else:
-        from iemocap import load_iemocap
+        from fdrl.data.iemocap import load_iemocap
 
         data = load_iemocap(args.data_dir, config_name=args.dataset_config)
     splits = list(data.values()) if hasattr(data, "values") else [data]
@@ -111,11 +89,11 @@ def _load_examples(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fdrl.asr", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="fdrl-wer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="A speech-recognition model folder or Hub id.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data_dir", help="A corpus in IEMOCAP's layout (the demo corpus, or IEMOCAP itself).")
-    source.add_argument("--manifest", help="A CSV / JSON-lines manifest (see manifest_fdrl.py).")
+    source.add_argument("--manifest", help="A CSV / JSON-lines manifest (see fdrl/data/manifest.py).")
     parser.add_argument("--dataset_config", default="4class", help="IEMOCAP builder config: '4class' or 'all'.")
     parser.add_argument("--sessions", type=int, nargs="*", help="Only these sessions (e.g. the test sessions).")
     parser.add_argument("--limit", type=int, default=None, help="At most this many utterances.")
@@ -142,7 +120,7 @@ def main(argv=None):
     return 0
 
 
-__all__ = ["edit_counts", "normalize_text", "transcribe", "word_error_rate"]
+__all__ = ["normalize_text", "transcribe", "word_error_rate"]
 
 
 if __name__ == "__main__":
