@@ -20,7 +20,6 @@ _CHOICES = {
     "grl_schedule": ("dann", "constant"),
     "orthogonality": ("normalized", "raw"),
     "fusion_inputs": ("all", "shared", "private"),
-    "audio_pooling": ("mean",),
     "text_pooling": ("mean", "cls"),
 }
 
@@ -118,8 +117,6 @@ class FDRLConfig(PretrainedConfig):
             Heads of the fusion's multi-head self-attention (eq. 12-13). Must divide `hidden_size`.
         classifier_dropout (`float`, *optional*, defaults to 0.1):
             Dropout before the final classifier.
-        audio_pooling (`str`, *optional*, defaults to `"mean"`):
-            Masked mean over the valid speech frames.
         text_pooling (`str`, *optional*, defaults to `"mean"`):
             `"mean"` (masked mean over tokens) or `"cls"` (the first token).
         freeze_feature_encoder (`bool`, *optional*, defaults to `False`):
@@ -162,7 +159,6 @@ class FDRLConfig(PretrainedConfig):
         fusion_inputs="all",
         fusion_num_heads=4,
         classifier_dropout=0.1,
-        audio_pooling="mean",
         text_pooling="mean",
         freeze_feature_encoder=False,
         initializer_range=0.02,
@@ -196,7 +192,6 @@ class FDRLConfig(PretrainedConfig):
         self.fusion_inputs = fusion_inputs
         self.fusion_num_heads = fusion_num_heads
         self.classifier_dropout = classifier_dropout
-        self.audio_pooling = audio_pooling
         self.text_pooling = text_pooling
         self.freeze_feature_encoder = freeze_feature_encoder
         self.initializer_range = initializer_range

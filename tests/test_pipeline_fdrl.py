@@ -1,7 +1,7 @@
 """Inference for users: the "multimodal-emotion-recognition" pipeline, save_pipeline's folder and the batch CLI.
 
 The remote-code path runs in a fresh subprocess (HF_HUB_OFFLINE=1, an empty HF_MODULES_CACHE, cwd outside the
-repository), because a class registered in this process would win silently (HF_NOTES.md, "Remote code").
+repository), because a class registered in this process would win silently.
 """
 
 import csv

@@ -39,9 +39,18 @@ SYSTEMS = ["S0", "S1", "speech", "text", "concat", "late_fusion"]
 
 @pytest.fixture(scope="module")
 def protocol_run(corpus, tmp_path_factory):
+    """The multi-system experiment, named by a YAML file as a user would write one (flags after it override it)."""
+    import yaml
+
     output_dir = tmp_path_factory.mktemp("run")
-    summary = run_fdrl.main(_args(corpus, output_dir, "--folds", "1,3", "--num_train_epochs", "2", "--seed", "7",
-                                  "--systems", *SYSTEMS, "--train_sampling_strategy", "group_by_length"))
+    experiment = {"data_dir": str(corpus["data_dir"]), "cache_dir": str(corpus["data_dir"].parent / "cache"),
+                  "output_dir": "overridden", "model_preset": "tiny", "systems": SYSTEMS, "folds": [1, 3],
+                  "num_train_epochs": 2, "seed": 7, "per_device_train_batch_size": 8, "learning_rate": 1e-3,
+                  "use_cpu": True, "logging_steps": 1, "dataloader_num_workers": 0, "report_to": "none",
+                  "disable_tqdm": True, "validation_fraction": 0.3, "train_sampling_strategy": "group_by_length"}
+    path = output_dir.parent / f"{output_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    summary = run_fdrl.main([str(path), "--output_dir", str(output_dir)])
     return output_dir, summary
 
 
@@ -103,6 +112,7 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
     assert all(v == v for v in values)  # no NaN
     grl = [entry["grl_coefficient"] for entry in train_logs]
     assert grl == sorted(grl) and grl[0] == 0.0 < grl[-1] < 1.0  # DANN schedule: 0 at the start, then rising
+    assert (output_dir / "seed7" / "fold1" / "S0" / "training_curves.png").stat().st_size > 10000
 
 
 def test_test_session_never_reaches_training_or_validation(protocol_run, corpus):
@@ -266,6 +276,11 @@ def test_argument_files_json_and_yaml(corpus, tmp_path):
         assert training_args.folds == [1, 2] and training_args.learning_rate == 1e-5  # the paper's default
         assert training_args.systems == ["S0", "speech"] and model_args.config_overrides()["dynamic_factor_bounds"] == (0.1, 0.9)
         assert training_args.per_device_train_batch_size == 8 and training_args.num_train_epochs == 100
+    model_args, _, training_args = run_fdrl.parse_arguments([str(tmp_path / "args.yaml"), "--alpha", "0.5",
+                                                             "--folds", "3"])
+    assert model_args.alpha == 0.5 and training_args.folds == [3]  # flags after the file win
+    with pytest.raises(FileNotFoundError, match="argument file .*missing.yaml does not exist"):
+        run_fdrl.parse_arguments([str(tmp_path / "missing.yaml")])
 
 
 @pytest.mark.parametrize(

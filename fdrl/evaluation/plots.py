@@ -56,3 +56,20 @@ def plot_training(trainer_state, path, panels, title=None):
         figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def fdrl_training_panels(label_names):
+    """The panels of an FDRL training-curves figure: the loss terms, mu with the raw discriminator error rates,
+    the alignment diagnostics, and the validation metrics."""
+    from fdrl.training.trainer import LOSS_TERMS
+
+    return (
+        ("loss terms", ["loss", *LOSS_TERMS]),
+        ("dynamic factor and discriminator errors",
+         ["dynamic_factor", "global_discriminator_error", *[f"local_discriminator_error_{l}" for l in label_names]]),
+        ("alignment (validation)",
+         ["eval_alignment_probe_a_distance", *[f"eval_alignment_probe_a_distance_{l}" for l in label_names]]),
+        ("class-centroid distance S_a-S_t (validation)",
+         ["eval_alignment_centroid_distance", *[f"eval_alignment_centroid_distance_{l}" for l in label_names]]),
+        ("validation", ["eval_uar", "eval_war"]),
+    )

@@ -138,14 +138,32 @@ class DataArguments:
             raise ValueError(f"--max_text_length must be at least 2, got {self.max_text_length}")
 
 
+def _file_as_flags(path):
+    """A JSON or YAML argument file as command-line flags, so flags given after it override it."""
+    import json
+
+    import yaml
+
+    text = Path(path).read_text()
+    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}")
+    flags = []
+    for name, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        flags += [f"--{name}", *(str(item) for item in items)]
+    return flags
+
+
 def parse_arguments(argv=None):
-    """(ModelArguments, DataArguments, FDRLTrainingArguments) from a command line, or one JSON or YAML file."""
+    """(ModelArguments, DataArguments, FDRLTrainingArguments) from a command line. The first argument may be a JSON
+    or YAML file naming a whole run or experiment; flags after it override its values."""
     parser = HfArgumentParser((ModelArguments, DataArguments, FDRLTrainingArguments))
     argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=argv[0])
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        if not Path(argv[0]).is_file():
+            raise FileNotFoundError(f"argument file {argv[0]} does not exist")
+        argv = _file_as_flags(argv[0]) + argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
 
 

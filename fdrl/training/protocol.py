@@ -22,7 +22,7 @@ from transformers.utils import logging
 
 from fdrl.data.manifest import leave_one_session_out, load_manifest
 from fdrl.evaluation.metrics import classification_metrics, fdrl_metrics, trainer_metrics
-from fdrl.evaluation.plots import plot_confusion_matrix
+from fdrl.evaluation.plots import fdrl_training_panels, plot_confusion_matrix, plot_training
 from fdrl.evaluation.reporting import summarize_runs, write_report
 from modeling_fdrl import _drop_pooler, load_backbones
 from processing_fdrl import FDRLProcessor
@@ -290,6 +290,10 @@ def run_fold(context, seed, fold):
             write_rank_state(trainer, system_dir)
             if args.should_save:
                 trainer.save_state()  # trainer_state.json: every logged term, mu and the alignment over training
+                if system.kind == "fdrl":
+                    plot_training({"log_history": trainer.state.log_history}, system_dir / "training_curves.png",
+                                  fdrl_training_panels(context["label_names"]),
+                                  title=f"{system.name}, test session {fold}, seed {seed}")
                 if system.name == reference:
                     save_model_folder(trainer.model, processor, fold_dir / "model")
                 if not args.keep_checkpoints:
