@@ -11,20 +11,18 @@ end-to-end difference can be explained. The issue's target: FDRL's parts cost at
 """
 
 import argparse
+import copy
 import time
-from unittest import mock
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from transformers import AutoModel
 
 import common
 from common import logger
 
 from configuration_fdrl import FDRLConfig
-from modeling_fdrl import FDRLModel, FDRLOutput
+from fdrl.training.systems import BackboneClassifier
+from modeling_fdrl import FDRLModel
 
 TARGET_OVERHEAD_PERCENT = 5.0
 
@@ -54,39 +52,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-class BackbonesBaseline(nn.Module):
-    """The same two backbones, pooled by FDRL's own methods, concatenated, one linear classifier."""
-
-    encode_audio = FDRLModel.encode_audio  # shared pooling: the very same code path as FDRL
-    encode_text = FDRLModel.encode_text
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.audio_model = AutoModel.from_config(config.audio_config)
-        self.text_model = AutoModel.from_config(config.text_config)
-        self.text_model.pooler = None  # unused, as in FDRL
-        pooled_size = config.audio_config.hidden_size + config.text_config.hidden_size
-        self.classifier = nn.Linear(pooled_size, config.num_labels)
-        if config.freeze_feature_encoder:
-            self.audio_model.freeze_feature_encoder()
-
-    def forward(self, input_values, audio_attention_mask, input_ids, text_attention_mask, token_type_ids=None,
-                labels=None):
-        pooled = torch.cat([
-            self.encode_audio(input_values, audio_attention_mask),
-            self.encode_text(input_ids, text_attention_mask, token_type_ids),
-        ], dim=-1)  # (batch, audio hidden + text hidden)
-        logits = self.classifier(pooled)
-        return FDRLOutput(loss=F.cross_entropy(logits.float(), labels), logits=logits)
-
-
 def build_models(config, device):
     fdrl = FDRLModel(config)
-    baseline = BackbonesBaseline(config)
-    # Identical backbone weights, so no difference in values (denormals, say) can reach the timings.
-    baseline.audio_model.load_state_dict(fdrl.audio_model.state_dict())
-    baseline.text_model.load_state_dict(fdrl.text_model.state_dict())
+    # The protocol's concatenation baseline, around copies of the very same backbone weights (no difference in
+    # values, denormals say, can reach the timings), pooled by FDRL's own code.
+    baseline = BackboneClassifier(config, copy.deepcopy(fdrl.audio_model), copy.deepcopy(fdrl.text_model))
     return fdrl.to(device).train(), baseline.to(device).train()
 
 
@@ -101,19 +71,12 @@ def timed_step(model, optimizer, batch, device, dtype, seed):
     common.synchronize(device)
     start = time.perf_counter()
     with common.autocast(device, dtype):
-        loss = model(**batch).loss
+        loss = model(**batch)["loss"]
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     common.synchronize(device)
     return time.perf_counter() - start
-
-
-def heads_only(model, pooled_audio, pooled_text):
-    """The model's own forward, with the backbones replaced by fixed pooled features."""
-    return mock.patch.multiple(
-        model, encode_audio=lambda *args, **kwargs: pooled_audio, encode_text=lambda *args, **kwargs: pooled_text
-    )
 
 
 def pair_order(models, index):
@@ -159,13 +122,8 @@ def time_head_steps(models, batch_size, args, device, dtype):
     pooled_audio = torch.randn(batch_size, config.audio_config.hidden_size, generator=generator)
     pooled_text = torch.randn(batch_size, config.text_config.hidden_size, generator=generator)
     pooled_audio, pooled_text = (x.to(device).requires_grad_() for x in (pooled_audio, pooled_text))
-    batch = {  # placeholders: the patched encode_* ignore them
-        "input_values": torch.zeros(batch_size, 1, device=device),
-        "audio_attention_mask": torch.ones(batch_size, 1, dtype=torch.long, device=device),
-        "input_ids": torch.zeros(batch_size, 1, dtype=torch.long, device=device),
-        "text_attention_mask": torch.ones(batch_size, 1, dtype=torch.long, device=device),
-        "labels": torch.arange(batch_size, device=device) % config.num_labels,
-    }
+    batch = {"pooled_audio": pooled_audio, "pooled_text": pooled_text,  # both models skip their backbones
+             "labels": torch.arange(batch_size, device=device) % config.num_labels}
     optimizers = {name: torch.optim.AdamW(head_parameters(model), lr=1e-5) for name, model in models.items()}
     times = {name: [] for name in models}
     start = time.perf_counter()
@@ -174,8 +132,7 @@ def time_head_steps(models, batch_size, args, device, dtype):
             logger.warning(f"heads: stopping after {index - 10} pairs, past --head_time_budget_s")
             break
         for name, model in pair_order(models, index):
-            with heads_only(model, pooled_audio, pooled_text):
-                seconds = timed_step(model, optimizers[name], batch, device, dtype, args.seed + index)
+            seconds = timed_step(model, optimizers[name], batch, device, dtype, args.seed + index)
             if index >= 10:
                 times[name].append(seconds)
     return times

@@ -20,8 +20,9 @@ def _normalise(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def read_lock(path=LOCK):
-    """Map each package name in a pip-compiled lock to its pinned version."""
+def read_lock(path=None):
+    """Map each package name in a pip-compiled lock (default: the repository's) to its pinned version."""
+    path = LOCK if path is None else path
     pins = {}
     for line in Path(path).read_text().splitlines():
         match = _PIN.match(line)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, tiny_fdrl_config
 
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -88,11 +88,15 @@ def test_durations_match_iemocap():
     assert np.percentile(durations, 95) == pytest.approx(11.1, rel=0.05)
 
 
-def test_baseline_pools_as_fdrl():
+def test_the_benchmark_times_the_protocols_own_baseline():
+    from fdrl.training.systems import BackboneClassifier
     from modeling_fdrl import FDRLModel
 
-    baseline = importlib.import_module("bench_train_step").BackbonesBaseline
-    assert baseline.encode_audio is FDRLModel.encode_audio and baseline.encode_text is FDRLModel.encode_text
+    fdrl, baseline = importlib.import_module("bench_train_step").build_models(tiny_fdrl_config(), "cpu")
+    assert type(baseline) is BackboneClassifier
+    assert BackboneClassifier.encode_audio is FDRLModel.encode_audio  # pooled exactly as FDRL pools
+    for name, tensor in fdrl.audio_model.state_dict().items():  # the same starting weights
+        assert torch.equal(tensor, baseline.audio_model.state_dict()[name]), name
 
 
 def test_results_table_renders_committed_results():

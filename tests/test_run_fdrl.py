@@ -385,3 +385,31 @@ def test_shipped_accelerate_configs_parse(name, kind):
             module = "wav2vec2" if layer.startswith("Wav2Vec2") else "roberta"
             assert hasattr(getattr(transformers.models, module), layer) or hasattr(
                 __import__(f"transformers.models.{module}.modeling_{module}", fromlist=[layer]), layer), layer
+
+
+def _corpus_with_bad_audio(tmp_path):
+    import numpy as np
+    import soundfile
+
+    info = make_iemocap_fixture(tmp_path / "bad", sessions=(1, 2), utterances_per_dialog=4, defects=False)
+    test_ids = info["expected"]["4class"]["ids"][2]
+    nan_wav = Path(info["utterances"][test_ids[0]]["wav"])
+    data, rate = soundfile.read(nan_wav, dtype="float32")
+    data[10] = np.nan
+    soundfile.write(nan_wav, data, rate, subtype="FLOAT")
+    return info, test_ids[0], nan_wav
+
+
+def test_bad_audio_in_the_test_split_stops_the_run_before_training(tmp_path):
+    info, bad_id, bad_wav = _corpus_with_bad_audio(tmp_path)
+    args = ["--data_dir", str(info["data_dir"]), "--output_dir", str(tmp_path / "out"), "--cache_dir",
+            str(tmp_path / "cache"), *TINY, "--folds", "2", "--num_train_epochs", "1", "--systems", "text"]
+    with pytest.raises(ValueError, match=rf"1 utterance\(s\) have unusable audio:\n  {bad_wav} \(id {bad_id}\): "
+                                         r"holds 1 NaN or infinite sample"):
+        run_fdrl.main(args)
+    assert not (tmp_path / "out" / "seed42").exists()  # nothing trained
+    summary = run_fdrl.main([*args, "--skip_bad_audio", "true"])
+    assert [item["id"] for item in summary["audio_check"]["skipped_audio"]] == [bad_id]
+    record = json.loads((tmp_path / "out" / "runs" / "seed42_fold2.json").read_text())
+    assert bad_id not in record["test_ids"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["audio_check"]["skipped_audio"][0]["path"] == str(bad_wav)
