@@ -413,3 +413,19 @@ def test_bad_audio_in_the_test_split_stops_the_run_before_training(tmp_path):
     record = json.loads((tmp_path / "out" / "runs" / "seed42_fold2.json").read_text())
     assert bad_id not in record["test_ids"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["audio_check"]["skipped_audio"][0]["path"] == str(bad_wav)
+
+
+def test_the_test_split_can_read_other_transcripts(corpus, tmp_path):
+    """As a speech recogniser's transcripts would be tested: only the test split's text changes."""
+    test_ids = _expected_test_ids(corpus, 1)
+    rows = ["id,text"] + [f"{uid},okay okay okay" for uid in test_ids]
+    (tmp_path / "asr.csv").write_text("\n".join(rows) + "\n")
+    args = _args(corpus, tmp_path / "out", "--folds", "1", "--num_train_epochs", "1", "--systems", "text")
+    summary = run_fdrl.main([*args, "--test_transcripts", str(tmp_path / "asr.csv")])
+    log_probs = json.loads((tmp_path / "out/runs/seed42_fold1.json").read_text())["systems"]["text"]["log_probs"]
+    assert summary["systems"]["text"]["num_runs"] == 1
+    assert all(row == log_probs[0] for row in log_probs)  # every test utterance now reads the same words
+    (tmp_path / "short.csv").write_text("\n".join(rows[:2]) + "\n")
+    with pytest.raises(ValueError, match=rf"has no transcript for {len(test_ids) - 1} test utterance"):
+        run_fdrl.main([*_args(corpus, tmp_path / "out2", "--folds", "1", "--num_train_epochs", "1", "--systems",
+                              "text"), "--test_transcripts", str(tmp_path / "short.csv")])

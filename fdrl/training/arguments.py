@@ -122,6 +122,11 @@ class DataArguments:
     max_text_length: int = field(default=128, metadata={"help": "Transcripts are truncated to this many tokens."})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "The datasets cache folder."})
     rebuild_cache: bool = field(default=False, metadata={"help": "Rebuild the dataset cache even if it looks current."})
+    test_transcripts: Optional[str] = field(
+        default=None, metadata={"help": "Test on these transcripts instead of the corpus's: a JSON file written by "
+                                        "`fdrl-wer --output` (its items' id and hypothesis), or a CSV/JSON-lines "
+                                        "file with id and text columns. Training and validation keep the corpus's."}
+    )
     skip_bad_audio: bool = field(
         default=False, metadata={"help": "Skip (and count, and name) utterances whose audio fails the check before "
                                          "training, instead of stopping with an error."}
@@ -134,6 +139,8 @@ class DataArguments:
             raise FileNotFoundError(f"--data_dir {self.data_dir} does not exist or is not a folder")
         if self.manifest and not Path(self.manifest).is_file():
             raise FileNotFoundError(f"--manifest {self.manifest} does not exist or is not a file")
+        if self.test_transcripts and not Path(self.test_transcripts).is_file():
+            raise FileNotFoundError(f"--test_transcripts {self.test_transcripts} does not exist or is not a file")
         if self.max_text_length < 2:
             raise ValueError(f"--max_text_length must be at least 2, got {self.max_text_length}")
 

@@ -103,6 +103,35 @@ def add_length_column(split, sampling_rate=16000):
     return split.add_column("length", lengths)
 
 
+def read_transcripts(path):
+    """{id: transcript} from `fdrl-wer --output` JSON (items with id and hypothesis) or a manifest-like file with
+    id and text columns."""
+    path = Path(path)
+    if path.suffix == ".json":
+        payload = json.loads(path.read_text())
+        if isinstance(payload, dict) and "items" in payload:
+            return {item["id"]: item["hypothesis"] for item in payload["items"]}
+    from fdrl.data.manifest import read_rows
+
+    rows, columns = read_rows(path)
+    missing = [c for c in ("id", "text") if c not in columns]
+    if missing:
+        raise ValueError(f"--test_transcripts {path} needs columns 'id' and 'text', it lacks {missing}")
+    return {row["id"]: row["text"] for _, row in rows}
+
+
+def replace_test_transcripts(splits, transcripts, source):
+    """The test split with its text from `transcripts`; every test utterance must have one."""
+    test = splits["test"]
+    missing = [u for u in test["id"][:] if u not in transcripts]
+    if missing:
+        raise ValueError(f"--test_transcripts {source} has no transcript for {len(missing)} test utterance(s), "
+                         f"e.g. {missing[:5]}")
+    texts = [transcripts[u] for u in test["id"][:]]
+    splits["test"] = test.remove_columns("text").add_column("text", texts)
+    return splits
+
+
 def fold_splits(data, test_session, validation_fraction, seed):
     splits = leave_one_session_out(data, test_session, validation_fraction=validation_fraction, seed=seed)
     splits = type(splits)({name: add_length_column(drop_empty_transcripts(split, name))
@@ -269,6 +298,9 @@ def run_fold(context, seed, fold):
     done = record.get("systems", {})
     with args.main_process_first(desc="fold splits"):
         splits = fold_splits(context["data"], fold, args.validation_fraction, seed)
+    if context["data_args"].test_transcripts:  # e.g. a speech recogniser's, to test as users would
+        source = context["data_args"].test_transcripts
+        splits = replace_test_transcripts(splits, read_transcripts(source), source)
     logger.info(f"seed {seed}, test session {fold}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     processor = build_processor(model_args, splits["train"]["text"][:] + splits["validation"]["text"][:], fold_dir)
     context["processor"] = processor
