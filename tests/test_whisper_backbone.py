@@ -315,20 +315,21 @@ def test_one_fold_with_whisper_and_minilm_backbones_and_a_card_naming_them(pretr
     run_fdrl.main([
         "--data_dir", str(corpus["data_dir"]), "--output_dir", str(tmp_path / "out"), "--cache_dir",
         str(tmp_path / "cache"), "--audio_model", str(tmp_path / "whisper"), "--text_model",
-        str(pretrained_dir / "all-MiniLM-L6-v2"), "--test_session", "2", "--num_train_epochs", "1",
+        str(pretrained_dir / "all-MiniLM-L6-v2"), "--folds", "2", "--num_train_epochs", "1",
         "--per_device_train_batch_size", "4", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true",
         "--validation_fraction", "0.3", "--dataloader_num_workers", "0", "--hidden_size", "32",
         "--fusion_num_heads", "2", "--train_sampling_strategy", "group_by_length",
     ])
     card = (tmp_path / "out" / "model" / "README.md").read_text()
     assert "- sentence-transformers/all-MiniLM-L6-v2" in card.split("---")[1]  # base_model metadata: a Hub id
-    assert f"**Base models:** {tmp_path / 'whisper'} (speech), sentence-transformers/all-MiniLM-L6-v2 (text)" in card
+    assert (f"speech backbone `{tmp_path / 'whisper'}`, text backbone `sentence-transformers/all-MiniLM-L6-v2`, "
+            "fine-tuned") in card
     processor = FDRLProcessor.from_pretrained(tmp_path / "out" / "model")
     assert processor.audio_input_name == "input_features"
 
 
 def test_base_model_ids_come_from_hub_ids_and_materialised_folders(tmp_path):
-    from protocol_fdrl import base_model_id
+    from fdrl.training.hub import base_model_id
 
     (tmp_path / "whisper-base").mkdir()
     (tmp_path / "whisper-base" / "fdrl_provenance.json").write_text('{"stands_for": "openai/whisper-base"}')
