@@ -62,3 +62,22 @@ def test_paired_difference_skips_runs_missing_a_side():
     assert paired_difference([None], [0.5]) is None
     with pytest.raises(ValueError, match="no finished runs"):
         summarize_runs([], LABELS)
+
+
+def test_fig3_like_figure_and_training_curves_are_drawn(tmp_path):
+    import numpy as np
+
+    from fdrl.evaluation.plots import plot_representations, plot_training
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    reps = {name: rng.normal(size=(40, 8)) + shift for name, shift in
+            (("shared_audio", 0.0), ("shared_text", 1.0), ("private_audio", 3.0), ("private_text", -3.0))}
+    plot_representations(reps, labels, LABELS, tmp_path / "fig3.png", title="test")
+    assert (tmp_path / "fig3.png").stat().st_size > 20000
+    history = [{"epoch": e, "loss": 1.0 / e, "dynamic_factor": 0.5} for e in (1, 2, 3)]
+    plot_training({"log_history": history}, tmp_path / "curves.png", [("loss", ["loss"]), ("mu", ["dynamic_factor"]),
+                                                                      ("never logged", ["eval_uar"])])
+    assert (tmp_path / "curves.png").stat().st_size > 10000
+    with pytest.raises(ValueError, match="none of the keys"):
+        plot_training({"log_history": history}, tmp_path / "none.png", [("x", ["eval_uar"])])
