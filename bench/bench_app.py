@@ -27,7 +27,7 @@ import torch
 import common
 from common import logger
 
-from configuration_fdrl import FDRLConfig  # common puts the repository root on sys.path
+from configuration_fdrl import FDRLConfig
 from modeling_fdrl import FDRLModel
 from pipeline_fdrl import save_pipeline
 from processing_fdrl import FDRLProcessor

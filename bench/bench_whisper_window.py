@@ -29,7 +29,7 @@ import torchaudio
 import common
 from common import logger
 
-from modeling_fdrl import FDRLWhisperEncoder, pool_audio  # common puts the repository root on sys.path
+from modeling_fdrl import FDRLWhisperEncoder, pool_audio
 from processing_fdrl import FDRLProcessor
 
 SENTENCES = [

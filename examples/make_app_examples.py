@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speak the web demo's example clips (app/examples/<name>.wav + <name>.txt) with espeak-ng.
 
-One clip per class, each spoken as the demo corpus speaks that class (examples/make_demo_corpus.py: the class's
+One clip per class, each spoken as the demo corpus speaks that class (fdrl/data/demo_corpus.py: the class's
 mean pitch, rate and amplitude, a sentence from its word bank, one of its voices), so the model `make demo` trains
 hears the kind of speech it learnt from. 16 kHz mono 16-bit PCM, a few seconds each. The clips are committed; run
 this again only to change them:
@@ -11,11 +11,9 @@ this again only to change them:
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_demo_corpus as corpus  # noqa: E402
+from fdrl.data import demo_corpus as corpus
 
 logger = logging.getLogger(__name__)
 

@@ -200,3 +200,19 @@ def test_iemocap_builder_reads_the_demo_corpus(corpus, tmp_path):
     assert set(session["speaker"]) == {"1F", "1M"}
     example = session[0]
     assert example["audio"]["sampling_rate"] == 16000 and example["text"]
+
+
+@needs_espeak
+def test_the_web_demos_example_clips_are_regenerated(tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("make_app_examples", REPO / "examples" / "make_app_examples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--output_dir", str(tmp_path)])
+    for name, (_, _, transcript) in module.CLIPS.items():
+        info = sf.info(tmp_path / f"{name}.wav")
+        assert (info.samplerate, info.channels) == (16000, 1) and 1.0 < info.duration < 6.0
+        assert (tmp_path / f"{name}.txt").read_text().strip() == transcript
