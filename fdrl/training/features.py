@@ -4,8 +4,8 @@ train on the cache.
 
 The cache file is named by a hash of everything the pooled vectors depend on: the backbones' weights and configs,
 the processor (feature extractor settings, tokenizer vocabulary, maximum duration), the text pooling and length
-limit, and each utterance's id, transcript and audio file (path, size, modification time). Change any of them and
-a new file is computed; a stale one is never read.
+limit, torch's thread count (it changes the last bits of the sums), and each utterance's id, transcript and audio
+file (path, size, modification time). Change any of them and a new file is computed; a stale one is never read.
 """
 
 import hashlib
@@ -57,7 +57,8 @@ def feature_key(audio, text, processor, text_pooling, max_text_length, ids, text
         _hash_module(digest, module)
     digest.update(json.dumps(processor.feature_extractor.to_dict(), sort_keys=True, default=str).encode())
     digest.update(processor.tokenizer.backend_tokenizer.to_str().encode())
-    digest.update(json.dumps([processor.max_duration, text_pooling, max_text_length]).encode())
+    # torch's thread count changes how reductions are summed, hence the last bits of every vector
+    digest.update(json.dumps([processor.max_duration, text_pooling, max_text_length, torch.get_num_threads()]).encode())
     digest.update(json.dumps([ids, texts, audio_signatures]).encode())
     return digest.hexdigest()[:32]
 
