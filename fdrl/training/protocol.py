@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import errno
 import json
+import logging as python_logging
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer, BertConfig, Wav2Vec2Config, set_seed
+from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging
 
 from fdrl.data.manifest import leave_one_session_out, load_manifest
@@ -229,6 +231,8 @@ def train_system(system, context, splits, audio, text, system_dir, seed):
         compute_metrics=(fdrl_metrics if is_fdrl else trainer_metrics)(label_names),
         callbacks=[KeepBestTrainable()] if frozen else None,
     )
+    if system_args.get_process_log_level() > python_logging.INFO:  # --log_level warning: no per-step log lines either
+        trainer.remove_callback(PrinterCallback)
     _train(trainer, None if frozen else resume_checkpoint(args.resume_from_checkpoint, system_dir))
     output = trainer.predict(splits["test"], metric_key_prefix="test")
     predictions = output.predictions if isinstance(output.predictions, tuple) else (output.predictions,)
