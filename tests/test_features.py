@@ -54,27 +54,32 @@ def test_the_cache_gives_the_same_logits_as_the_backbones(fold, tmp_path):
         direct = torch.cat([model(**FDRLDataCollator(processor, 64)([e])).logits for e in examples])
         from_cache = model(**FDRLDataCollator()(rows)).logits
     assert (direct - from_cache).abs().max().item() <= 1e-7  # measured 2.8e-9: the heads' matmul over 1 vs 4 rows
-    # the backbones ran once: one cache file for the union of the splits
-    assert len(os.listdir(tmp_path / "features")) == 1
+    # the backbones ran once: one cache file per modality for the union of the splits
+    assert sorted(name.split("-")[0] for name in os.listdir(tmp_path / "features")) == ["audio", "text"]
 
 
 def test_a_changed_backbone_or_changed_data_is_not_read_from_the_cache(fold, tmp_path):
     splits, processor = fold
+    splits = dict(splits)  # the module's fixture stays as it was
     model = _model(processor)
     context = _context(tmp_path)
     first = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
     again = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
     assert torch.equal(first["train"][0]["pooled_audio"], again["train"][0]["pooled_audio"])
-    assert len(os.listdir(tmp_path / "features")) == 1  # reused
+    assert len(os.listdir(tmp_path / "features")) == 2  # reused
     with torch.no_grad():
         model.audio_model.encoder.layers[0].feed_forward.output_dense.weight.mul_(-2.0)
     changed = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
-    assert len(os.listdir(tmp_path / "features")) == 2
+    assert len(os.listdir(tmp_path / "features")) == 3  # a new speech file; the text one is reused
     assert not torch.allclose(changed["train"][0]["pooled_audio"], first["train"][0]["pooled_audio"])
+    assert torch.equal(changed["train"][0]["pooled_text"], first["train"][0]["pooled_text"])
     wav = splits["test"].cast_column("audio", datasets.Audio(decode=False))[0]["audio"]["path"]
     os.utime(wav, ns=(1, 1))  # the same file, rewritten: a new modification time
     cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
-    assert len(os.listdir(tmp_path / "features")) == 3
+    assert len(os.listdir(tmp_path / "features")) == 4
+    splits["test"] = splits["test"].remove_columns("text").add_column("text", ["okay"] * len(splits["test"]))
+    cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)  # new transcripts
+    assert sorted(name.split("-")[0] for name in os.listdir(tmp_path / "features")) == ["audio"] * 3 + ["text"] * 2
 
 
 def test_pooled_inputs_are_checked():
