@@ -58,28 +58,64 @@ def test_the_cache_gives_the_same_logits_as_the_backbones(fold, tmp_path):
     assert sorted(name.split("-")[0] for name in os.listdir(tmp_path / "features")) == ["audio", "text"]
 
 
+def _count_forwards(module):
+    """How many times `module` runs: a forward hook, the backbone itself untouched."""
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_a_second_fold_and_seed_read_the_cache(tmp_path):
+    root = tmp_path / "corpus"
+    corpus = make_iemocap_fixture(root, sessions=(1, 2), utterances_per_dialog=3, defects=False)
+    data = load_iemocap(corpus["data_dir"], cache_dir=str(root / "cache"))
+    first = fold_splits(data, 1, 0.3, seed=0)
+    processor = FDRLProcessor.from_texts(first["train"]["text"][:] + first["validation"]["text"][:], vocab_size=80)
+    model = _model(processor)
+    audio_calls, text_calls = _count_forwards(model.audio_model), _count_forwards(model.text_model)
+    context = _context(tmp_path)
+    cached_pooled_features(model.audio_model, model.text_model, processor, first, context)
+    total = sum(len(split) for split in first.values())
+    assert (len(audio_calls), len(text_calls)) == (total, total)  # one forward per utterance and modality
+    for fold, seed in ((2, 0), (1, 1), (2, 3)):  # other orders of the same utterances: nothing recomputed
+        cached = cached_pooled_features(model.audio_model, model.text_model, processor,
+                                        fold_splits(data, fold, 0.3, seed=seed), context)
+        assert (len(audio_calls), len(text_calls)) == (total, total)
+        assert sum(len(rows) for rows in cached.values()) == total
+    assert len(os.listdir(tmp_path / "features")) == 2
+
+
 def test_a_changed_backbone_or_changed_data_is_not_read_from_the_cache(fold, tmp_path):
     splits, processor = fold
     splits = dict(splits)  # the module's fixture stays as it was
     model = _model(processor)
+    audio_calls, text_calls = _count_forwards(model.audio_model), _count_forwards(model.text_model)
     context = _context(tmp_path)
+    total = sum(len(split) for split in splits.values())
     first = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
     again = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
     assert torch.equal(first["train"][0]["pooled_audio"], again["train"][0]["pooled_audio"])
-    assert len(os.listdir(tmp_path / "features")) == 2  # reused
+    assert (len(audio_calls), len(text_calls)) == (total, total)  # reused
+    assert len(os.listdir(tmp_path / "features")) == 2
     with torch.no_grad():
         model.audio_model.encoder.layers[0].feed_forward.output_dense.weight.mul_(-2.0)
     changed = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
     assert len(os.listdir(tmp_path / "features")) == 3  # a new speech file; the text one is reused
+    assert (len(audio_calls), len(text_calls)) == (2 * total, total)
     assert not torch.allclose(changed["train"][0]["pooled_audio"], first["train"][0]["pooled_audio"])
     assert torch.equal(changed["train"][0]["pooled_text"], first["train"][0]["pooled_text"])
     wav = splits["test"].cast_column("audio", datasets.Audio(decode=False))[0]["audio"]["path"]
-    os.utime(wav, ns=(1, 1))  # the same file, rewritten: a new modification time
+    os.utime(wav, ns=(1, 1))  # the same file, rewritten: a new modification time, that utterance alone recomputed
     cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)
-    assert len(os.listdir(tmp_path / "features")) == 4
-    splits["test"] = splits["test"].remove_columns("text").add_column("text", ["okay"] * len(splits["test"]))
-    cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)  # new transcripts
-    assert sorted(name.split("-")[0] for name in os.listdir(tmp_path / "features")) == ["audio"] * 3 + ["text"] * 2
+    assert (len(audio_calls), len(text_calls)) == (2 * total + 1, total)
+    assert len(os.listdir(tmp_path / "features")) == 3
+    test_size = len(splits["test"])
+    splits["test"] = splits["test"].remove_columns("text").add_column("text", ["okay"] * test_size)
+    retold = cached_pooled_features(model.audio_model, model.text_model, processor, splits, context)  # new transcripts
+    assert (len(audio_calls), len(text_calls)) == (2 * total + 1, total + test_size)
+    assert torch.equal(retold["test"][0]["pooled_text"], retold["test"][1]["pooled_text"])
+    assert not torch.equal(retold["test"][0]["pooled_text"], first["test"][0]["pooled_text"])
+    assert sorted(name.split("-")[0] for name in os.listdir(tmp_path / "features")) == ["audio"] * 2 + ["text"]
 
 
 def test_pooled_inputs_are_checked():

@@ -2,11 +2,13 @@
 runs once per utterance in eval mode, the pooled outputs are cached on disk (safetensors), and every system's heads
 train on the cache.
 
-Each modality has its own cache file, named by a hash of everything its pooled vectors depend on: the backbone's
-weights and config, its half of the processor (feature extractor settings and maximum duration, or the tokenizer
-vocabulary, pooling and length limit), torch's thread count (it changes the last bits of the sums), and each
-utterance's id with its audio file (path, size, modification time) or its transcript. Change any of them and a new
-file is computed; a stale one is never read.
+Each modality has one cache file per backbone and settings, named by a hash of everything its pooled vectors depend
+on: the backbone's weights and config, its half of the processor (feature extractor settings and maximum duration,
+or the tokenizer vocabulary, pooling and length limit) and torch's thread count (it changes the last bits of the
+sums). Inside, one row per utterance, keyed by its id with its audio file's signature (path, size, modification
+time) or its transcript; split order, seed and fold play no part, so every fold, seed and run of a corpus reads the
+same rows. A changed file or transcript is a new row (the old one is dropped), changed weights a new file; a stale
+vector is never read.
 """
 
 import hashlib
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import datasets
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers.utils import logging
 
 from .systems import BackboneClassifier
@@ -52,18 +55,43 @@ def _audio_signatures(split):
     return signatures
 
 
-def feature_key(modality, backbone, processor, ids, signatures, settings):
-    """The cache key of one modality's pooled vectors for the utterances `ids`: its backbone's weights and config,
-    its half of the processor, the settings that shape the vectors, torch's thread count (it changes how reductions
-    are summed, hence the last bits), and per utterance its audio file's signature or its transcript."""
+def feature_key(modality, backbone, processor, settings):
+    """The cache file of one modality: its backbone's weights and config, its half of the processor, the settings
+    that shape the vectors, and torch's thread count (it changes how reductions are summed, hence the last bits).
+    Nothing about which utterances, or in which order: rows are keyed one by one (`row_keys`)."""
     digest = hashlib.sha256(modality.encode())
     _hash_module(digest, backbone)
     if modality == "audio":
         digest.update(json.dumps(processor.feature_extractor.to_dict(), sort_keys=True, default=str).encode())
     else:
         digest.update(processor.tokenizer.backend_tokenizer.to_str().encode())
-    digest.update(json.dumps([settings, torch.get_num_threads(), ids, signatures], default=str).encode())
+    digest.update(json.dumps([settings, torch.get_num_threads()], default=str).encode())
     return digest.hexdigest()[:32]
+
+
+def row_keys(ids, signatures):
+    """One key per utterance: its id with a hash of its audio file's signature or its transcript, so a changed file
+    or transcript is a new row and the old one is never read."""
+    return [f"{u}:{hashlib.sha256(str(s).encode()).hexdigest()[:16]}" for u, s in zip(ids, signatures)]
+
+
+def _read_cache(path):
+    """{row key: vector} of a cache file, or {} if there is none."""
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), "pt") as cache:
+        keys = json.loads(cache.metadata()["rows"])
+        pooled = cache.get_tensor("pooled")
+    return dict(zip(keys, pooled))
+
+
+def _write_cache(path, rows):
+    """Write `rows` ({row key: vector}) atomically; a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_file({"pooled": torch.stack(list(rows.values())).contiguous()}, str(temporary),
+              metadata={"rows": json.dumps(list(rows))})
+    temporary.replace(path)
 
 
 @torch.no_grad()
@@ -85,9 +113,10 @@ def extract_pooled(encoder, examples, processor, modality, max_text_length):
 
 
 def cached_pooled_features(audio, text, processor, splits, context, fold_dir=None):
-    """Each split as a list of {"id", "label", "pooled_audio", "pooled_text"}. Each modality's vectors come from its
-    own cache file, computed once for the union of the splits: every fold and seed of a corpus shares them, and new
-    transcripts (`--test_transcripts`) recompute only the text vectors."""
+    """Each split as a list of {"id", "label", "pooled_audio", "pooled_text"}. Each modality has one cache file per
+    backbone and settings, its rows keyed by utterance (id and audio signature or transcript): a second fold, seed,
+    run or `--systems` list reads them, and only utterances not yet in the file run through the backbone (new
+    transcripts from `--test_transcripts` recompute only those text vectors)."""
     args, data_args = context["training_args"], context["data_args"]
     union = datasets.concatenate_datasets([splits[name] for name in splits])
     ids = union["id"][:]
@@ -97,19 +126,24 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
                "text": (text, union["text"][:], [config.text_pooling, data_args.max_text_length])}
     vectors = {}
     for modality, (backbone, signatures, settings) in sources.items():
-        key = feature_key(modality, backbone, processor, ids, signatures, settings)
-        path = Path(args.feature_cache_dir or default_cache_dir()) / f"{modality}-{key}.safetensors"
-        if path.is_file():
-            vectors[modality] = load_file(path)["pooled"]
-            logger.info(f"pooled {modality} features from the cache {path}")
-            continue
-        vectors[modality] = extract_pooled(encoder, union, processor, modality, data_args.max_text_length).contiguous()
-        if args.should_save:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            save_file({"pooled": vectors[modality]}, str(temporary), metadata={"ids": json.dumps(ids)})
-            temporary.replace(path)
-            logger.info(f"pooled {modality} features of {len(ids)} utterances cached in {path}")
+        path = Path(args.feature_cache_dir or default_cache_dir()) / (
+            f"{modality}-{feature_key(modality, backbone, processor, settings)}.safetensors")
+        keys = row_keys(ids, signatures)
+        rows = _read_cache(path)
+        missing = sorted({position for position, key in enumerate(keys) if key not in rows})
+        if missing:
+            computed = extract_pooled(encoder, union.select(missing), processor, modality, data_args.max_text_length)
+            current, wanted = set(keys), set(ids)
+            # rows of these utterances under an older signature (a changed file or transcript) are dropped
+            rows = {key: vector for key, vector in rows.items()
+                    if key in current or key.rsplit(":", 1)[0] not in wanted}
+            rows.update(zip((keys[position] for position in missing), computed))
+            if args.should_save:
+                _write_cache(path, rows)
+            logger.info(f"pooled {modality} features: {len(missing)} of {len(ids)} utterances computed, cached in {path}")
+        else:
+            logger.info(f"pooled {modality} features of {len(ids)} utterances read from the cache {path}")
+        vectors[modality] = torch.stack([rows[key] for key in keys])
     row = {utterance: index for index, utterance in enumerate(ids)}
     return {name: [{"id": u, "label": label, "pooled_audio": vectors["audio"][row[u]],
                     "pooled_text": vectors["text"][row[u]]} for u, label in zip(split["id"][:], split["label"][:])]
