@@ -67,7 +67,7 @@ def _count_forwards(module):
 
 def test_a_second_fold_and_seed_read_the_cache(tmp_path):
     root = tmp_path / "corpus"
-    corpus = make_iemocap_fixture(root, sessions=(1, 2), utterances_per_dialog=3, defects=False)
+    corpus = make_iemocap_fixture(root, sessions=(1, 2), utterances_per_dialog=4, defects=False)
     data = load_iemocap(corpus["data_dir"], cache_dir=str(root / "cache"))
     first = fold_splits(data, 1, 0.3, seed=0)
     processor = FDRLProcessor.from_texts(first["train"]["text"][:] + first["validation"]["text"][:], vocab_size=80)

@@ -64,7 +64,10 @@ def feature_key(modality, backbone, processor, settings):
     if modality == "audio":
         digest.update(json.dumps(processor.feature_extractor.to_dict(), sort_keys=True, default=str).encode())
     else:
-        digest.update(processor.tokenizer.backend_tokenizer.to_str().encode())
+        tokenizer = json.loads(processor.tokenizer.backend_tokenizer.to_str())
+        # truncation and padding are call-time state (the last call's), not part of what the vectors depend on
+        digest.update(json.dumps({k: v for k, v in tokenizer.items() if k not in ("truncation", "padding")},
+                                 sort_keys=True).encode())
     digest.update(json.dumps([settings, torch.get_num_threads()], default=str).encode())
     return digest.hexdigest()[:32]
 
