@@ -90,17 +90,13 @@ def make_batch(durations, tokens, vocab_size, num_labels, generator):
 
 
 def tiny_fdrl_config():
-    """Backbones of the test suite's size (STYLE.md), for `--tiny` smoke runs."""
+    """Backbones and heads of the `tiny` preset (`fdrl.presets.TINY`, the test suite's sizes too), for `--tiny`
+    smoke runs."""
     from configuration_fdrl import FDRLConfig
+    from fdrl.presets import TINY, preset_backbone_configs
 
-    audio = dict(
-        model_type="wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        conv_dim=(32, 32, 32), conv_stride=(4, 4, 4), conv_kernel=(8, 8, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-    )
-    text = dict(model_type="bert", vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=37, max_position_embeddings=64)
-    return FDRLConfig(audio_config=audio, text_config=text, hidden_size=16, fusion_num_heads=2)
+    audio, text = preset_backbone_configs("tiny", vocab_size=99, max_position_embeddings=64)
+    return FDRLConfig(audio_config=audio, text_config=text, **TINY["fdrl"])
 
 
 def resolve_device_dtype(device, dtype):

@@ -48,13 +48,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fdrl.data.audio import SAMPLING_RATE
+
+
 logger = logging.getLogger(__name__)
 
 # Bump when the generated content changes, so that stale corpora are regenerated.
 CORPUS_VERSION = 1
 CORPUS_NAME = "IEMOCAP_demo"
 STAMP_NAME = "demo_corpus.json"
-SAMPLING_RATE = 16000
 CLASSES = ("ang", "hap", "neu", "sad")
 TURNS_PER_DIALOG = 12
 FOUR_CLASS = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}  # fru, xxx dropped
