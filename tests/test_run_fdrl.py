@@ -174,7 +174,7 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
 
 def test_lengths_for_grouped_batches_come_from_the_corpus(corpus):
     from fdrl.data.iemocap import load_iemocap
-    from fdrl.training.protocol import fold_splits
+    from fdrl.data.corpus import fold_splits
 
     data = load_iemocap(corpus["data_dir"], cache_dir=str(corpus["data_dir"].parent / "cache"))
     splits = fold_splits(data, 2, 0.3, seed=0)
@@ -281,6 +281,42 @@ def test_argument_files_json_and_yaml(corpus, tmp_path):
     assert model_args.alpha == 0.5 and training_args.folds == [3]  # flags after the file win
     with pytest.raises(FileNotFoundError, match="argument file .*missing.yaml does not exist"):
         run_fdrl.parse_arguments([str(tmp_path / "missing.yaml")])
+
+
+def test_argument_files_stack(corpus, tmp_path):
+    """base.yaml, then a file with what differs (it wins), then flags (they win over both)."""
+    import yaml
+
+    base = {"data_dir": str(corpus["data_dir"]), "model_preset": "tiny", "use_cpu": True, "output_dir": "base_out",
+            "alpha": 0.25, "folds": [1, 2], "learning_rate": 0.001}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "other.json").write_text(json.dumps({"output_dir": "other_out", "folds": [2], "beta": 0.75}))
+    files = [str(tmp_path / "base.yaml"), str(tmp_path / "other.json")]
+    model_args, data_args, training_args = run_fdrl.parse_arguments(files)
+    assert (training_args.output_dir, training_args.folds, model_args.beta) == ("other_out", [2], 0.75)
+    assert (model_args.alpha, training_args.learning_rate, data_args.data_dir) == (0.25, 0.001, base["data_dir"])
+    model_args, _, training_args = run_fdrl.parse_arguments(files + ["--folds", "1", "--alpha", "0.5"])
+    assert (training_args.folds, model_args.alpha, training_args.output_dir) == ([1], 0.5, "other_out")
+    reversed_order = run_fdrl.parse_arguments(files[::-1])[2]
+    assert (reversed_order.output_dir, reversed_order.folds) == ("base_out", [1, 2])  # the later file wins
+
+
+def test_the_shipped_argument_files_stack_on_the_base(tmp_path, monkeypatch):
+    """The demo and the experiments are examples/base.yaml plus what differs; together they parse."""
+    monkeypatch.chdir(REPO)  # the files' paths are relative to the repository root
+    parsed = {}
+    for name in ("examples/demo.yaml", "experiments/ablations.yaml", "experiments/asr_transcripts.yaml"):
+        model_args, data_args, training_args = run_fdrl.parse_arguments(
+            ["examples/base.yaml", name, "--data_dir", str(tmp_path)])  # the corpus need not exist here
+        assert (model_args.audio_model, training_args.num_train_epochs) == ("pretrained/whisper-base", 40), name
+        assert training_args.freeze_backbones and training_args.folds == [1, 2, 3, 4, 5], name
+        parsed[name] = (training_args.output_dir, training_args.seeds, training_args.systems[0],
+                        data_args.test_transcripts)
+    assert parsed == {
+        "examples/demo.yaml": ("demo_output", [0], "S0", None),
+        "experiments/ablations.yaml": ("experiments/results", [0, 1, 2], "S0", None),
+        "experiments/asr_transcripts.yaml": ("experiments/asr/results", [0], "S0", "experiments/asr/wer.json"),
+    }
 
 
 @pytest.mark.parametrize(
