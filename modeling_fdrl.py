@@ -4,8 +4,9 @@ Equation numbers refer to the paper; `FDRLConfig`'s docstring records the decisi
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput, logging
+
 
 try:
     from .configuration_fdrl import FDRLConfig
@@ -184,7 +186,7 @@ class FDRLWhisperEncoder(WhisperEncoder):
         self.conv2.requires_grad_(False)
 
 
-# ----- the speech backbones ---------------------------------------------------------------------------------------------
+# ----- the speech backbones -------------------------------------------------------------------------------------------
 SAMPLING_RATE = 16000  # every speech backbone here reads 16 kHz audio
 
 
@@ -753,7 +755,8 @@ def _check_pooled(config, pooled_audio, pooled_text, labels):
                                 ("pooled_text", pooled_text, config.text_config.hidden_size)):
         if tensor.dim() != 2 or tensor.shape[1] != width:
             raise ValueError(f"`{name}` must be (batch, {width}), got shape {tuple(tensor.shape)}")
-    if pooled_audio.shape[0] != pooled_text.shape[0] or (labels is not None and labels.shape != (pooled_audio.shape[0],)):
+    batch = pooled_audio.shape[0]
+    if pooled_text.shape[0] != batch or (labels is not None and labels.shape != (batch,)):
         raise ValueError(f"`pooled_audio`, `pooled_text` and `labels` must hold the same batch, got "
                          f"{pooled_audio.shape[0]}, {pooled_text.shape[0]} and "
                          f"{None if labels is None else tuple(labels.shape)}")

@@ -33,6 +33,7 @@ from transformers import pipeline as load_pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
+
 try:
     from .processing_fdrl import to_mono_waveform
 except ImportError:

@@ -27,6 +27,7 @@ from transformers import (
 )
 from transformers.utils import cached_file, logging
 
+
 try:
     from .modeling_fdrl import speech_backbone
 except ImportError:

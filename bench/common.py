@@ -7,11 +7,11 @@ import math
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
-from conftest import tiny_fdrl_config
-from iemocap_fixture import make_iemocap_fixture
 
+from conftest import tiny_fdrl_config
 from fdrl.data.corpus import fold_splits
 from fdrl.data.iemocap import load_iemocap
 from fdrl.training.features import cached_pooled_features
 from fdrl.training.trainer import FDRLDataCollator
+from iemocap_fixture import make_iemocap_fixture
 from modeling_fdrl import FDRLModel
 from processing_fdrl import FDRLProcessor
 

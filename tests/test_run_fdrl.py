@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
-from iemocap_fixture import make_iemocap_fixture
 from safetensors.torch import load_file
 
 import run_fdrl
+from conftest import REPO
+from iemocap_fixture import make_iemocap_fixture
 
 
 TINY = ["--model_preset", "tiny", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
@@ -75,7 +75,8 @@ def test_protocol_writes_every_system_of_every_fold(protocol_run, corpus):
             assert matrix.sum().item() == metrics["num_samples"] == len(expected) == len(metrics["log_probs"])
             assert metrics["war"] == pytest.approx(matrix.diag().sum().item() / matrix.sum().item())
         # late fusion is the sum of the two single-modality log-probabilities
-        fused = torch.tensor(record["systems"]["speech"]["log_probs"]) + torch.tensor(record["systems"]["text"]["log_probs"])
+        systems = record["systems"]
+        fused = torch.tensor(systems["speech"]["log_probs"]) + torch.tensor(systems["text"]["log_probs"])
         assert (fused - torch.tensor(record["systems"]["late_fusion"]["log_probs"])).abs().max() <= 2e-6
     for name in SYSTEMS:
         uars = [run["systems"][name]["uar"] for run in results["runs"]]
@@ -97,7 +98,8 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
     assert train_logs
     from fdrl.training.trainer import LOSS_TERMS
 
-    assert LOSS_TERMS == ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor")
+    assert LOSS_TERMS == ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal",
+                          "loss_predictor")
     for key in (*LOSS_TERMS, "dynamic_factor", "grl_coefficient"):
         assert all(key in entry for entry in train_logs), key
     epochs = [entry for entry in history if "global_discriminator_error" in entry]
@@ -173,8 +175,8 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
 
 
 def test_lengths_for_grouped_batches_come_from_the_corpus(corpus):
-    from fdrl.data.iemocap import load_iemocap
     from fdrl.data.corpus import fold_splits
+    from fdrl.data.iemocap import load_iemocap
 
     data = load_iemocap(corpus["data_dir"], cache_dir=str(corpus["data_dir"].parent / "cache"))
     splits = fold_splits(data, 2, 0.3, seed=0)
@@ -274,7 +276,8 @@ def test_argument_files_json_and_yaml(corpus, tmp_path):
         model_args, data_args, training_args = run_fdrl.parse_arguments([str(tmp_path / path)])
         assert (model_args.alpha, model_args.fusion_inputs, data_args.data_dir) == (0.25, "shared", values["data_dir"])
         assert training_args.folds == [1, 2] and training_args.learning_rate == 1e-5  # the paper's default
-        assert training_args.systems == ["S0", "speech"] and model_args.config_overrides()["dynamic_factor_bounds"] == (0.1, 0.9)
+        assert training_args.systems == ["S0", "speech"]
+        assert model_args.config_overrides()["dynamic_factor_bounds"] == (0.1, 0.9)
         assert training_args.per_device_train_batch_size == 8 and training_args.num_train_epochs == 100
     model_args, _, training_args = run_fdrl.parse_arguments([str(tmp_path / "args.yaml"), "--alpha", "0.5",
                                                              "--folds", "3"])
@@ -448,7 +451,8 @@ def test_bad_audio_in_the_test_split_stops_the_run_before_training(tmp_path):
     assert [item["id"] for item in summary["audio_check"]["skipped_audio"]] == [bad_id]
     record = json.loads((tmp_path / "out" / "runs" / "seed42_fold2.json").read_text())
     assert bad_id not in record["test_ids"]
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["audio_check"]["skipped_audio"][0]["path"] == str(bad_wav)
+    audio_check = json.loads((tmp_path / "out" / "results.json").read_text())["audio_check"]
+    assert audio_check["skipped_audio"][0]["path"] == str(bad_wav)
 
 
 def test_the_test_split_can_read_other_transcripts(corpus, tmp_path):

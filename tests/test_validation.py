@@ -7,8 +7,8 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from fdrl.presets import preset_backbone_configs
 from fdrl.data.validation import BadAudio, check_file, find_bad_audio, minimum_samples
+from fdrl.presets import preset_backbone_configs
 
 
 RATE = 16000

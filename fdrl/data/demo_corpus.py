@@ -510,7 +510,7 @@ def _parse_espeak_wav(raw):
     raise RuntimeError("espeak-ng's WAV stream has no data chunk")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resampler(rate):
     import torchaudio
 

@@ -15,6 +15,7 @@ from configuration_fdrl import FDRLConfig
 
 from .trainer import FDRLTrainingArguments
 
+
 # Fields of FDRLConfig that are not settings a user passes on the command line.
 _NOT_ARGUMENTS = {"self", "kwargs", "audio_config", "text_config"}
 _DOC_ENTRY = re.compile(r"^ {8}(\w+) \(`([^`]+)`[^)]*\):(.*?)(?=^ {8}\w+ \(`|\Z)", re.M | re.S)
@@ -106,7 +107,8 @@ class _ModelSources:
 
 
 ModelArguments = make_dataclass("ModelArguments", config_argument_fields(), bases=(_ModelSources,))
-ModelArguments.__doc__ = "Where the model comes from, and FDRL's own settings (FDRLConfig; unset fields keep its defaults)."
+ModelArguments.__doc__ = ("Where the model comes from, and FDRL's own settings (FDRLConfig; unset fields keep its "
+                          "defaults).")
 
 
 @dataclass

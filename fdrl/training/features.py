@@ -139,7 +139,8 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
             rows.update(zip((keys[position] for position in missing), computed))
             if args.should_save:
                 _write_cache(path, rows)
-            logger.info(f"pooled {modality} features: {len(missing)} of {len(ids)} utterances computed, cached in {path}")
+            logger.info(f"pooled {modality} features: {len(missing)} of {len(ids)} utterances computed, "
+                        f"cached in {path}")
         else:
             logger.info(f"pooled {modality} features of {len(ids)} utterances read from the cache {path}")
         vectors[modality] = torch.stack([rows[key] for key in keys])

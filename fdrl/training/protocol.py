@@ -24,7 +24,12 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging
 
 from fdrl.data.corpus import (
-    available_sessions, column, fold_splits, load_corpus, read_transcripts, replace_test_transcripts,
+    available_sessions,
+    column,
+    fold_splits,
+    load_corpus,
+    read_transcripts,
+    replace_test_transcripts,
 )
 from fdrl.data.corpus import label_names as corpus_label_names
 from fdrl.data.validation import check_corpus_audio
@@ -85,10 +90,11 @@ def build_backbones(model_args, processor, seed):
 
 def config_kwargs(model_args, label_names):
     """FDRLConfig fields for every system of the run: the labels, the preset's sizes, the command line's settings."""
-    return {**preset_fdrl_kwargs(model_args.model_preset), "id2label": dict(enumerate(label_names)), **model_args.config_overrides()}
+    return {**preset_fdrl_kwargs(model_args.model_preset), "id2label": dict(enumerate(label_names)),
+            **model_args.config_overrides()}
 
 
-# ----- the run and one fold ------------------------------------------------------------------------------------------
+# ----- the run and one fold -------------------------------------------------------------------------------------------
 @dataclass
 class RunContext:
     """What every (seed, fold) of a run shares: the arguments, the corpus, the systems and the run's settings."""
@@ -122,7 +128,7 @@ class FoldRun:
         return f"test session {self.fold}, seed {self.seed}"
 
 
-# ----- one system ------------------------------------------------------------------------------------------------------
+# ----- one system -----------------------------------------------------------------------------------------------------
 def train_system(system, context, fold, system_dir):
     """Train one system (best epoch by validation UAR), test it. Returns (metrics with test log-probabilities,
     the trainer)."""
@@ -183,7 +189,7 @@ def resume_checkpoint(resume, folder):
     return resume
 
 
-# ----- one (seed, fold) ------------------------------------------------------------------------------------------------
+# ----- one (seed, fold) -----------------------------------------------------------------------------------------------
 def read_record(path):
     """A run record, or {} if there is none; a truncated one (killed while writing) is reported and started anew."""
     if not path.is_file():
@@ -287,7 +293,7 @@ def _mkdir(folder):
     return folder
 
 
-# ----- the protocol ----------------------------------------------------------------------------------------------------
+# ----- the protocol ---------------------------------------------------------------------------------------------------
 def lock_output_dir(training_args):
     """Refuse an output folder that a live run holds. The lock is an OS file lock: a killed run releases it."""
     output_dir = Path(training_args.output_dir)
@@ -329,7 +335,8 @@ def run_protocol(model_args, data_args, training_args):
             output_dir = Path(training_args.output_dir)
             table = write_report(summary, output_dir, DESCRIPTIONS)
             print(f"\nLeave-one-session-out results (WAR = accuracy, UAR = mean per-class recall), in %:\n{table}\n")
-            hub_dir = reference and assemble_hub_folder(output_dir, training_args.seeds[0], training_args.folds[-1], summary,
+            hub_dir = reference and assemble_hub_folder(output_dir, training_args.seeds[0], training_args.folds[-1],
+                                                        summary,
                                           model_args, data_args, training_args)
             if training_args.push_to_hub and hub_dir:
                 push_folder(hub_dir, training_args)

@@ -13,8 +13,9 @@ S4 and S5: the paper's text says they keep every loss and fuse only part of the 
 fusion over the private representations P_a, P_t only and S5 over the shared S_a, S_t only (docs/design.md).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
