@@ -210,18 +210,9 @@ def _whisper_encoder(model):
     encoder = model if isinstance(model, WhisperEncoder) else model.get_encoder()
     if not isinstance(encoder, WhisperEncoder):
         raise ValueError(f"`audio_model`: no Whisper encoder found in {type(model).__name__}")
-    speech = _new_whisper_encoder(encoder.config).to(device=encoder.device, dtype=encoder.dtype)
+    speech = FDRLWhisperEncoder(encoder.config).to(device=encoder.device, dtype=encoder.dtype)
     speech.load_state_dict(encoder.state_dict(), strict=True)
     return speech
-
-
-def _new_whisper_encoder(audio_config):
-    """[`FDRLWhisperEncoder`] with random weights. Built outside `from_pretrained`, so the attention implementation
-    is resolved here (sdpa where torch has it), as `from_pretrained` resolves it for every other model."""
-    encoder = FDRLWhisperEncoder(audio_config)
-    if encoder.config._attn_implementation is None:
-        encoder.set_attn_implementation(encoder.get_correct_attn_implementation(None))
-    return encoder
 
 
 def _wav2vec2_feature_extractor(audio_config, sampling_rate, **kwargs):
@@ -259,7 +250,7 @@ WAVEFORM_BACKBONE = SpeechBackbone(build=AutoModel.from_config, from_loaded=lamb
                                    minimum_samples=conv_receptive_field)
 # Backbones that need more than AutoModel, by `model_type`; a new backbone is one entry.
 SPEECH_BACKBONES = {
-    "whisper": SpeechBackbone(build=_new_whisper_encoder, from_loaded=_whisper_encoder, input_name="input_features",
+    "whisper": SpeechBackbone(build=FDRLWhisperEncoder, from_loaded=_whisper_encoder, input_name="input_features",
                               feature_extractor=_whisper_feature_extractor,
                               minimum_samples=lambda config: int(0.02 * SAMPLING_RATE)),  # one 20 ms encoder frame
 }
