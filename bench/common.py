@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fdrl.data.audio import SAMPLING_RATE  # noqa: F401 (the benchmarks read common.SAMPLING_RATE)
+
 
 REPO = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("bench")
 
 RESULTS_DIR = REPO / "bench" / "results"
-SAMPLING_RATE = 16000
 MAX_DURATION = 16.0  # FDRLProcessor truncates longer audio
 # IEMOCAP's four-class utterances: mean 4.55 s, median 3.58 s, p95 11.1 s, p99 15.6 s, max 34.1 s.
 # A lognormal with the same median and mean: mu = ln(median), sigma^2 = 2 ln(mean / median). It gives
