@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Only PyPI: the lock's hashes are PyPI's files (machine-wide pip config, find-links and extra indexes are ignored).
 PIP_INSTALL := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= $(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps
 
-.PHONY: setup system-deps check-env test demo lock pretrained app clean clean-venv
+.PHONY: setup system-deps check-env test quality demo lock pretrained app clean clean-venv
 
 # Debian packages: FFmpeg's shared libraries (torchcodec decodes audio with them), espeak-ng (speaks the demo
 # corpus) and chromium + chromium-driver (the web demo's browser test). Installed only when missing; needs root or sudo.
@@ -39,6 +39,11 @@ check-env:
 test: setup
 	$(PY) -m pytest -q -rs tests
 
+# Lint and formatting (ruff, locked in the dev extra; settings in pyproject.toml), over the whole tree.
+quality: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 demo: pretrained
 	bash examples/demo.sh
 
@@ -54,11 +59,13 @@ app: setup
 	$(PY) app/app.py --model $(MODEL)
 
 # Regenerate the lock from pyproject.toml's pins (Linux x86-64, CPython 3.11: the machine this project runs on),
-# rebuild the venv from it and run the tests. Commit requirements.lock with the pyproject.toml change.
+# rebuild the venv from it and run the tests. Commit requirements.lock with the pyproject.toml change. Transitive
+# pins already in the lock stay where they are; `make lock UPGRADE=1` moves every one to its newest release.
+UPGRADE ?=
 lock:
 	test -x $(VENV)/bin/uv || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q "uv==0.13.9"; }
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra app --generate-hashes --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 --no-emit-package fdrl --upgrade -o requirements.lock
+		--python-platform x86_64-manylinux_2_28 --no-emit-package fdrl $(if $(UPGRADE),--upgrade) -o requirements.lock
 	rm -f $(STAMP)
 	$(MAKE) test
 

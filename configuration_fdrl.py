@@ -195,8 +195,18 @@ class FDRLConfig(PretrainedConfig):
         self.text_pooling = text_pooling
         self.freeze_feature_encoder = freeze_feature_encoder
         self.initializer_range = initializer_range
+        # PretrainedConfig.__init__ sets every sub-config's attention implementation to the one asked for here (None
+        # when none is): a backbone's own config, resolved when its model was built, would lose it, and that live
+        # model would then run attention with `_attn_implementation` None. Without a request, each keeps its own.
+        kept = None if kwargs.get("attn_implementation") else [c._attn_implementation for c in self._backbone_configs]
         super().__init__(**kwargs)
+        for sub_config, implementation in zip(self._backbone_configs, kept or ()):
+            sub_config._attn_implementation = implementation
         self._validate()
+
+    @property
+    def _backbone_configs(self):
+        return (self.audio_config, self.text_config)
 
     def _validate(self):
         for name, choices in _CHOICES.items():

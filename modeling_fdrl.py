@@ -4,17 +4,19 @@ Equation numbers refer to the paper; `FDRLConfig`'s docstring records the decisi
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput, logging
+
 
 try:
     from .configuration_fdrl import FDRLConfig
@@ -66,6 +68,10 @@ class FDRLOutput(ModelOutput):
     local_errors: Optional[torch.FloatTensor] = None
     local_counts: Optional[torch.FloatTensor] = None
     local_loss_sums: Optional[torch.FloatTensor] = None
+
+
+# The loss terms are FDRLOutput's `loss_*` fields: one source of truth for logs, plots and tests.
+LOSS_TERMS = tuple(f.name for f in fields(FDRLOutput) if f.name.startswith("loss_"))
 
 
 class GradientReversal(torch.autograd.Function):
@@ -180,11 +186,84 @@ class FDRLWhisperEncoder(WhisperEncoder):
         self.conv2.requires_grad_(False)
 
 
+# ----- the speech backbones -------------------------------------------------------------------------------------------
+SAMPLING_RATE = 16000  # every speech backbone here reads 16 kHz audio
+
+
+def conv_receptive_field(audio_config):
+    """The fewest samples from which a wav2vec2-family convolutional front end produces one frame; one 20 ms frame
+    for a config without one."""
+    kernels, strides = getattr(audio_config, "conv_kernel", None), getattr(audio_config, "conv_stride", None)
+    if not (kernels and strides):
+        return int(0.02 * SAMPLING_RATE)
+    length = 1
+    for kernel, stride in reversed(list(zip(kernels, strides))):
+        length = (length - 1) * stride + kernel
+    return length
+
+
+def _whisper_encoder(model):
+    """A Whisper model (WhisperModel, WhisperForConditionalGeneration, WhisperEncoder) -> its encoder as an
+    [`FDRLWhisperEncoder`] holding the same weights."""
+    if isinstance(model, FDRLWhisperEncoder):
+        return model
+    encoder = model if isinstance(model, WhisperEncoder) else model.get_encoder()
+    if not isinstance(encoder, WhisperEncoder):
+        raise ValueError(f"`audio_model`: no Whisper encoder found in {type(model).__name__}")
+    speech = FDRLWhisperEncoder(encoder.config).to(device=encoder.device, dtype=encoder.dtype)
+    speech.load_state_dict(encoder.state_dict(), strict=True)
+    return speech
+
+
+def _wav2vec2_feature_extractor(audio_config, sampling_rate, **kwargs):
+    return Wav2Vec2FeatureExtractor(sampling_rate=sampling_rate,
+                                    **{"do_normalize": True, "return_attention_mask": True, **kwargs})
+
+
+def _whisper_feature_extractor(audio_config, sampling_rate, **kwargs):
+    return WhisperFeatureExtractor(feature_size=audio_config.num_mel_bins, sampling_rate=sampling_rate, **kwargs)
+
+
+@dataclass(frozen=True)
+class SpeechBackbone:
+    """How FDRL builds, loads and feeds one family of speech backbones.
+
+    Args:
+        build: `build(audio_config)` -> the encoder with random weights.
+        from_loaded: `from_loaded(model)` -> the encoder FDRL holds, from a model `AutoModel.from_pretrained` loaded.
+        input_name: the processor's output the encoder reads: `"input_values"` (waveform) or `"input_features"`.
+        feature_extractor: `feature_extractor(audio_config, sampling_rate, **kwargs)` -> the feature extractor for a
+            backbone not loaded from a folder.
+        minimum_samples: `minimum_samples(audio_config)` -> the fewest 16 kHz samples that give one encoder frame.
+    """
+
+    build: Callable
+    from_loaded: Callable
+    input_name: str
+    feature_extractor: Callable
+    minimum_samples: Callable
+
+
+# The wav2vec2 family (wav2vec2, HuBERT, WavLM, ...): AutoModel as it is, raw waveform in.
+WAVEFORM_BACKBONE = SpeechBackbone(build=AutoModel.from_config, from_loaded=lambda model: model,
+                                   input_name="input_values", feature_extractor=_wav2vec2_feature_extractor,
+                                   minimum_samples=conv_receptive_field)
+# Backbones that need more than AutoModel, by `model_type`; a new backbone is one entry.
+SPEECH_BACKBONES = {
+    "whisper": SpeechBackbone(build=FDRLWhisperEncoder, from_loaded=_whisper_encoder, input_name="input_features",
+                              feature_extractor=_whisper_feature_extractor,
+                              minimum_samples=lambda config: int(0.02 * SAMPLING_RATE)),  # one 20 ms encoder frame
+}
+
+
+def speech_backbone(audio_config):
+    """The [`SpeechBackbone`] entry of a speech config (`None` or an unlisted `model_type`: the wav2vec2 family)."""
+    return SPEECH_BACKBONES.get(getattr(audio_config, "model_type", None), WAVEFORM_BACKBONE)
+
+
 def speech_backbone_from_config(audio_config):
-    """The speech backbone FDRL builds: Whisper's encoder alone ([`FDRLWhisperEncoder`]), any other as AutoModel."""
-    if audio_config.model_type == "whisper":
-        return FDRLWhisperEncoder(audio_config)
-    return AutoModel.from_config(audio_config)
+    """The speech backbone FDRL builds from a config, with random weights (Whisper: its encoder alone)."""
+    return speech_backbone(audio_config).build(audio_config)
 
 
 def masked_mean(hidden_states, mask):
@@ -347,7 +426,7 @@ class FDRLModel(FDRLPreTrainedModel):
         super().__init__(config)
         self.audio_model = speech_backbone_from_config(config.audio_config)
         self.text_model = AutoModel.from_config(config.text_config)
-        _drop_pooler(self.text_model)
+        drop_pooler(self.text_model)
         audio_size, text_size = config.audio_config.hidden_size, config.text_config.hidden_size
         if audio_size == text_size:
             self.audio_projection, self.text_projection = nn.Identity(), nn.Identity()
@@ -379,7 +458,7 @@ class FDRLModel(FDRLPreTrainedModel):
         self.post_init()
         if config.freeze_feature_encoder:
             self.freeze_feature_encoder()
-        self.main_input_name = _speech_input_name(config.audio_config)
+        self.main_input_name = speech_backbone(config.audio_config).input_name
 
     # ----- training state -------------------------------------------------------------------------------------
     def freeze_feature_encoder(self):
@@ -613,9 +692,10 @@ class FDRLModel(FDRLPreTrainedModel):
 def load_backbones(audio_model, text_model, audio_kwargs=None, text_kwargs=None):
     """(speech backbone, text backbone) as FDRL holds them, from Hub ids, local folders or loaded models: a Whisper
     checkpoint's encoder alone as [`FDRLWhisperEncoder`], the text model without its unused pooler."""
-    audio = _speech_encoder(_load_backbone(audio_model, audio_kwargs, "audio_model"))
+    audio = _load_backbone(audio_model, audio_kwargs, "audio_model")
+    audio = speech_backbone(audio.config).from_loaded(audio)
     text = _load_backbone(text_model, text_kwargs, "text_model")
-    _drop_pooler(text)
+    drop_pooler(text)
     return audio, text
 
 
@@ -627,24 +707,7 @@ def _load_backbone(model_or_path, kwargs, name):
     return AutoModel.from_pretrained(model_or_path, **(kwargs or {}))
 
 
-def _speech_encoder(model):
-    """A Whisper model (WhisperModel, WhisperForConditionalGeneration, WhisperEncoder) -> its encoder as an
-    [`FDRLWhisperEncoder`] holding the same weights; any other speech backbone as it is."""
-    if model.config.model_type != "whisper" or isinstance(model, FDRLWhisperEncoder):
-        return model
-    encoder = model if isinstance(model, WhisperEncoder) else model.get_encoder()
-    if not isinstance(encoder, WhisperEncoder):
-        raise ValueError(f"`audio_model`: no Whisper encoder found in {type(model).__name__}")
-    speech = FDRLWhisperEncoder(encoder.config).to(device=encoder.device, dtype=encoder.dtype)
-    speech.load_state_dict(encoder.state_dict(), strict=True)
-    return speech
-
-
-def _speech_input_name(audio_config):
-    return "input_features" if audio_config.model_type == "whisper" else "input_values"
-
-
-def _drop_pooler(text_model):
+def drop_pooler(text_model):
     """BERT's pooler is never used (FDRL pools itself); dropped so no parameter sits outside the graph."""
     if getattr(text_model, "pooler", None) is not None:
         text_model.pooler = None
@@ -652,7 +715,7 @@ def _drop_pooler(text_model):
 
 def _check_inputs(audio_config, input_values, input_features, input_ids, labels, num_labels):
     """Validates the inputs; returns the speech tensor the backbone reads (`input_values` or `input_features`)."""
-    name = _speech_input_name(audio_config)
+    name = speech_backbone(audio_config).input_name
     speech, other = (input_features, input_values) if name == "input_features" else (input_values, input_features)
     if other is not None:
         other_name = "input_values" if name == "input_features" else "input_features"
@@ -683,7 +746,8 @@ def _check_pooled(config, pooled_audio, pooled_text, labels):
                                 ("pooled_text", pooled_text, config.text_config.hidden_size)):
         if tensor.dim() != 2 or tensor.shape[1] != width:
             raise ValueError(f"`{name}` must be (batch, {width}), got shape {tuple(tensor.shape)}")
-    if pooled_audio.shape[0] != pooled_text.shape[0] or (labels is not None and labels.shape != (pooled_audio.shape[0],)):
+    batch = pooled_audio.shape[0]
+    if pooled_text.shape[0] != batch or (labels is not None and labels.shape != (batch,)):
         raise ValueError(f"`pooled_audio`, `pooled_text` and `labels` must hold the same batch, got "
                          f"{pooled_audio.shape[0]}, {pooled_text.shape[0]} and "
                          f"{None if labels is None else tuple(labels.shape)}")
@@ -695,5 +759,6 @@ __all__ = [
     "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "FDRLWhisperEncoder", "GradientReversal",
     "discriminator_error_rates", "dynamic_factor_from_statistics", "grl_coefficient_at", "load_backbones",
     "local_weight_source",
-    "pool_audio", "pool_text", "speech_backbone_from_config",
+    "pool_audio", "pool_text", "speech_backbone_from_config", "SPEECH_BACKBONES", "SpeechBackbone", "speech_backbone",
+    "drop_pooler", "conv_receptive_field",
 ]

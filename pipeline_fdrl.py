@@ -33,10 +33,11 @@ from transformers import pipeline as load_pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
+
 try:
-    from .processing_fdrl import _to_mono_waveform
+    from .processing_fdrl import to_mono_waveform
 except ImportError:
-    from processing_fdrl import _to_mono_waveform
+    from processing_fdrl import to_mono_waveform
 
 try:  # optional: without it, files are decoded by torchcodec alone
     import soundfile
@@ -364,7 +365,7 @@ def _load_waveform(audio, sampling_rate):
         raise ValueError("sampling_rate is required for array and tensor audio (the rate it was recorded at)")
     sampling_rate = _check_sampling_rate(sampling_rate)
     try:
-        waveform = _to_mono_waveform(array, 0)  # the processor's checks: dtype, shape, empty, NaN
+        waveform = to_mono_waveform(array, 0)  # the processor's checks: dtype, shape, empty, NaN
     except ValueError as error:
         raise ValueError(str(error).replace("audio item 0", "the audio")) from None
     return waveform, sampling_rate

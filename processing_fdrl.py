@@ -24,10 +24,14 @@ from transformers import (
     BatchFeature,
     BertTokenizerFast,
     ProcessorMixin,
-    Wav2Vec2FeatureExtractor,
-    WhisperFeatureExtractor,
 )
 from transformers.utils import cached_file, logging
+
+
+try:
+    from .modeling_fdrl import speech_backbone
+except ImportError:
+    from modeling_fdrl import speech_backbone
 
 
 logger = logging.get_logger(__name__)
@@ -111,10 +115,7 @@ def speech_feature_extractor(audio_config=None, sampling_rate=16000, **kwargs):
         sampling_rate (`int`, *optional*, defaults to 16000): the rate audio is resampled to.
         kwargs (`dict[str, Any]`, *optional*): passed to the feature extractor.
     """
-    if audio_config is not None and audio_config.model_type == "whisper":
-        return WhisperFeatureExtractor(feature_size=audio_config.num_mel_bins, sampling_rate=sampling_rate, **kwargs)
-    kwargs = {"do_normalize": True, "return_attention_mask": True, **kwargs}
-    return Wav2Vec2FeatureExtractor(sampling_rate=sampling_rate, **kwargs)
+    return speech_backbone(audio_config).feature_extractor(audio_config, sampling_rate, **kwargs)
 
 
 class FDRLProcessor(ProcessorMixin):
@@ -316,7 +317,7 @@ class FDRLProcessor(ProcessorMixin):
 
         prepared = []
         for index, (item, rate) in enumerate(zip(items, rates)):
-            waveform = _to_mono_waveform(item, index)
+            waveform = to_mono_waveform(item, index)
             if rate != target_rate:
                 waveform = torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=target_rate)
             if max_samples is not None and waveform.shape[0] > max_samples:
@@ -372,7 +373,7 @@ def _as_audio_batch(audio) -> list:
     return [audio]
 
 
-def _to_mono_waveform(item, index: int) -> torch.Tensor:
+def to_mono_waveform(item, index: int) -> torch.Tensor:
     """One audio item as a 1-D float32 tensor, with every validation error naming the item."""
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu()
@@ -448,4 +449,4 @@ def _as_text_batch(text) -> list[str]:
 
 FDRLProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["FDRLProcessor", "speech_feature_extractor", "train_wordpiece_tokenizer"]
+__all__ = ["FDRLProcessor", "speech_feature_extractor", "to_mono_waveform", "train_wordpiece_tokenizer"]

@@ -217,7 +217,7 @@ def find_model_folder(model):
         return Path(snapshot_download(model))
     except Exception as error:  # not a folder, and neither cached nor downloadable (offline, unknown id)
         raise SystemExit(f"--model {model}: not a model folder, and not found on the Hub ({error}). Pass the folder "
-                         f"`make demo` writes ({DEFAULT_MODEL}), or set HF_HUB_OFFLINE=0 to download a Hub model.")
+                         f"`make demo` writes ({DEFAULT_MODEL}), or set HF_HUB_OFFLINE=0 to download a Hub model.") from error
 
 
 def add_fdrl_modules_to_path(model_folder):

@@ -41,7 +41,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="FDRL model folder (default: demo_output/model if it exists).")
     parser.add_argument("--preset", default="demo", choices=["tiny", "demo", "base"],
-                        help="Shapes of the random model used when there is no --model folder (fdrl.training.protocol.PRESETS).")
+                        help="Shapes of the random model used when there is no --model folder (fdrl.presets.PRESETS).")
     parser.add_argument("--asr_model", default=None,
                         help="Speech recogniser; 'none' to time typed transcripts only (default: "
                              "pretrained/whisper-base if it exists).")
@@ -66,7 +66,7 @@ def load_app():
 
 def random_model_folder(preset, folder, texts):
     """Random weights of a preset's shapes, saved as a model folder (the latency does not depend on the weights)."""
-    from fdrl.training.protocol import PRESETS, preset_backbone_configs
+    from fdrl.presets import PRESETS, preset_backbone_configs
 
     processor = FDRLProcessor.from_texts(texts, vocab_size=1000)
     audio_config, text_config = preset_backbone_configs(preset, len(processor.tokenizer))

@@ -7,18 +7,19 @@ import math
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fdrl.data.audio import SAMPLING_RATE  # noqa: F401 (the benchmarks read common.SAMPLING_RATE)
+
 
 REPO = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("bench")
 
 RESULTS_DIR = REPO / "bench" / "results"
-SAMPLING_RATE = 16000
 MAX_DURATION = 16.0  # FDRLProcessor truncates longer audio
 # IEMOCAP's four-class utterances: mean 4.55 s, median 3.58 s, p95 11.1 s, p99 15.6 s, max 34.1 s.
 # A lognormal with the same median and mean: mu = ln(median), sigma^2 = 2 ln(mean / median). It gives
@@ -90,17 +91,13 @@ def make_batch(durations, tokens, vocab_size, num_labels, generator):
 
 
 def tiny_fdrl_config():
-    """Backbones of the test suite's size (STYLE.md), for `--tiny` smoke runs."""
+    """Backbones and heads of the `tiny` preset (`fdrl.presets.TINY`, the test suite's sizes too), for `--tiny`
+    smoke runs."""
     from configuration_fdrl import FDRLConfig
+    from fdrl.presets import TINY, preset_backbone_configs
 
-    audio = dict(
-        model_type="wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        conv_dim=(32, 32, 32), conv_stride=(4, 4, 4), conv_kernel=(8, 8, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-    )
-    text = dict(model_type="bert", vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=37, max_position_embeddings=64)
-    return FDRLConfig(audio_config=audio, text_config=text, hidden_size=16, fusion_num_heads=2)
+    audio, text = preset_backbone_configs("tiny", vocab_size=99, max_position_embeddings=64)
+    return FDRLConfig(audio_config=audio, text_config=text, **TINY["fdrl"])
 
 
 def resolve_device_dtype(device, dtype):

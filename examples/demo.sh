@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: speak the demo corpus with espeak-ng (IEMOCAP layout), run the 5-fold leave-one-session-out protocol
-# on the pretrained backbones that `make pretrained` wrote (examples/demo.yaml), then classify one held-out clip
-# from its speech alone, the transcript coming from Whisper-base. Leaves the table in demo_output/results.md and a
-# Hub-ready model folder in demo_output/model.
+# on the pretrained backbones that `make pretrained` wrote (examples/base.yaml + examples/demo.yaml), then classify
+# one held-out clip from its speech alone, the transcript coming from Whisper-base. Leaves the table in
+# demo_output/results.md and a Hub-ready model folder in demo_output/model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -10,7 +10,7 @@ PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 start=$(date +%s)
 "$PY" -m fdrl.data.demo_corpus --output_dir demo_data --seed 0 --workers 2
-"$PY" run_fdrl.py examples/demo.yaml
+"$PY" run_fdrl.py examples/base.yaml examples/demo.yaml
 "$PY" - <<'PYTHON'
 import glob
 from transformers import pipeline

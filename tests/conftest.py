@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny backbone configs (STYLE.md) and a small fixed batch."""
+"""Shared fixtures: tiny backbone configs (the sizes of `fdrl.presets.TINY`) and a small fixed batch."""
 
 import os
 import sys
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -15,32 +16,21 @@ torch.set_num_threads(2)
 
 from transformers import BertConfig, Wav2Vec2Config  # noqa: E402
 
+from fdrl.presets import AUDIO_COMMON, TINY  # noqa: E402
+
 
 def tiny_audio_config(**overrides):
-    kwargs = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        conv_dim=(32, 32, 32), conv_stride=(4, 4, 4), conv_kernel=(8, 8, 8),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
-        do_stable_layer_norm=True, mask_time_prob=0.0, layerdrop=0.0,
-    )
-    kwargs.update(overrides)
-    return Wav2Vec2Config(**kwargs)
+    return Wav2Vec2Config(**{**AUDIO_COMMON, **TINY["audio"], **overrides})
 
 
 def tiny_text_config(**overrides):
-    kwargs = dict(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    kwargs.update(overrides)
-    return BertConfig(**kwargs)
+    return BertConfig(**{"vocab_size": 99, "max_position_embeddings": 64, **TINY["text"], **overrides})
 
 
 def tiny_fdrl_config(**overrides):
     from configuration_fdrl import FDRLConfig
 
-    kwargs = dict(audio_config=tiny_audio_config(), text_config=tiny_text_config(), hidden_size=16,
-                  fusion_num_heads=2, initializer_range=0.1)
+    kwargs = dict(audio_config=tiny_audio_config(), text_config=tiny_text_config(), **TINY["fdrl"])
     kwargs.update(overrides)
     return FDRLConfig(**kwargs)
 

@@ -88,3 +88,20 @@ def test_invalid_values_name_the_field(field, value):
 def test_one_label_is_rejected():
     with pytest.raises(ValueError, match="num_labels"):
         FDRLConfig(audio_config=tiny_audio_config(), text_config=tiny_text_config(), id2label={0: "x"})
+
+
+def test_wrapping_a_live_backbone_config_keeps_its_attention_implementation():
+    """PretrainedConfig.__init__ would reset the sub-configs' attention implementation to None, and the backbone
+    would then run attention behind transformers' "_attn_implementation set to None" warning."""
+    from transformers import AutoModel
+
+    from configuration_fdrl import FDRLConfig
+
+    audio, text = AutoModel.from_config(tiny_audio_config()), AutoModel.from_config(tiny_text_config())
+    resolved = (audio.config._attn_implementation, text.config._attn_implementation)
+    assert None not in resolved
+    config = FDRLConfig(audio_config=audio.config, text_config=text.config, hidden_size=16, fusion_num_heads=2)
+    assert config.audio_config is audio.config
+    assert (audio.config._attn_implementation, text.config._attn_implementation) == resolved
+    FDRLConfig(audio_config=audio.config, text_config=text.config, attn_implementation="eager")  # asked: applied
+    assert (audio.config._attn_implementation, text.config._attn_implementation) == ("eager", "eager")

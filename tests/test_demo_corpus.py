@@ -2,7 +2,6 @@
 
 import re
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -92,7 +91,7 @@ def test_every_utterance_has_transcription_and_wav(corpus):
     wavs = {p.stem: p for p in corpus.glob("Session1/sentences/wav/*/*.wav")}
     assert set(wavs) == set(evaluations)
     previous_end = {}
-    for utterance_id, (dialog, start, end, label, vad) in evaluations.items():
+    for utterance_id, (dialog, start, end, _label, vad) in evaluations.items():
         assert re.match(rf"^{dialog}_[FM]\d{{3}}$", utterance_id)
         assert wavs[utterance_id].parent.name == dialog
         assert transcriptions[utterance_id][:3] == (dialog, start, end)

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
-from conftest import tiny_fdrl_config
-from iemocap_fixture import make_iemocap_fixture
 
+from conftest import tiny_fdrl_config
+from fdrl.data.corpus import fold_splits
 from fdrl.data.iemocap import load_iemocap
 from fdrl.training.features import cached_pooled_features
-from fdrl.training.protocol import fold_splits
 from fdrl.training.trainer import FDRLDataCollator
+from iemocap_fixture import make_iemocap_fixture
 from modeling_fdrl import FDRLModel
 from processing_fdrl import FDRLProcessor
 
@@ -31,8 +31,8 @@ def fold(tmp_path_factory):
 
 def _context(tmp_path):
     args = SimpleNamespace(feature_cache_dir=str(tmp_path / "features"), per_device_eval_batch_size=3, should_save=True)
-    return dict(training_args=args, data_args=SimpleNamespace(max_text_length=64),
-                config_kwargs=dict(hidden_size=16, fusion_num_heads=2, initializer_range=0.1))
+    return SimpleNamespace(training_args=args, data_args=SimpleNamespace(max_text_length=64),
+                           config_kwargs=dict(hidden_size=16, fusion_num_heads=2, initializer_range=0.1))
 
 
 def _model(processor, seed=0):

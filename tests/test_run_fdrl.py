@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
-from iemocap_fixture import make_iemocap_fixture
 from safetensors.torch import load_file
 
 import run_fdrl
+from conftest import REPO
+from iemocap_fixture import make_iemocap_fixture
 
 
 TINY = ["--model_preset", "tiny", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
@@ -75,7 +75,8 @@ def test_protocol_writes_every_system_of_every_fold(protocol_run, corpus):
             assert matrix.sum().item() == metrics["num_samples"] == len(expected) == len(metrics["log_probs"])
             assert metrics["war"] == pytest.approx(matrix.diag().sum().item() / matrix.sum().item())
         # late fusion is the sum of the two single-modality log-probabilities
-        fused = torch.tensor(record["systems"]["speech"]["log_probs"]) + torch.tensor(record["systems"]["text"]["log_probs"])
+        systems = record["systems"]
+        fused = torch.tensor(systems["speech"]["log_probs"]) + torch.tensor(systems["text"]["log_probs"])
         assert (fused - torch.tensor(record["systems"]["late_fusion"]["log_probs"])).abs().max() <= 2e-6
     for name in SYSTEMS:
         uars = [run["systems"][name]["uar"] for run in results["runs"]]
@@ -97,7 +98,8 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
     assert train_logs
     from fdrl.training.trainer import LOSS_TERMS
 
-    assert LOSS_TERMS == ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor")
+    assert LOSS_TERMS == ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal",
+                          "loss_predictor")
     for key in (*LOSS_TERMS, "dynamic_factor", "grl_coefficient"):
         assert all(key in entry for entry in train_logs), key
     epochs = [entry for entry in history if "global_discriminator_error" in entry]
@@ -173,8 +175,8 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
 
 
 def test_lengths_for_grouped_batches_come_from_the_corpus(corpus):
+    from fdrl.data.corpus import fold_splits
     from fdrl.data.iemocap import load_iemocap
-    from fdrl.training.protocol import fold_splits
 
     data = load_iemocap(corpus["data_dir"], cache_dir=str(corpus["data_dir"].parent / "cache"))
     splits = fold_splits(data, 2, 0.3, seed=0)
@@ -274,13 +276,50 @@ def test_argument_files_json_and_yaml(corpus, tmp_path):
         model_args, data_args, training_args = run_fdrl.parse_arguments([str(tmp_path / path)])
         assert (model_args.alpha, model_args.fusion_inputs, data_args.data_dir) == (0.25, "shared", values["data_dir"])
         assert training_args.folds == [1, 2] and training_args.learning_rate == 1e-5  # the paper's default
-        assert training_args.systems == ["S0", "speech"] and model_args.config_overrides()["dynamic_factor_bounds"] == (0.1, 0.9)
+        assert training_args.systems == ["S0", "speech"]
+        assert model_args.config_overrides()["dynamic_factor_bounds"] == (0.1, 0.9)
         assert training_args.per_device_train_batch_size == 8 and training_args.num_train_epochs == 100
     model_args, _, training_args = run_fdrl.parse_arguments([str(tmp_path / "args.yaml"), "--alpha", "0.5",
                                                              "--folds", "3"])
     assert model_args.alpha == 0.5 and training_args.folds == [3]  # flags after the file win
     with pytest.raises(FileNotFoundError, match="argument file .*missing.yaml does not exist"):
         run_fdrl.parse_arguments([str(tmp_path / "missing.yaml")])
+
+
+def test_argument_files_stack(corpus, tmp_path):
+    """base.yaml, then a file with what differs (it wins), then flags (they win over both)."""
+    import yaml
+
+    base = {"data_dir": str(corpus["data_dir"]), "model_preset": "tiny", "use_cpu": True, "output_dir": "base_out",
+            "alpha": 0.25, "folds": [1, 2], "learning_rate": 0.001}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "other.json").write_text(json.dumps({"output_dir": "other_out", "folds": [2], "beta": 0.75}))
+    files = [str(tmp_path / "base.yaml"), str(tmp_path / "other.json")]
+    model_args, data_args, training_args = run_fdrl.parse_arguments(files)
+    assert (training_args.output_dir, training_args.folds, model_args.beta) == ("other_out", [2], 0.75)
+    assert (model_args.alpha, training_args.learning_rate, data_args.data_dir) == (0.25, 0.001, base["data_dir"])
+    model_args, _, training_args = run_fdrl.parse_arguments(files + ["--folds", "1", "--alpha", "0.5"])
+    assert (training_args.folds, model_args.alpha, training_args.output_dir) == ([1], 0.5, "other_out")
+    reversed_order = run_fdrl.parse_arguments(files[::-1])[2]
+    assert (reversed_order.output_dir, reversed_order.folds) == ("base_out", [1, 2])  # the later file wins
+
+
+def test_the_shipped_argument_files_stack_on_the_base(tmp_path, monkeypatch):
+    """The demo and the experiments are examples/base.yaml plus what differs; together they parse."""
+    monkeypatch.chdir(REPO)  # the files' paths are relative to the repository root
+    parsed = {}
+    for name in ("examples/demo.yaml", "experiments/ablations.yaml", "experiments/asr_transcripts.yaml"):
+        model_args, data_args, training_args = run_fdrl.parse_arguments(
+            ["examples/base.yaml", name, "--data_dir", str(tmp_path)])  # the corpus need not exist here
+        assert (model_args.audio_model, training_args.num_train_epochs) == ("pretrained/whisper-base", 40), name
+        assert training_args.freeze_backbones and training_args.folds == [1, 2, 3, 4, 5], name
+        parsed[name] = (training_args.output_dir, training_args.seeds, training_args.systems[0],
+                        data_args.test_transcripts)
+    assert parsed == {
+        "examples/demo.yaml": ("demo_output", [0], "S0", None),
+        "experiments/ablations.yaml": ("experiments/results", [0, 1, 2], "S0", None),
+        "experiments/asr_transcripts.yaml": ("experiments/asr/results", [0], "S0", "experiments/asr/wer.json"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -412,7 +451,8 @@ def test_bad_audio_in_the_test_split_stops_the_run_before_training(tmp_path):
     assert [item["id"] for item in summary["audio_check"]["skipped_audio"]] == [bad_id]
     record = json.loads((tmp_path / "out" / "runs" / "seed42_fold2.json").read_text())
     assert bad_id not in record["test_ids"]
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["audio_check"]["skipped_audio"][0]["path"] == str(bad_wav)
+    audio_check = json.loads((tmp_path / "out" / "results.json").read_text())["audio_check"]
+    assert audio_check["skipped_audio"][0]["path"] == str(bad_wav)
 
 
 def test_the_test_split_can_read_other_transcripts(corpus, tmp_path):

@@ -8,6 +8,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from fdrl.data.validation import BadAudio, check_file, find_bad_audio, minimum_samples
+from fdrl.presets import preset_backbone_configs
 
 
 RATE = 16000
@@ -15,8 +16,7 @@ RATE = 16000
 
 def tiny_wav2vec2_config():
     """The wav2vec2-style front end of the project's tiny preset: receptive field 420 samples (26.25 ms)."""
-    return Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                          conv_dim=(32, 32, 32), conv_kernel=(40, 8, 4), conv_stride=(20, 4, 4))
+    return preset_backbone_configs("tiny", vocab_size=99)[0]
 
 
 @pytest.fixture(scope="module")

@@ -37,20 +37,22 @@ def representations_of(model, processor, examples, batch_size=8):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fdrl-plot-representations", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="An FDRL model folder (or Hub id).")
-    parser.add_argument("--data_dir", required=True, help="A corpus in IEMOCAP's layout.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data_dir", help="A corpus in IEMOCAP's layout.")
+    source.add_argument("--manifest", help="A CSV / JSON-lines manifest (see fdrl/data/manifest.py).")
     parser.add_argument("--session", type=int, required=True, help="The session to draw (the model's test session).")
     parser.add_argument("--output", required=True, help="The PNG to write.")
     args = parser.parse_args(argv)
 
     from transformers import AutoModel, AutoProcessor
 
-    from fdrl.data.iemocap import load_iemocap
+    from fdrl.data.corpus import available_sessions, load_corpus, session_examples
 
-    data = load_iemocap(args.data_dir)
-    split = data.get(f"session{args.session}")
-    if split is None:
-        parser.error(f"--session {args.session}: {args.data_dir} has the sessions {sorted(data)}")
-    examples = [e for e in split if str(e["text"]).strip()]
+    data = load_corpus(args)
+    if args.session not in available_sessions(data):
+        parser.error(f"--session {args.session}: {args.data_dir or args.manifest} has the sessions "
+                     f"{available_sessions(data)}")
+    examples = [e for e in session_examples(data, [args.session]) if str(e["text"]).strip()]
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     vectors = representations_of(model, processor, examples)

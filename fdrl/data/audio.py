@@ -4,6 +4,9 @@
 import numpy as np
 
 
+SAMPLING_RATE = 16000  # every backbone of the project reads 16 kHz audio
+
+
 def decode_audio(audio, name):
     """(samples, sampling rate) of one example's audio: a (samples,) array for mono, (channels, samples) otherwise.
     An undecodable value is a ValueError that names the example."""

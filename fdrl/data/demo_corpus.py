@@ -27,7 +27,7 @@ Design (from a feasibility study on a 2-core CPU, which measured what the demo n
 
 The same seed gives byte-identical files whatever the number of workers.
 
-    python examples/make_demo_corpus.py --output_dir demo_data [--seed 0] [--sessions 1,2,3,4,5]
+    python -m fdrl.data.demo_corpus --output_dir demo_data [--seed 0] [--sessions 1,2,3,4,5]
         [--utterances_per_session 100] [--workers 2] [--overwrite]
 """
 
@@ -48,13 +48,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fdrl.data.audio import SAMPLING_RATE
+
+
 logger = logging.getLogger(__name__)
 
 # Bump when the generated content changes, so that stale corpora are regenerated.
 CORPUS_VERSION = 1
 CORPUS_NAME = "IEMOCAP_demo"
 STAMP_NAME = "demo_corpus.json"
-SAMPLING_RATE = 16000
 CLASSES = ("ang", "hap", "neu", "sad")
 TURNS_PER_DIALOG = 12
 FOUR_CLASS = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}  # fru, xxx dropped
@@ -90,204 +92,17 @@ EVALUATOR_LABELS = {
     "fru": "Frustration",
 }
 
-POSITIVE_SENTENCES = (
-    "We finally got the apartment we wanted.",
-    "That was the best dinner I've had in years.",
-    "She said yes, we're getting married in June.",
-    "I passed the exam with the highest mark.",
-    "Your present made my whole week.",
-    "The kids loved the surprise at the park.",
-    "We won the game in the last minute.",
-    "My sister is coming home for the holidays.",
-    "They offered me the job this morning.",
-    "What a beautiful day for the beach.",
-    "I can't wait to show you the new place.",
-    "The doctor says the baby is perfectly healthy.",
-    "You did an amazing job on the presentation.",
-    "We're going to Hawaii next month.",
-    "I got the raise I asked for.",
-    "This is exactly the gift I wanted.",
-    "Our band got booked for the big festival.",
-    "Thank you so much, this means a lot.",
-    "The garden looks lovely this spring.",
-    "I finally finished the book, and it was brilliant.",
-    "Everyone came to the party after all.",
-    "My flight got upgraded for free.",
-    "The puppy learned to sit in one day.",
-    "We paid off the last of the loan.",
-    "Grandma loved the photos you sent.",
-    "I can't believe we actually made it.",
-    "The results came back and everything is fine.",
-    "You always know how to make me laugh.",
-    "We sold the house for more than we hoped.",
-    "This is going to be a fantastic summer.",
-    "They accepted my paper for the conference.",
-    "I ran the whole race without stopping.",
-    "The concert last night was incredible.",
-    "It's so good to see you again.",
-    "The new team is wonderful to work with.",
-    "We found the perfect name for the baby.",
-    "My brother is finally coming to visit.",
-    "I love how the kitchen turned out.",
-    "The whole family is together this year.",
-    "I got into the program I wanted.",
-    "Your cooking is better than any restaurant.",
-    "We had the nicest walk along the river.",
-)
-
-# Shared by ang, sad and fru: bad news that fits anger as well as sadness.
-NEGATIVE_SENTENCES = (
-    "They gave the job to someone else.",
-    "Nobody even called to tell me what happened.",
-    "I waited for hours and nobody showed up.",
-    "The car broke down again on the highway.",
-    "They cancelled our flight at the last minute.",
-    "I lost my wallet on the train this morning.",
-    "You forgot my birthday again this year.",
-    "The landlord is raising the rent again.",
-    "They lost all of our luggage.",
-    "My application was rejected without a reason.",
-    "The whole trip was ruined by the storm.",
-    "I never got the money back.",
-    "You promised you would be there, and you weren't.",
-    "They closed the shop where I worked.",
-    "Nothing I do seems to be enough.",
-    "The test results are not good.",
-    "He sold the house without asking me.",
-    "We missed the last train home.",
-    "I have to start the whole project over.",
-    "She moved away and didn't even say goodbye.",
-    "The insurance won't pay for any of it.",
-    "My computer crashed and the report is gone.",
-    "They laid off half the office today.",
-    "I can't find my grandmother's ring anywhere.",
-    "You told everyone what I said to you.",
-    "The dog ran away last night.",
-    "Our offer on the house was turned down.",
-    "It's the third time this week it happened.",
-    "I failed the driving test again.",
-    "They didn't invite me to the wedding.",
-    "The repair will cost more than the car.",
-    "Nobody listened to a word I said.",
-    "We have to cancel the whole vacation.",
-    "My phone was stolen at the station.",
-    "The meeting went badly and it was my fault.",
-    "I worked all weekend for nothing.",
-    "They broke the window and drove off.",
-    "He hasn't answered a single message in weeks.",
-    "The doctor wants to run more tests.",
-    "You left me there alone in the rain.",
-    "The bank froze my account again.",
-    "Everything we planned has fallen apart.",
-)
-
-# Neutral valence, spoken only by neu: plain facts and arrangements.
-CALM_SENTENCES = (
-    "The meeting has been moved to Thursday afternoon.",
-    "I'll pick up the groceries on the way home.",
-    "The train leaves at a quarter past nine.",
-    "Please send me the report by Friday.",
-    "The office is on the third floor.",
-    "I usually take the bus to work.",
-    "We need to renew the parking permit.",
-    "The forms are in the top drawer.",
-    "Let me check the schedule for next week.",
-    "The store closes at eight on Sundays.",
-    "I'll call you when I get to the hotel.",
-    "The package should arrive on Tuesday.",
-    "Turn left after the second traffic light.",
-    "The printer is next to the kitchen.",
-    "My appointment is at half past ten.",
-    "We can take either road from here.",
-    "The library keeps those books upstairs.",
-    "I wrote down the address for you.",
-    "The form asks for your middle name.",
-    "Dinner will be ready in about twenty minutes.",
-    "The bus stop is across the street.",
-    "I've put the keys on the table.",
-    "The lecture starts right after lunch.",
-    "We'll need two chairs for the meeting.",
-    "The weather report says cloudy tomorrow.",
-    "I'm going to change the password tonight.",
-    "The museum is open until five.",
-    "Put the boxes next to the door.",
-    "The next flight is at six in the morning.",
-    "I'll be working from home on Monday.",
-    "She said the files are on the server.",
-    "The car needs an oil change soon.",
-    "There is a pharmacy around the corner.",
-    "We usually eat around seven.",
-    "The tickets are in my email.",
-    "The key opens the back door too.",
-    "He lives two streets from the station.",
-    "The charger is in the blue bag.",
-    "I'll read through the contract tomorrow.",
-    "The plumber comes on Wednesday morning.",
-)
-
-# Shared by every class: conversational lines that fit any emotion.
-SHARED_SENTENCES = (
-    "I just need to know what you mean.",
-    "Did you hear what she told me?",
-    "So that's what he said on the phone.",
-    "Can we talk about this for a minute?",
-    "I didn't expect to hear that today.",
-    "Tell me again what happened after that.",
-    "Well, I suppose that's how it goes.",
-    "You know what, I have to sit down.",
-    "I was not expecting you to come back.",
-    "Is that really what they decided?",
-    "Let me think about it for a second.",
-    "I don't know what else to say.",
-    "So this is how it's going to be.",
-    "Are you sure that's what you heard?",
-    "I only found out about it this morning.",
-    "It was the letter from the office.",
-    "You should hear how they explained it.",
-    "Wait, say that one more time.",
-    "I've been thinking about it all day.",
-    "That's the second time you've told me that.",
-    "Okay, so what do we do now?",
-    "I really did not see that coming.",
-    "They told me everything last night.",
-    "We've been talking about this for weeks.",
-    "Just listen to what I'm telling you.",
-    "I need you to look at this.",
-    "Do you remember what we talked about?",
-    "I read the whole message twice.",
-    "He called right after you left.",
-    "Honestly, I can't stop thinking about it.",
-    "You have to see it for yourself.",
-    "That's what the letter says.",
-    "I heard it from her brother.",
-    "Let's go over it one more time.",
-    "I went back and checked again.",
-    "Is this about what happened yesterday?",
-    "They want an answer by tonight.",
-    "I'll tell you the whole story later.",
-    "Why didn't you tell me before?",
-    "I saw him at the station this morning.",
-    "It's not what I thought it would be.",
-    "You're not going to believe this.",
-    "We have to tell the others.",
-    "Look at what they sent us.",
-    "It all happened so fast.",
-    "I keep reading it over and over.",
-    "She told me right after lunch.",
-    "Did they say anything else?",
-    "I guess we'll find out tomorrow.",
-    "That's exactly what I was going to say.",
-    "I need a minute to take this in.",
-    "So you knew about it all along.",
-    "He said it would be decided this week.",
-    "Come and sit down, I'll explain.",
-    "I can't believe it's already Friday.",
-    "It's been a very long day.",
-    "Everyone is talking about it now.",
-    "I've never seen anything like it.",
-    "We'll have to wait and see.",
-    "It came in the mail this afternoon.",
-)
+# The sentence banks live in demo_sentences.json, next to this module:
+# - positive: spoken by hap and exc;
+# - negative: shared by ang, sad and fru: bad news that fits anger as well as sadness;
+# - calm: neutral valence, spoken only by neu: plain facts and arrangements;
+# - shared: by every class: conversational lines that fit any emotion.
+_BANK_FILE = Path(__file__).with_name("demo_sentences.json")
+_SENTENCES = json.loads(_BANK_FILE.read_text(encoding="utf-8"))
+POSITIVE_SENTENCES = tuple(_SENTENCES["positive"])
+NEGATIVE_SENTENCES = tuple(_SENTENCES["negative"])
+CALM_SENTENCES = tuple(_SENTENCES["calm"])
+SHARED_SENTENCES = tuple(_SENTENCES["shared"])
 
 VALENCE_BANK = {
     "hap": "positive",
@@ -508,7 +323,7 @@ def _parse_espeak_wav(raw):
     raise RuntimeError("espeak-ng's WAV stream has no data chunk")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resampler(rate):
     import torchaudio
 

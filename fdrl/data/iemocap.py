@@ -72,6 +72,7 @@ from pathlib import Path
 import datasets
 
 
+from .audio import SAMPLING_RATE
 from .demo_corpus import STAMP_NAME as DEMO_CORPUS_STAMP
 from .manifest import leave_one_session_out
 
@@ -91,7 +92,6 @@ FULL_RELEASE_4CLASS = {
 }
 FULL_RELEASE_ALL_TOTAL = 10039
 
-SAMPLING_RATE = 16000
 _SESSION_DIR = re.compile(r"^Session(\d+)$")
 _EMO_LINE = re.compile(
     r"^\[\s*(?P<start>[\d.]+)\s*-\s*(?P<end>[\d.]+)\s*\]\s+(?P<id>\S+)\s+(?P<emotion>\w+)\s+"

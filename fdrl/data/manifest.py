@@ -33,11 +33,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from .audio import SAMPLING_RATE
+
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LABEL2ID = {"ang": 0, "hap": 1, "neu": 2, "sad": 3}
-SAMPLING_RATE = 16000
 NO_SESSION = -1
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSON_LINES = (".jsonl", ".ndjson", ".json")

@@ -23,9 +23,13 @@ import soundfile
 from transformers import AutoConfig
 from transformers.utils import logging
 
+from fdrl.presets import preset_backbone_configs
+from modeling_fdrl import speech_backbone
+
+from .audio import SAMPLING_RATE
+
 
 logger = logging.get_logger(__name__)
-SAMPLING_RATE = 16000
 
 
 @dataclass
@@ -39,15 +43,10 @@ class BadAudio:
 
 
 def minimum_samples(audio_config):
-    """The fewest 16 kHz samples from which the speech backbone produces one frame: the receptive field of a
-    wav2vec2-family convolutional front end; 20 ms (one encoder frame) for Whisper-like log-mel front ends."""
-    kernels, strides = getattr(audio_config, "conv_kernel", None), getattr(audio_config, "conv_stride", None)
-    if kernels and strides:
-        length = 1
-        for kernel, stride in reversed(list(zip(kernels, strides))):
-            length = (length - 1) * stride + kernel
-        return length
-    return int(0.02 * SAMPLING_RATE)
+    """The fewest 16 kHz samples from which the speech backbone produces one frame (its entry in
+    `modeling_fdrl.SPEECH_BACKBONES`): the receptive field of a wav2vec2-family convolutional front end; 20 ms (one
+    encoder frame) for Whisper-like log-mel front ends."""
+    return speech_backbone(audio_config).minimum_samples(audio_config)
 
 
 def _declared_frames(handle, size):
@@ -128,8 +127,6 @@ def audio_config_of(model_args):
         return AutoConfig.from_pretrained(model_args.audio_model)
     if model_args.model_name_or_path:
         return AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True).audio_config
-    from fdrl.training.protocol import preset_backbone_configs
-
     return preset_backbone_configs(model_args.model_preset, 2)[0]
 
 

@@ -70,21 +70,9 @@ def transcribe(recogniser, examples):
 
 
 def _load_examples(args):
-    if args.manifest:
-        from fdrl.data.manifest import load_manifest
+    from fdrl.data.corpus import load_corpus, session_examples
 
-        data = load_manifest(args.manifest)
-    else:
-        from fdrl.data.iemocap import load_iemocap
-
-        data = load_iemocap(args.data_dir, config_name=args.dataset_config)
-    splits = list(data.values()) if hasattr(data, "values") else [data]
-    examples = []
-    for split in splits:
-        column = "session" if "session" in split.column_names else "fold"
-        for example in split:
-            if not args.sessions or example[column] in args.sessions:
-                examples.append(example)
+    examples = session_examples(load_corpus(args), args.sessions)
     return examples[: args.limit] if args.limit else examples
 
 

@@ -61,7 +61,7 @@ def plot_training(trainer_state, path, panels, title=None):
 def fdrl_training_panels(label_names):
     """The panels of an FDRL training-curves figure: the loss terms, mu with the raw discriminator error rates,
     the alignment diagnostics, and the validation metrics."""
-    from fdrl.training.trainer import LOSS_TERMS
+    from modeling_fdrl import LOSS_TERMS
 
     return (
         ("loss terms", ["loss", *LOSS_TERMS]),

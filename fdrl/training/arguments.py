@@ -15,6 +15,7 @@ from configuration_fdrl import FDRLConfig
 
 from .trainer import FDRLTrainingArguments
 
+
 # Fields of FDRLConfig that are not settings a user passes on the command line.
 _NOT_ARGUMENTS = {"self", "kwargs", "audio_config", "text_config"}
 _DOC_ENTRY = re.compile(r"^ {8}(\w+) \(`([^`]+)`[^)]*\):(.*?)(?=^ {8}\w+ \(`|\Z)", re.M | re.S)
@@ -106,7 +107,8 @@ class _ModelSources:
 
 
 ModelArguments = make_dataclass("ModelArguments", config_argument_fields(), bases=(_ModelSources,))
-ModelArguments.__doc__ = "Where the model comes from, and FDRL's own settings (FDRLConfig; unset fields keep its defaults)."
+ModelArguments.__doc__ = ("Where the model comes from, and FDRL's own settings (FDRLConfig; unset fields keep its "
+                          "defaults).")
 
 
 @dataclass
@@ -145,16 +147,29 @@ class DataArguments:
             raise ValueError(f"--max_text_length must be at least 2, got {self.max_text_length}")
 
 
-def _file_as_flags(path):
-    """A JSON or YAML argument file as command-line flags, so flags given after it override it."""
+ARGUMENT_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def read_argument_file(path):
+    """{argument name: value} from a JSON or YAML argument file."""
     import json
 
     import yaml
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"argument file {path} does not exist")
     text = Path(path).read_text()
-    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    values = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}")
+    return values
+
+
+def argument_files_as_flags(paths):
+    """The argument files merged in order (a later file's value wins) as command-line flags."""
+    values = {}
+    for path in paths:
+        values.update(read_argument_file(path))
     flags = []
     for name, value in values.items():
         items = value if isinstance(value, (list, tuple)) else [value]
@@ -163,15 +178,15 @@ def _file_as_flags(path):
 
 
 def parse_arguments(argv=None):
-    """(ModelArguments, DataArguments, FDRLTrainingArguments) from a command line. The first argument may be a JSON
-    or YAML file naming a whole run or experiment; flags after it override its values."""
+    """(ModelArguments, DataArguments, FDRLTrainingArguments) from a command line. It may start with JSON or YAML
+    files, each naming part of a run (`run_fdrl.py examples/base.yaml experiments/ablations.yaml --seeds 0`): a
+    later file's values win over an earlier one's, and flags win over every file."""
     parser = HfArgumentParser((ModelArguments, DataArguments, FDRLTrainingArguments))
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        if not Path(argv[0]).is_file():
-            raise FileNotFoundError(f"argument file {argv[0]} does not exist")
-        argv = _file_as_flags(argv[0]) + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    files = []
+    while argv and argv[0].endswith(ARGUMENT_FILE_SUFFIXES):
+        files.append(argv.pop(0))
+    return parser.parse_args_into_dataclasses(args=argument_files_as_flags(files) + argv)
 
 
 __all__ = ["CONFIG_FIELDS", "DataArguments", "ModelArguments", "parse_arguments"]

@@ -22,8 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.utils import logging
 
-from .systems import BackboneClassifier
 from configuration_fdrl import FDRLConfig
+from fdrl.io import atomic_write
+
+from .systems import BackboneClassifier
 from .trainer import FDRLDataCollator
 
 
@@ -90,11 +92,8 @@ def _read_cache(path):
 
 def _write_cache(path, rows):
     """Write `rows` ({row key: vector}) atomically; a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({"pooled": torch.stack(list(rows.values())).contiguous()}, str(temporary),
-              metadata={"rows": json.dumps(list(rows))})
-    temporary.replace(path)
+    atomic_write(path, lambda temporary: save_file({"pooled": torch.stack(list(rows.values())).contiguous()},
+                                                   str(temporary), metadata={"rows": json.dumps(list(rows))}))
 
 
 @torch.no_grad()
@@ -120,10 +119,10 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
     backbone and settings, its rows keyed by utterance (id and audio signature or transcript): a second fold, seed,
     run or `--systems` list reads them, and only utterances not yet in the file run through the backbone (new
     transcripts from `--test_transcripts` recompute only those text vectors)."""
-    args, data_args = context["training_args"], context["data_args"]
+    args, data_args = context.training_args, context.data_args
     union = datasets.concatenate_datasets([splits[name] for name in splits])
     ids = union["id"][:]
-    config = FDRLConfig(audio_config=audio.config, text_config=text.config, **context["config_kwargs"])
+    config = FDRLConfig(audio_config=audio.config, text_config=text.config, **context.config_kwargs)
     encoder = BackboneClassifier(config, audio_model=audio, text_model=text)
     sources = {"audio": (audio, _audio_signatures(union), [processor.max_duration]),
                "text": (text, union["text"][:], [config.text_pooling, data_args.max_text_length])}
@@ -143,7 +142,8 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
             rows.update(zip((keys[position] for position in missing), computed))
             if args.should_save:
                 _write_cache(path, rows)
-            logger.info(f"pooled {modality} features: {len(missing)} of {len(ids)} utterances computed, cached in {path}")
+            logger.info(f"pooled {modality} features: {len(missing)} of {len(ids)} utterances computed, "
+                        f"cached in {path}")
         else:
             logger.info(f"pooled {modality} features of {len(ids)} utterances read from the cache {path}")
         vectors[modality] = torch.stack([rows[key] for key in keys])

@@ -13,49 +13,132 @@ S4 and S5: the paper's text says they keep every loss and fuse only part of the 
 fusion over the private representations P_a, P_t only and S5 over the shared S_a, S_t only (docs/design.md).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from configuration_fdrl import FDRLConfig
-from modeling_fdrl import FDRLModel
+from fdrl.evaluation.metrics import classification_metrics, fdrl_metrics, trainer_metrics
+from modeling_fdrl import FDRLModel, speech_backbone
+
+from .trainer import FDRLTrainer, SystemTrainer
+
+
+def _fdrl_model(system, config_kwargs, audio_model, text_model):
+    return FDRLModel.from_encoders_pretrained(audio_model, text_model, **{**config_kwargs, **system.config_overrides})
+
+
+def _classifier(audio=False, text=False):
+    """`build` of a baseline reading the speech backbone, the text backbone or both."""
+
+    def build(system, config_kwargs, audio_model, text_model):
+        config = FDRLConfig(audio_config=audio_model.config, text_config=text_model.config,
+                            **{**config_kwargs, **system.config_overrides})
+        return BackboneClassifier(config, audio_model=audio_model if audio else None,
+                                  text_model=text_model if text else None)
+
+    return build
+
+
+def _fdrl_test_metrics(trainer, predictions, labels, label_names):
+    """FDRL's extra test figures: the final dynamic factor mu and the alignment of S_a and S_t."""
+    extra = {"dynamic_factor": float(trainer.fdrl_model.dynamic_factor)}
+    extra.update(fdrl_metrics(label_names).alignment(predictions, labels, prefix="test_"))
+    return extra
+
+
+def late_fusion(record, labels, label_names):
+    """log p(y|speech) + log p(y|text), the product of the two experts, from the run's speech and text systems."""
+    fused = np.asarray(record["speech"]["log_probs"]) + np.asarray(record["text"]["log_probs"])
+    metrics = classification_metrics(fused.argmax(-1), labels, label_names)
+    metrics["log_probs"] = np.round(fused, 6).tolist()
+    return metrics
 
 
 @dataclass(frozen=True)
 class System:
+    """One named system and everything the protocol needs to know about it.
+
+    Args:
+        name: the name on the command line (`--systems`) and in the results.
+        description: one line for the results table and the model card.
+        build: `build(system, config_kwargs, audio_model, text_model)` -> a fresh model around the backbones; None
+            for a system that is not trained but computed from others (`combine`).
+        modalities: the inputs the data collator hands the model ("audio", "text").
+        trainer_class: the `Trainer` subclass that trains it.
+        metrics: `metrics(label_names)` -> the trainer's `compute_metrics`.
+        test_metrics: `test_metrics(trainer, predictions, labels, label_names)` -> extra test figures, or None.
+        unimodal: trained with `--unimodal_epochs` / `--unimodal_learning_rate` when they are given.
+        is_fdrl: an FDRL model: its training curves are plotted, and it may be the run's reference.
+        combine: `combine(record, labels, label_names)` -> test metrics from the record of systems already run.
+        requires: systems `combine` reads; added before this one when not asked for.
+        config_overrides: FDRLConfig fields this system changes (the ablations).
+    """
+
     name: str
-    kind: str  # "fdrl", "speech", "text", "concat" or "late_fusion"
     description: str
+    build: Optional[Callable] = None
+    modalities: tuple = ("audio", "text")
+    trainer_class: type = SystemTrainer
+    metrics: Callable = trainer_metrics
+    test_metrics: Optional[Callable] = None
+    unimodal: bool = False
+    is_fdrl: bool = False
+    combine: Optional[Callable] = None
+    requires: tuple = ()
     config_overrides: dict = field(default_factory=dict)
+
+    @property
+    def trains(self):
+        return self.build is not None
+
+
+def fdrl_system(name, description, **config_overrides):
+    """An FDRL system: the full model (S0) or one ablation (S1-S6), one FDRLConfig change each."""
+    return System(name, description, build=_fdrl_model, trainer_class=FDRLTrainer, metrics=fdrl_metrics,
+                  test_metrics=_fdrl_test_metrics, is_fdrl=True, config_overrides=config_overrides)
 
 
 SYSTEMS = {system.name: system for system in (
-    System("S0", "fdrl", "FDRL (full)"),
-    System("S1", "fdrl", "w/o alignment and disparity (alpha = beta = 0)", dict(alpha=0.0, beta=0.0)),
-    System("S2", "fdrl", "w/o global discriminator", dict(use_global_discriminator=False)),
-    System("S3", "fdrl", "w/o local discriminators", dict(use_local_discriminators=False)),
-    System("S4", "fdrl", "fusion over P_a, P_t only", dict(fusion_inputs="private")),
-    System("S5", "fdrl", "fusion over S_a, S_t only", dict(fusion_inputs="shared")),
-    System("S6", "fdrl", "w/o fine-grained predictor (gamma = 0)", dict(gamma=0.0)),
-    System("speech", "speech", "speech only (backbone + linear)"),
-    System("text", "text", "text only (backbone + linear)"),
-    System("concat", "concat", "concatenated pooled backbones + linear"),
-    System("late_fusion", "late_fusion", "sum of the speech and text log-probabilities (no training)"),
+    fdrl_system("S0", "FDRL (full)"),
+    fdrl_system("S1", "w/o alignment and disparity (alpha = beta = 0)", alpha=0.0, beta=0.0),
+    fdrl_system("S2", "w/o global discriminator", use_global_discriminator=False),
+    fdrl_system("S3", "w/o local discriminators", use_local_discriminators=False),
+    fdrl_system("S4", "fusion over P_a, P_t only", fusion_inputs="private"),
+    fdrl_system("S5", "fusion over S_a, S_t only", fusion_inputs="shared"),
+    fdrl_system("S6", "w/o fine-grained predictor (gamma = 0)", gamma=0.0),
+    System("speech", "speech only (backbone + linear)", build=_classifier(audio=True), modalities=("audio",),
+           unimodal=True),
+    System("text", "text only (backbone + linear)", build=_classifier(text=True), modalities=("text",),
+           unimodal=True),
+    System("concat", "concatenated pooled backbones + linear", build=_classifier(audio=True, text=True)),
+    System("late_fusion", "sum of the speech and text log-probabilities (no training)", combine=late_fusion,
+           requires=("speech", "text")),
 )}
 DESCRIPTIONS = {name: system.description for name, system in SYSTEMS.items()}
 
 
 def resolve_systems(names):
-    """The `System`s for `names`, in order, with `speech` and `text` added before `late_fusion` if missing (it is
-    computed from them). Unknown names are an error that lists the known ones."""
+    """The `System`s for `names`, in order, with the systems a computed one requires (`speech` and `text` for
+    `late_fusion`) added before it if missing. Unknown names are an error that lists the known ones."""
     unknown = [name for name in names if name not in SYSTEMS]
     if unknown:
         raise ValueError(f"--systems: unknown system(s) {unknown}; known: {list(SYSTEMS)}")
     names = list(names)
-    if "late_fusion" in names:
-        names = [n for n in ("speech", "text") if n not in names] + names
+    required = [r for name in names for r in SYSTEMS[name].requires if r not in names]
+    names = list(dict.fromkeys(required)) + names
     return [SYSTEMS[name] for name in names]
+
+
+def reference_system(systems):
+    """The reference of the paired differences, and the model the Hub folder holds: S0, else the first FDRL
+    system (None without one)."""
+    names = [s.name for s in systems]
+    return "S0" if "S0" in names else next((s.name for s in systems if s.is_fdrl), None)
 
 
 class BackboneClassifier(nn.Module):
@@ -83,7 +166,8 @@ class BackboneClassifier(nn.Module):
         pooled = []
         if self.audio_model is not None:
             if pooled_audio is None:
-                speech = input_values if input_values is not None else input_features  # wav2vec2 / Whisper
+                speech = {"input_values": input_values, "input_features": input_features}[
+                    speech_backbone(self.audio_model.config).input_name]
                 pooled_audio = self.encode_audio(speech, audio_attention_mask)
             pooled.append(pooled_audio)
         if self.text_model is not None:
@@ -99,14 +183,6 @@ class BackboneClassifier(nn.Module):
 def build_system_model(system, config_kwargs, audio_model, text_model):
     """A fresh model of `system` around the given backbones. `config_kwargs` are the FDRLConfig fields of the run
     (`id2label`, `hidden_size`, ...); the system's own overrides go on top."""
-    kwargs = {**config_kwargs, **system.config_overrides}
-    if system.kind == "fdrl":
-        return FDRLModel.from_encoders_pretrained(audio_model, text_model, **kwargs)
-    config = FDRLConfig(audio_config=audio_model.config, text_config=text_model.config, **kwargs)
-    if system.kind == "speech":
-        return BackboneClassifier(config, audio_model=audio_model)
-    if system.kind == "text":
-        return BackboneClassifier(config, text_model=text_model)
-    if system.kind == "concat":
-        return BackboneClassifier(config, audio_model=audio_model, text_model=text_model)
-    raise ValueError(f"system {system.name!r} ({system.kind}) is not trained")
+    if not system.trains:
+        raise ValueError(f"system {system.name!r} is not trained")
+    return system.build(system, config_kwargs, audio_model, text_model)

@@ -14,13 +14,11 @@ from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
 from fdrl.data.audio import decode_audio
-from modeling_fdrl import FDRLOutput
+from modeling_fdrl import LOSS_TERMS, FDRLOutput
 
 
 logger = logging.get_logger(__name__)
 
-# The loss terms are FDRLOutput's `loss_*` fields: one source of truth for logs, plots and tests.
-LOSS_TERMS = tuple(f.name for f in dataclasses.fields(FDRLOutput) if f.name.startswith("loss_"))
 # The discriminators' per-batch statistics, summed over an epoch (and over processes) to update mu.
 STAT_KEYS = tuple(f.name for f in dataclasses.fields(FDRLOutput) if f.name.startswith(("global_", "local_")))
 EPOCH_STATS_FILE = "fdrl_epoch_statistics_rank{rank}.json"

@@ -1,0 +1,139 @@
+"""The corpus as every caller sees it: one loader for IEMOCAP or a manifest, the session of each utterance, the
+leave-one-session-out splits of one fold, and transcripts from elsewhere (a speech recogniser's) for the test split.
+"""
+
+import json
+from pathlib import Path
+
+import datasets
+from transformers.utils import logging
+
+from .audio import SAMPLING_RATE
+from .manifest import NO_SESSION, leave_one_session_out, load_manifest, read_rows
+
+
+logger = logging.get_logger(__name__)
+
+
+def load_corpus(data_args, label2id=None):
+    """The whole corpus, from the IEMOCAP builder (`data_args.data_dir`, a `DatasetDict` with one split per session)
+    or a manifest (`data_args.manifest`, a `Dataset`); each row has a `session` (or `fold`) column. `data_args` is
+    `DataArguments` or any object with `data_dir` and `manifest`; its optional `dataset_config`, `cache_dir`,
+    `strip_tags` and `rebuild_cache` default to the IEMOCAP builder's defaults."""
+    if data_args.manifest:
+        return load_manifest(data_args.manifest, label2id=label2id)
+    from .iemocap import load_iemocap
+
+    return load_iemocap(data_args.data_dir, config_name=getattr(data_args, "dataset_config", "4class"),
+                        cache_dir=getattr(data_args, "cache_dir", None),
+                        strip_tags=getattr(data_args, "strip_tags", False),
+                        rebuild=getattr(data_args, "rebuild_cache", False))
+
+
+def splits_of(data):
+    """The splits of a `DatasetDict`, or `[data]` for a single `Dataset`."""
+    return list(data.values()) if isinstance(data, (dict, datasets.DatasetDict)) else [data]
+
+
+def session_column(split):
+    """The column that names each row's session: `session`, else `fold` (manifests without sessions)."""
+    column = next((c for c in ("session", "fold") if c in split.column_names), None)
+    if column is None:
+        raise ValueError(f"the corpus needs a 'session' or 'fold' column, got columns {split.column_names}")
+    return column
+
+
+def available_sessions(data):
+    """The sorted sessions of the corpus (rows without one, -1, left out)."""
+    sessions = set()
+    for split in splits_of(data):
+        sessions.update(split[session_column(split)][:])
+    return sorted(s for s in sessions if s != NO_SESSION and s >= 0)
+
+
+def label_names(data):
+    """The class names of the corpus's `label` column."""
+    return splits_of(data)[0].features["label"].names
+
+
+def session_examples(data, sessions=None):
+    """Every example (a dict) of the given sessions, in corpus order; all of them without `sessions`."""
+    examples = []
+    for split in splits_of(data):
+        column = session_column(split)
+        examples += [example for example in split if not sessions or example[column] in sessions]
+    return examples
+
+
+def column(split, name):
+    """One column of a split as a list, for a `Dataset` or a list of examples (the cached features)."""
+    return split[name][:] if hasattr(split, "column_names") else [example[name] for example in split]
+
+
+def drop_empty_transcripts(split, name):
+    """Utterances without words cannot feed the text branch: skipped, counted and named in a warning."""
+    empty = [i for i, text in enumerate(split["text"][:]) if not str(text).strip()]
+    if empty:
+        ids = split.select(empty[:5])["id"][:] if "id" in split.column_names else empty[:5]
+        logger.warning(f"{name}: skipped {len(empty)} utterance(s) with an empty transcript, e.g. {ids}")
+        split = split.select(sorted(set(range(len(split))) - set(empty)))
+    return split
+
+
+def add_length_column(split, sampling_rate=SAMPLING_RATE):
+    """`length` in samples, for length-grouped batches: from IEMOCAP's times, else from the audio file's header."""
+    if "length" in split.column_names:
+        return split
+    if {"start", "end"} <= set(split.column_names):
+        lengths = [int(round((end - start) * sampling_rate)) for start, end in zip(split["start"][:], split["end"][:])]
+    else:
+        import soundfile
+
+        paths = split.cast_column("audio", datasets.Audio(decode=False))["audio"][:]
+        lengths = [int(soundfile.info(a["path"]).duration * sampling_rate) if a.get("path") else 0 for a in paths]
+    return split.add_column("length", lengths)
+
+
+def fold_splits(data, test_session, validation_fraction, seed):
+    """train / validation / test of one leave-one-session-out fold, without empty transcripts, with `length`; an
+    empty split or a test utterance in training is an error."""
+    splits = leave_one_session_out(data, test_session, validation_fraction=validation_fraction, seed=seed)
+    splits = type(splits)({name: add_length_column(drop_empty_transcripts(split, name))
+                           for name, split in splits.items()})
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise ValueError(
+                f"test session {test_session}: the {name} split is empty"
+                + (" (raise --validation_fraction)" if name == "validation" else "")
+            )
+    ids = {name: set(split["id"][:]) for name, split in splits.items()}
+    if ids["test"] & (ids["train"] | ids["validation"]):
+        raise RuntimeError(f"test session {test_session} leaked into training or validation")
+    return splits
+
+
+def read_transcripts(path):
+    """{id: transcript} from `fdrl-wer --output` JSON (items with id and hypothesis) or a manifest-like file with
+    id and text columns."""
+    path = Path(path)
+    if path.suffix == ".json":
+        payload = json.loads(path.read_text())
+        if isinstance(payload, dict) and "items" in payload:
+            return {item["id"]: item["hypothesis"] for item in payload["items"]}
+    rows, columns = read_rows(path)
+    missing = [c for c in ("id", "text") if c not in columns]
+    if missing:
+        raise ValueError(f"--test_transcripts {path} needs columns 'id' and 'text', it lacks {missing}")
+    return {row["id"]: row["text"] for _, row in rows}
+
+
+def replace_test_transcripts(splits, transcripts, source):
+    """The test split with its text from `transcripts`; every test utterance must have one."""
+    test = splits["test"]
+    missing = [u for u in test["id"][:] if u not in transcripts]
+    if missing:
+        raise ValueError(f"--test_transcripts {source} has no transcript for {len(missing)} test utterance(s), "
+                         f"e.g. {missing[:5]}")
+    texts = [transcripts[u] for u in test["id"][:]]
+    splits["test"] = test.remove_columns("text").add_column("text", texts)
+    return splits
