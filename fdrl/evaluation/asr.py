@@ -127,7 +127,7 @@ def _load_examples(args, min_samples):
         bad = find_bad_audio(split, min_samples)
         bad_ids = {item.id for item in bad}
         skipped += bad
-        examples += [example for example in split if example["id"] not in bad_ids]
+        examples += list(split.select([i for i, u in enumerate(split["id"][:]) if u not in bad_ids]))  # decodes
     return (examples[: args.limit] if args.limit else examples), skipped
 
 
