@@ -92,8 +92,9 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
          "representations": {"shared_audio": [...], "shared_text": [...],               # with return_representations
                              "private_audio": [...], "private_text": [...]}}
 
-    Bad inputs: a single input that cannot be used (missing or undecodable file, empty, NaN or too short audio, no
-    transcript, unknown keys, ...) raises a `ValueError` whose message starts with its name. In a list, a dataset or a
+    Bad inputs: a single input that cannot be used (missing, undecodable or truncated file, empty, NaN or too short
+    audio by the rule training's audio check applies, no transcript or one without a readable word, unknown keys,
+    ...) raises a `ValueError` whose message starts with its name. In a list, a dataset or a
     generator, each bad input gives, in its place and in input order,
 
         {"input": "input 2 (clips/b.wav)", "error": "cannot decode the audio (...)"}
