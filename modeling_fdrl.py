@@ -3,9 +3,12 @@
 Equation numbers refer to the paper; `FDRLConfig`'s docstring records the decisions the paper leaves open.
 """
 
+import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -403,6 +406,16 @@ class FDRLPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As [`PreTrainedModel.from_pretrained`]; a local folder's safetensors files are checked first
+        ([`check_weight_files`]), so a damaged one is an error naming it, not safetensors' bare `SafetensorError`."""
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+            folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if folder.is_dir():
+                check_weight_files(folder)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -753,12 +766,43 @@ def _check_pooled(config, pooled_audio, pooled_text, labels):
                          f"{None if labels is None else tuple(labels.shape)}")
 
 
+def safetensors_problem(path) -> Optional[str]:
+    """What is wrong with a safetensors file, or None: read from its header alone (8 bytes of length, a JSON table of
+    tensors and their byte offsets), which must describe exactly the bytes the file holds. A copy cut short, an
+    overwritten header or a file that is not safetensors at all fails here."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        head = file.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a safetensors header"
+        header_size = int.from_bytes(head, "little")
+        if header_size > size - 8:
+            return f"its header claims {header_size} bytes, but only {size - 8} follow"
+        try:
+            header = json.loads(file.read(header_size))
+            end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "its header is not a safetensors table of tensors"
+    if 8 + header_size + end != size:
+        return f"its header describes {8 + header_size + end} bytes, the file holds {size}"
+    return None
+
+
+def check_weight_files(folder):
+    """Raises a `ValueError` naming the first damaged `*.safetensors` file in `folder` (see [`safetensors_problem`])."""
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            raise ValueError(f"the weights file {path} is damaged ({problem}): copy or save the model again")
+
+
 FDRLModel.register_for_auto_class("AutoModel")
 
 __all__ = [
     "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "FDRLWhisperEncoder", "GradientReversal",
+    "check_weight_files",
     "discriminator_error_rates", "dynamic_factor_from_statistics", "grl_coefficient_at", "load_backbones",
     "local_weight_source",
-    "pool_audio", "pool_text", "speech_backbone_from_config", "SPEECH_BACKBONES", "SpeechBackbone", "speech_backbone",
-    "drop_pooler", "conv_receptive_field",
+    "pool_audio", "pool_text", "safetensors_problem", "speech_backbone_from_config", "SPEECH_BACKBONES",
+    "SpeechBackbone", "speech_backbone", "drop_pooler", "conv_receptive_field",
 ]

@@ -35,9 +35,15 @@ from transformers.utils import logging
 
 
 try:
-    from .processing_fdrl import to_mono_waveform
+    from .modeling_fdrl import check_weight_files
+    from .processing_fdrl import (
+        to_mono_waveform, audio_problem, minimum_samples, transcript_problem, wav_truncation_problem
+    )
 except ImportError:
-    from processing_fdrl import to_mono_waveform
+    from modeling_fdrl import check_weight_files
+    from processing_fdrl import (
+        to_mono_waveform, audio_problem, minimum_samples, transcript_problem, wav_truncation_problem
+    )
 
 try:  # optional: without it, files are decoded by torchcodec alone
     import soundfile
@@ -52,6 +58,7 @@ REPRESENTATIONS = ("shared_audio", "shared_text", "private_audio", "private_text
 INPUT_KEYS = ("audio", "text", "sampling_rate")
 TORCHCODEC_SOURCE_LOCATION = re.compile(r"^\w+, \S+:\d+, ")  # "SingleStreamDecoder, /path/x.cpp:51, " in its errors
 REMOTE_CODE_FILES = ("configuration_fdrl.py", "modeling_fdrl.py", "processing_fdrl.py", "pipeline_fdrl.py")
+HUB_ID = re.compile(r"^(?![.-])[\w.-]{1,96}(/(?![.-])[\w.-]{1,96})?$")  # "name" or "org/name"
 
 
 @dataclass(frozen=True)
@@ -86,8 +93,9 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
          "representations": {"shared_audio": [...], "shared_text": [...],               # with return_representations
                              "private_audio": [...], "private_text": [...]}}
 
-    Bad inputs: a single input that cannot be used (missing or undecodable file, empty, NaN or too short audio, no
-    transcript, unknown keys, ...) raises a `ValueError` whose message starts with its name. In a list, a dataset or a
+    Bad inputs: a single input that cannot be used (missing, undecodable or truncated file, empty, NaN or too short
+    audio by the rule training's audio check applies, no transcript or one without a readable word, unknown keys,
+    ...) raises a `ValueError` whose message starts with its name. In a list, a dataset or a
     generator, each bad input gives, in its place and in input order,
 
         {"input": "input 2 (clips/b.wav)", "error": "cannot decode the audio (...)"}
@@ -123,8 +131,15 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
 
     def __init__(self, *args, asr_model=None, **kwargs):
         super().__init__(*args, **kwargs)
+        model_type = getattr(self.model.config, "model_type", None)
+        if model_type != "fdrl":
+            raise ValueError(f"{getattr(self.model, 'name_or_path', '') or 'the model'} is not an FDRL model "
+                             f"(model_type {model_type})")
         if self.processor is None:
             raise ValueError(f"{type(self).__name__} needs the model's FDRLProcessor: pass processor=...")
+        # the fewest samples the speech backbone reads: the rule training's audio check applies
+        self.min_samples = minimum_samples(self.model.config.audio_config,
+                                           self.processor.feature_extractor.sampling_rate)
         self.asr_pipeline = self._load_asr_pipeline(asr_model)
 
     def _load_asr_pipeline(self, asr_model):
@@ -206,12 +221,14 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         name = _input_name(index, audio)
         try:
             waveform, rate = _load_waveform(audio, item_rate if item_rate is not None else sampling_rate)
+            problem = audio_problem(waveform, rate, self.min_samples, self.processor.feature_extractor.sampling_rate)
+            if problem:
+                raise ValueError(f"the audio is unusable: {problem}")
             transcript, source = self._resolve_transcript(text, waveform, rate)
             features = self.processor(
                 audio=waveform, text=transcript, sampling_rate=rate, truncation=True,
                 max_length=max_text_length or self._text_length_limit(),
             )
-            self._check_audio_length(features["audio_attention_mask"])
         except ValueError as error:
             raise _InputError(name, str(error)) from None
         speech = self.processor.audio_input_name  # input_values, or Whisper's input_features
@@ -231,7 +248,11 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
 
     def _resolve_transcript(self, text, waveform, sampling_rate):
         """The text the model reads: the input's, or the ASR model's for speech-only inputs."""
+        tokenizer = self.processor.tokenizer
         if text is not None and text.strip():
+            problem = transcript_problem(tokenizer, text)
+            if problem:
+                raise ValueError(f"{problem}: pass the words spoken as 'text'")
             return text, "input"
         if self.asr_pipeline is None:
             raise ValueError(
@@ -242,23 +263,15 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         transcript = result["text"].strip()
         if not transcript:
             raise ValueError("the speech-recognition model returned an empty transcript; pass 'text' for this input")
+        if transcript_problem(tokenizer, transcript):
+            raise ValueError(f"the speech-recognition model returned {transcript!r}, which has no word the model can "
+                             "read; pass 'text' for this input")
         return transcript, "asr"
 
     def _text_length_limit(self):
         """The text backbone's limit: longer transcripts (an ASR model's, say) would overflow its positions."""
         positions = getattr(self.model.config.text_config, "max_position_embeddings", None) or float("inf")
         return int(min(self.processor.tokenizer.model_max_length, positions))
-
-    def _check_audio_length(self, audio_attention_mask):
-        """Speech shorter than the backbone's receptive field gives no frame to pool: fail here, naming the input."""
-        output_lengths = getattr(self.model.audio_model, "_get_feat_extract_output_lengths", None)
-        num_samples = int(audio_attention_mask.sum())
-        if output_lengths is not None and int(output_lengths(torch.tensor(num_samples))) < 1:
-            rate = self.processor.feature_extractor.sampling_rate
-            raise ValueError(
-                f"audio too short for the speech encoder: {num_samples} samples at {rate} Hz "
-                f"({1000 * num_samples / rate:.1f} ms) give no frame"
-            )
 
     # ----- forward: a (padded) batch ---------------------------------------------------------------------------------
     def _forward(self, model_inputs):
@@ -389,6 +402,9 @@ def read_audio(source) -> tuple[np.ndarray, int]:
         source = bytes(source)
         if not source:
             raise ValueError("the audio bytes are empty")
+    truncated = wav_truncation_problem(source)
+    if truncated:
+        raise ValueError(f"the file is {truncated}")
     errors = []
     if soundfile is not None:
         opened = source if isinstance(source, str) else io.BytesIO(source)
@@ -405,6 +421,40 @@ def read_audio(source) -> tuple[np.ndarray, int]:
     except Exception as error:  # ImportError, missing FFmpeg libraries, or undecodable data
         errors.append(f"torchcodec: {TORCHCODEC_SOURCE_LOCATION.sub('', str(error))}")
     raise ValueError(f"cannot decode the audio ({'; '.join(errors)})")
+
+
+# ----- loading -------------------------------------------------------------------------------------------------------
+def check_model_folder(model, fdrl=True):
+    """
+    Checks a model given as a local folder before anything is loaded, so that a wrong `--model` is one clear error:
+    the folder does not exist (and `model` cannot be a Hub id), it is a file, it has no readable `config.json`, it is
+    not an FDRL model (`fdrl=True`) or it is one where a speech recogniser is wanted (`fdrl=False`), or one of its
+    safetensors files is damaged. Used by `fdrl-predict`, `fdrl-wer` and the web demo; a Hub id (`"name"` or
+    `"org/name"` that is no local folder) is left to `from_pretrained`.
+
+    Returns:
+        `str` or `None`: the folder's `model_type`, or None for a Hub id.
+    """
+    path = Path(model).expanduser()
+    if not path.exists():
+        if HUB_ID.match(os.fspath(model)):
+            return None
+        raise ValueError(f"the model folder {model} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{model} is a file, not a model folder (give the folder that holds config.json)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{model} has no config.json: not a saved model folder")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{config_file} is not a readable JSON config ({error})") from None
+    if fdrl and model_type != "fdrl":
+        raise ValueError(f"{model} is not an FDRL model folder (model_type {model_type})")
+    if not fdrl and model_type == "fdrl":
+        raise ValueError(f"{model} is an FDRL emotion model (model_type fdrl), not a speech recogniser")
+    check_weight_files(path)
+    return model_type
 
 
 # ----- saving --------------------------------------------------------------------------------------------------------
@@ -452,4 +502,4 @@ PIPELINE_REGISTRY.register_pipeline(
     TASK, pipeline_class=MultimodalEmotionRecognitionPipeline, pt_model=AutoModel, type="multimodal"
 )
 
-__all__ = ["MultimodalEmotionRecognitionPipeline", "read_audio", "save_pipeline"]
+__all__ = ["MultimodalEmotionRecognitionPipeline", "check_model_folder", "read_audio", "save_pipeline"]

@@ -6,11 +6,19 @@ The processor turns raw waveforms and transcripts into exactly the inputs `FDRLM
 (+ `token_type_ids` when the tokenizer returns them). It validates every item, mixes multi-channel audio to mono,
 resamples to the feature extractor's rate with `torchaudio.functional.resample` and truncates to `max_duration`
 seconds. Reading audio files is not its job: it takes arrays.
+
+It also holds the rules every entry point (training's audio check, the pipeline, `fdrl-predict`, `fdrl-wer`, the web
+demo) applies to a recording and a transcript, written once: `scale_integer_samples` (integer PCM to [-1, 1)),
+`audio_problem` (empty, NaN or infinite, too short for the speech backbone's first frame, with `minimum_samples`),
+`wav_truncation_problem` (a WAV whose header promises more samples than it holds) and `transcript_problem` (a
+transcript the tokenizer reads as nothing but unknown tokens).
 """
 
+import io
 import json
 import math
 import numbers
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,6 +46,111 @@ logger = logging.get_logger(__name__)
 
 BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PADDING_STRATEGIES = (True, False, "longest", "do_not_pad")
+SAMPLING_RATE = 16000  # the speech backbones' rate, at which `minimum_samples` counts
+
+
+# ----- the input rules every entry point applies ---------------------------------------------------------------------
+def scale_integer_samples(array: np.ndarray) -> np.ndarray:
+    """
+    Integer PCM samples as floats in [-1, 1], as soundfile reads the same file: signed integers are divided by their
+    full scale (32768 for int16, 2**31 for int32), unsigned ones (8-bit WAV) centred on their midpoint first. Float
+    arrays are returned as they are. Without this, an int16 array would reach the model 32768 times louder than the
+    same recording as floats.
+    """
+    if array.dtype.kind == "i":
+        return array.astype(np.float64) / -float(np.iinfo(array.dtype).min)
+    if array.dtype.kind == "u":
+        midpoint = (float(np.iinfo(array.dtype).max) + 1) / 2
+        return (array.astype(np.float64) - midpoint) / midpoint
+    return array
+
+
+def minimum_samples(audio_config, sampling_rate=SAMPLING_RATE) -> int:
+    """The fewest samples (at `sampling_rate`, the backbone's rate) from which the speech backbone produces one frame:
+    the receptive field of a wav2vec2-family convolutional front end; 20 ms (one encoder frame) for Whisper-like log-mel
+    front ends."""
+    kernels, strides = getattr(audio_config, "conv_kernel", None), getattr(audio_config, "conv_stride", None)
+    if kernels and strides:
+        length = 1
+        for kernel, stride in reversed(list(zip(kernels, strides))):
+            length = (length - 1) * stride + kernel
+        return length
+    return int(0.02 * sampling_rate)
+
+
+def audio_problem(samples, sampling_rate, min_samples, target_rate=SAMPLING_RATE) -> str | None:
+    """
+    What makes a decoded recording unusable, or None: no samples, NaN or infinite samples, or fewer samples (once
+    resampled to `target_rate`) than `min_samples`, the speech backbone's first frame (see [`minimum_samples`]).
+
+    Args:
+        samples (`np.ndarray` or `torch.Tensor`): the recording, samples along the last axis (any channel layout).
+        sampling_rate (`int`): its rate in Hz.
+        min_samples (`int`): the fewest samples at `target_rate` the speech backbone reads.
+        target_rate (`int`, *optional*, defaults to 16000): the rate the backbone reads.
+    """
+    samples = samples.numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
+    if samples.size == 0:
+        return "holds no samples"
+    if samples.dtype.kind == "f" and not np.isfinite(samples).all():
+        return f"holds {int((~np.isfinite(samples)).sum())} NaN or infinite sample(s)"
+    length = samples.shape[-1]
+    if math.floor(length * target_rate / sampling_rate) < min_samples:
+        return (f"too short: {1000 * length / sampling_rate:.1f} ms, the speech backbone needs at least "
+                f"{1000 * min_samples / target_rate:.1f} ms for one frame")
+    return None
+
+
+def wav_truncation_problem(source) -> str | None:
+    """
+    "truncated: ..." when `source` (a path or the encoded bytes of a file) is a WAV whose header declares more
+    samples than the file holds, else None (also for other formats). libsndfile and FFmpeg read such a file without
+    complaint, returning what is there, so this is the only place that notices a copy cut short.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        handle, size = io.BytesIO(source), len(source)
+    else:
+        handle, size = open(source, "rb"), os.path.getsize(source)
+    with handle:
+        frames = _declared_wav_frames(handle, size)
+    if frames and frames[1] < frames[0]:
+        return f"truncated: the WAV header declares {frames[0]} samples, the file holds {frames[1]}"
+    return None
+
+
+def _declared_wav_frames(handle, size):
+    """(frames the WAV header declares, frames the file holds), read from the RIFF chunks of any WAV (PCM, float,
+    extensible); None for other formats and unreadable headers (the decoder then says what is wrong)."""
+    if handle.read(4) != b"RIFF" or len(handle.read(4)) < 4 or handle.read(4) != b"WAVE":
+        return None
+    block_align = None
+    while True:
+        header = handle.read(8)
+        if len(header) < 8:
+            return None
+        chunk_id, chunk_size = header[:4], int.from_bytes(header[4:], "little")
+        if chunk_id == b"data":
+            if not block_align or chunk_size == 0xFFFFFFFF:  # 0xFFFFFFFF: a streamed WAV of unknown length
+                return None
+            return chunk_size // block_align, min(chunk_size, size - handle.tell()) // block_align
+        body = handle.read(chunk_size + (chunk_size & 1))  # chunks are padded to an even size
+        if chunk_id == b"fmt " and len(body) >= 14:
+            block_align = int.from_bytes(body[12:14], "little")  # bytes per frame, all channels
+
+
+def transcript_problem(tokenizer, text) -> str | None:
+    """
+    What makes a transcript unreadable for the text backbone, or None: blank, or nothing but the tokenizer's unknown
+    token (emoji, symbols or a script its vocabulary lacks). The model would read such a transcript as `[UNK]` and
+    still answer, confidently, from nothing.
+    """
+    if not text or not text.strip():
+        return "the transcript is empty"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.unk_token_id is not None and all(token == tokenizer.unk_token_id for token in ids):
+        return (f"the transcript {text.strip()!r} has no word the model can read (its tokenizer reads it as "
+                f"{tokenizer.unk_token} only; emoji and symbols are not words)")
+    return None
 
 
 def train_wordpiece_tokenizer(
@@ -133,8 +246,9 @@ class FDRLProcessor(ProcessorMixin):
     (torchaudio's convention; transpose soundfile's `(samples, channels)` output with `.T`), mixed to mono by averaging
     the channels.
     Arrays, tensors and lists of floats are accepted; a list of those is a batch. A single 2-D array is one
-    multi-channel recording, never a batch. Integer samples are cast to float without scaling, as the feature
-    extractor does.
+    multi-channel recording, never a batch. Integer samples (int16, int32, 8-bit unsigned) are scaled to [-1, 1] by
+    their full range ([`scale_integer_samples`]), so an int16 array gives the same prediction as the same audio as
+    floats.
 
     Args:
         feature_extractor ([`Wav2Vec2FeatureExtractor`] or [`WhisperFeatureExtractor`]):
@@ -401,6 +515,7 @@ def to_mono_waveform(item, index: int) -> torch.Tensor:
             f"audio item {index} has shape {array.shape}: expected (channels, samples), torchaudio's convention; "
             "transpose (samples, channels) arrays such as soundfile's with `.T`"
         )
+    array = scale_integer_samples(array)
     if not np.isfinite(array).all():
         raise ValueError(f"audio item {index} contains NaN or infinite samples")
     with np.errstate(over="ignore"):
@@ -449,4 +564,14 @@ def _as_text_batch(text) -> list[str]:
 
 FDRLProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["FDRLProcessor", "speech_feature_extractor", "to_mono_waveform", "train_wordpiece_tokenizer"]
+__all__ = [
+    "FDRLProcessor",
+    "audio_problem",
+    "minimum_samples",
+    "scale_integer_samples",
+    "speech_feature_extractor",
+    "to_mono_waveform",
+    "train_wordpiece_tokenizer",
+    "transcript_problem",
+    "wav_truncation_problem",
+]

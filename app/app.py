@@ -123,7 +123,8 @@ class EmotionDemo:
         except InputError as error:
             return str(error)
         except ValueError as error:  # the pipeline's own checks (and its speech recogniser's) name the problem
-            hint = " Type the transcript in the box and run again." if text is None else ""
+            typed = transcript is not None and transcript.strip()
+            hint = "" if typed else " Type the transcript in the box and run again."
             return f"The model cannot read this input: {str(error).removeprefix('input: ')}.{hint}"
         return Prediction(
             scores={entry["label"]: entry["score"] for entry in output["scores"]},
@@ -169,10 +170,10 @@ class EmotionDemo:
         return transcript.strip()
 
     def _check_words(self, text, message):
-        """A transcript the tokenizer reads as nothing but [UNK] tells the model nothing."""
-        tokenizer = self.classifier.processor.tokenizer
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if all(token == tokenizer.unk_token_id for token in ids):
+        """A transcript the tokenizer reads as nothing but [UNK] tells the model nothing (the pipeline's rule)."""
+        from processing_fdrl import transcript_problem
+
+        if transcript_problem(self.classifier.processor.tokenizer, text):
             raise InputError(message)
 
 
@@ -190,11 +191,17 @@ def _decode(audio):
                              "damaged.") from None
         return np.asarray(array, dtype=np.float32), rate, f"The recording {name}"
     if isinstance(audio, (tuple, list)) and len(audio) == 2:
+        from processing_fdrl import scale_integer_samples
+
         rate, samples = audio
         samples = np.asarray(samples)
-        if samples.dtype.kind == "i":  # gradio's recordings are int16: full scale 32768, as soundfile reads them
-            samples = samples / -float(np.iinfo(samples.dtype).min)
-        samples = samples.astype(np.float32).reshape(samples.shape[0], -1).T  # (channels, samples)
+        if samples.size == 0:  # the microphone stopped before it recorded anything
+            raise InputError("The recording is empty: record or upload some speech.")
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+            raise InputError(f"The recording has no usable sampling rate ({rate!r}): record it again or upload a file.")
+        # gradio's recordings are int16: scaled by their full range, as soundfile reads the same file
+        samples = scale_integer_samples(samples).astype(np.float32)
+        samples = samples.reshape(samples.shape[0], -1).T  # (channels, samples)
         return samples, int(rate), "The recording"
     raise InputError(f"Unsupported audio input ({type(audio).__name__}): record or upload a file.")
 
@@ -236,6 +243,9 @@ def load_classifier(model_folder, asr_model=None, device="cpu"):
     from pipeline_fdrl import MultimodalEmotionRecognitionPipeline
     from processing_fdrl import FDRLProcessor
 
+    from pipeline_fdrl import check_model_folder
+
+    check_model_folder(model_folder)  # not an FDRL model, a damaged weights file: a ValueError naming it
     model = FDRLModel.from_pretrained(model_folder).eval()
     processor = FDRLProcessor.from_pretrained(model_folder)
     return MultimodalEmotionRecognitionPipeline(model=model, processor=processor, device=device, asr_model=asr_model)
@@ -341,7 +351,10 @@ def main(argv=None):
     modules = add_fdrl_modules_to_path(model_folder)
     asr_model = resolve_asr_model(args.asr_model)
     logger.info(f"model {model_folder}, FDRL modules from {modules}, speech recogniser {asr_model or 'none'}")
-    predictor = EmotionDemo(load_classifier(model_folder, asr_model=asr_model, device=args.device))
+    try:
+        predictor = EmotionDemo(load_classifier(model_folder, asr_model=asr_model, device=args.device))
+    except ValueError as error:
+        raise SystemExit(f"--model {args.model}: {error}") from None
 
     # Page: system fonts, so that the browser fetches no web font either
     theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],

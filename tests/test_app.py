@@ -169,6 +169,33 @@ def test_bad_input_gives_a_message(saved, tmp_path, case):
     assert expected in message
 
 
+def test_an_empty_or_rateless_microphone_recording_gives_a_message(saved):
+    """Issue 18, cause 16: an empty recording showed numpy's reshape error and asked for the transcript the user had
+    typed; a sampling rate of 0 raised ZeroDivisionError to the page's catch-all."""
+    empty = "The recording is empty: record or upload some speech."  # no "type the transcript": it was typed
+    cases = [
+        ((16000, np.zeros(0, dtype=np.int16)), empty),
+        ((16000, np.zeros((0, 2), dtype=np.int16)), empty),
+        ((0, np.ones(16000, dtype=np.int16)), "The recording has no usable sampling rate (0): record it again or "
+                                              "upload a file."),
+    ]
+    for audio, message in cases:
+        assert saved.with_asr.predict(audio, TEXTS[0]) == message
+
+
+def test_a_folder_that_is_not_an_fdrl_model_or_is_damaged_is_refused(saved, tmp_path):
+    """Issue 18, causes 8 and 9 in the app: the same model-folder check as fdrl-predict, before anything loads."""
+    import shutil
+
+    with pytest.raises(ValueError, match=rf"^{saved.asr} is not an FDRL model folder \(model_type wav2vec2\)$"):
+        app.load_classifier(saved.asr)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(saved.folder, damaged)
+    (damaged / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match=rf"the weights file {damaged / 'model.safetensors'} is damaged"):
+        app.load_classifier(damaged)
+
+
 def test_model_folder_and_modules_are_found(saved, tmp_path, monkeypatch):
     assert app.find_model_folder(str(saved.folder)) == saved.folder
     assert app.add_fdrl_modules_to_path(saved.folder) == REPO  # a clone: the repository's modules

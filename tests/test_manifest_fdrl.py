@@ -2,6 +2,7 @@ import csv
 import json
 import logging
 import os
+import re
 
 import datasets
 import pytest
@@ -196,3 +197,35 @@ def test_hints_name_what_the_user_can_do(fixture, tmp_path):
         load_manifest(empty, base_dir=fixture["data_dir"])
     assert str(error.value) == (f"1 empty transcript(s) in {empty}: fill them in or remove those rows (from Python, "
                                 "load_manifest(..., strict=False) keeps them with text ''): row 2 (line 3)")
+
+
+def test_unreadable_manifests_are_named_by_training(fixture, tmp_path):
+    """Issue 18, cause 11: a manifest that is not UTF-8 gave a bare UnicodeDecodeError, a header-only one datasets'
+    "Keys mismatch". Cause 17: the unknown-label error says how to set the classes."""
+    import run_fdrl
+
+    wav = os.path.abspath(next(iter(fixture["utterances"].values()))["wav"])
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(f"audio,text,label,session\n{wav},tr\xe8s bien,neu,1\n".encode("latin-1"))
+    offset = len(f"audio,text,label,session\n{wav},tr".encode())
+    header_only = write_csv(tmp_path / "header.csv", [], columns=["audio", "text", "label", "session"])
+    empty_jsonl = tmp_path / "empty.jsonl"
+    empty_jsonl.write_text("\n\n")
+    own_classes = write_csv(tmp_path / "own.csv", [{"audio": wav, "text": "hi", "label": label, "session": 1}
+                                                   for label in ("neu", "fru", "exc", "fru")])
+    cases = {
+        latin1: f"{latin1} is not UTF-8 text (line 2: byte 0xe8 at offset {offset}): save it as UTF-8",
+        header_only: f"{header_only} has no rows: a manifest needs a header and one row per utterance",
+        empty_jsonl: f"{empty_jsonl} has no rows: a manifest needs a header and one row per utterance",
+        own_classes: f"3 unknown label(s) in {own_classes} (known: ang, hap, neu, sad): row 2 (line 3): 'fru'; "
+                     "row 3 (line 4): 'exc'; row 4 (line 5): 'fru'. To train on your own classes, pass --labels with "
+                     "every class in order (e.g. --labels exc fru neu; from Python, load_manifest(..., label2id=...))",
+    }
+    for manifest, message in cases.items():
+        with pytest.raises(ValueError) as error:
+            run_fdrl.main(["--manifest", str(manifest), "--folds", "1", "--output_dir", str(tmp_path / "out"),
+                           "--model_preset", "tiny", "--use_cpu", "true", "--report_to", "none"])
+        assert str(error.value) == message
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_manifest(manifest)
+    assert not (tmp_path / "out" / "seed42").exists()

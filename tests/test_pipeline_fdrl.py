@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -479,11 +480,13 @@ def test_cli_names_a_missing_model_folder(saved, tmp_path, caplog):
     manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
     output = tmp_path / "predictions.jsonl"
     (tmp_path / "no_config").mkdir()
-    cases = {
-        tmp_path / "outputs" / "fold1": f"--model {tmp_path / 'outputs' / 'fold1'}: no such folder (and not a Hub id, "
-                                        "which is 'name' or 'org/name')",
-        manifest: f"--model {manifest} is a file: give the model folder (run_fdrl.py's model/ or fold folder)",
-        tmp_path / "no_config": f"--model {tmp_path / 'no_config'} has no config.json: not a saved FDRL model folder",
+    missing = tmp_path / "outputs" / "fold1"
+    cases = {  # issue 18, cause 10: the folder "does not exist"
+        missing: f"--model {missing}: the model folder {missing} does not exist",
+        manifest: f"--model {manifest}: {manifest} is a file, not a model folder (give the folder that holds "
+                  "config.json)",
+        tmp_path / "no_config": f"--model {tmp_path / 'no_config'}: {tmp_path / 'no_config'} has no config.json: not "
+                                "a saved model folder",
     }
     for model, message in cases.items():
         status, messages = run_cli(caplog, "--model", model, "--input", manifest, "--output", output)
@@ -508,3 +511,162 @@ def test_processor_loads_without_a_model_type_warning(saved):
     assert not [r.getMessage() for r in records if "to instantiate a model of type" in r.getMessage()]
     assert type(processor.tokenizer).__name__ == type(saved.processor.tokenizer).__name__
     assert processor.tokenizer.get_vocab() == saved.processor.tokenizer.get_vocab()
+
+
+# ----- (f) issue 18: inference checks what training checks -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def whisper_saved(tmp_path_factory):
+    """A tiny FDRL on a Whisper encoder (one frame per 20 ms), saved and loaded with `pipeline(...)`."""
+    from test_whisper_backbone import tiny_whisper_config
+
+    folder = tmp_path_factory.mktemp("whisper_fdrl") / "model"
+    torch.manual_seed(2)
+    model = FDRLModel(tiny_fdrl_config(audio_config=tiny_whisper_config(), id2label=ID2LABEL)).eval()
+    save_pipeline(model, FDRLProcessor.from_texts(TEXTS, vocab_size=99, audio_config=tiny_whisper_config()), folder)
+    pipe = load_pipeline("multimodal-emotion-recognition", model=str(folder), trust_remote_code=True, device="cpu")
+    return SimpleNamespace(folder=folder, pipe=pipe, config=tiny_whisper_config())
+
+
+def test_integer_arrays_are_scaled_by_their_range(whisper_saved):
+    """Issue 18, cause 4: int16/int32 arrays were cast to float unscaled, 32768 times louder than the same audio as
+    floats, and gave another prediction (Whisper's log-mel keeps the level; wav2vec2's layer norm would hide it)."""
+    unnormalized = whisper_saved.pipe
+    pcm16 = np.round(0.3 * np.random.default_rng(11).standard_normal(6000).clip(-3, 3) * 32767).astype(np.int16)
+    as_float = pcm16.astype(np.float64) / 32768
+    expected = by_class(unnormalized({"audio": as_float, "sampling_rate": 16000, "text": TEXTS[0]}))
+    louder = by_class(unnormalized({"audio": as_float * 32768, "sampling_rate": 16000, "text": TEXTS[0]}))
+    assert max(abs(a - b) for a, b in zip(expected, louder)) > 1e-3  # the scale reaches this model
+    integer_inputs = [pcm16, pcm16.astype(np.int32) << 16, torch.from_numpy(pcm16),
+                      ((pcm16.astype(np.int32) >> 8) + 128).astype(np.uint8)]  # 8-bit WAV samples are unsigned
+    for samples in integer_inputs:
+        scores = by_class(unnormalized({"audio": samples, "sampling_rate": 16000, "text": TEXTS[0]}))
+        tolerance = 2e-2 if samples.dtype == np.uint8 else TOLERANCE  # 8 bits keep only the top of each sample
+        np.testing.assert_allclose(scores, expected, atol=tolerance)
+
+
+def test_too_short_follows_the_training_rule(whisper_saved, tmp_path):
+    """Issue 18, cause 5: a 10 ms clip was predicted by a Whisper-based model although training's audio check
+    refuses it. The pipeline and training's check now refuse and accept the same clips."""
+    from fdrl.data.validation import check_file, minimum_samples
+
+    assert minimum_samples(whisper_saved.config) == 320  # 20 ms: one Whisper encoder frame
+    rng = np.random.default_rng(3)
+    for samples, refused in ((160, True), (319, True), (320, False)):
+        path = tmp_path / f"clip{samples}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(samples)).astype(np.float32), 16000)
+        training = check_file(path, minimum_samples(whisper_saved.config))
+        outputs = whisper_saved.pipe([{"audio": str(path), "text": TEXTS[0]}])
+        if refused:
+            assert training.startswith(f"too short: {1000 * samples / 16000:.1f} ms")
+            assert outputs[0] == {"input": f"input 0 ({path})", "error": f"the audio is unusable: {training}"}
+        else:
+            assert training is None and "error" not in outputs[0][0]
+
+
+def truncated_wav(path, seconds=0.5):
+    write_audio(path, seconds, 16000)
+    data = path.read_bytes()
+    path.write_bytes(data[: 44 + (len(data) - 44) // 2])  # the header still promises every sample
+    return path
+
+
+def test_a_truncated_wav_is_refused(local_pipe, tmp_path):
+    """Issue 18, cause 5: a WAV whose header promises more samples than it holds was predicted from what was there."""
+    path = truncated_wav(tmp_path / "cut.wav")
+    with pytest.raises(ValueError) as error:
+        local_pipe({"audio": str(path), "text": TEXTS[0]})
+    assert str(error.value) == (f"input ({path}): the file is truncated: the WAV header declares 8000 samples, the "
+                                "file holds 4000")
+    with pytest.raises(ValueError, match="^input: the file is truncated"):
+        local_pipe({"audio": path.read_bytes(), "text": TEXTS[0]})
+
+
+def test_a_transcript_without_a_readable_word_is_refused(saved, local_pipe):
+    """Issue 18, cause 6: an emoji-only transcript (all [UNK]) was predicted with confidence 0.91; the app refused
+    it. One rule now: processing_fdrl.transcript_problem."""
+    outputs = local_pipe([{"audio": saved.files[0][0], "text": TEXTS[0]}, {"audio": saved.files[0][0], "text": "😀🎉😡"}])
+    assert "error" not in outputs[0][0]
+    assert outputs[1] == {"input": f"input 1 ({saved.files[0][0]})", "error": (
+        "the transcript '😀🎉😡' has no word the model can read (its tokenizer reads it as [UNK] only; emoji and "
+        "symbols are not words): pass the words spoken as 'text'")}
+
+
+def damaged_copy(saved, tmp_path):
+    folder = tmp_path / "damaged"
+    shutil.copytree(saved.folder, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])  # a copy cut short
+    return folder, weights
+
+
+def test_a_damaged_weights_file_is_named(saved, tmp_path, caplog):
+    """Issue 18, cause 8: a corrupt model.safetensors gave a bare SafetensorError (pipeline, fdrl-predict)."""
+    folder, weights = damaged_copy(saved, tmp_path)
+    header = int.from_bytes(weights.read_bytes()[:8], "little")
+    assert header > 5000 - 8  # the cut falls inside the header
+    message = (f"the weights file {weights} is damaged (its header claims {header} bytes, but only 4992 follow): "
+               "copy or save the model again")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_pipeline("multimodal-emotion-recognition", model=str(folder), trust_remote_code=True, device="cpu")
+    manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
+    status, messages = run_cli(caplog, "--model", folder, "--input", manifest, "--output", tmp_path / "p.csv")
+    assert (status, messages) == (2, [f"--model {folder}: {message}"])  # exit 2, as the docs say
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_folder_that_is_not_an_fdrl_model_is_named(saved, tmp_path, caplog):
+    """Issue 18, cause 9: a Whisper folder as --model built a model and skipped every clip as "too short"."""
+    from test_whisper_backbone import tiny_whisper_config
+    from transformers import WhisperForConditionalGeneration
+
+    whisper = tmp_path / "whisper-base"
+    WhisperForConditionalGeneration(tiny_whisper_config()).save_pretrained(whisper)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
+    for folder, model_type in ((whisper, "whisper"), (Path(saved.asr), "wav2vec2")):
+        status, messages = run_cli(caplog, "--model", folder, "--input", manifest, "--output", tmp_path / "p.csv")
+        assert (status, messages) == (2, [f"--model {folder}: {folder} is not an FDRL model folder "
+                                          f"(model_type {model_type})"])
+    asr_model = load_pipeline("automatic-speech-recognition", model=saved.asr, device="cpu").model
+    with pytest.raises(ValueError, match=r"is not an FDRL model \(model_type wav2vec2\)"):
+        MultimodalEmotionRecognitionPipeline(model=asr_model, processor=saved.processor, device="cpu")
+
+
+def test_cli_refuses_a_manifest_it_cannot_read(saved, tmp_path, caplog):
+    """Issue 18, cause 11: a manifest in Latin-1 gave a bare UnicodeDecodeError; a header-only one no message."""
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(f"audio,text\n{saved.files[0][0]},caf\xe9 cr\xe8me\n".encode("latin-1"))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("audio,text\n")
+    offset = len(f"audio,text\n{saved.files[0][0]},caf".encode())
+    cases = {latin1: f"{latin1} is not UTF-8 text (line 2: byte 0xe9 at offset {offset}): save it as UTF-8",
+             header_only: f"{header_only} has no rows: a manifest needs a header and one row per utterance"}
+    for manifest, message in cases.items():
+        status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", tmp_path / "p.csv")
+        assert (status, messages) == (2, [message])
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_cli_skips_truncated_short_and_unreadable_inputs_like_training(whisper_saved, tmp_path):
+    """Issue 18, causes 5 and 6 through fdrl-predict: each bad recording is skipped, named and counted."""
+    from fdrl.cli import predict
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_audio(clips / "good.wav", 0.5, 16000)
+    truncated_wav(clips / "cut.wav")
+    write_audio(clips / "blip.wav", 0.01, 16000)
+    write_audio(clips / "emoji.wav", 0.5, 16000, seed=4)
+    for name, text in (("good", TEXTS[0]), ("cut", TEXTS[1]), ("blip", TEXTS[2]), ("emoji", "🙂🙃")):
+        (clips / f"{name}.txt").write_text(text)
+    output = tmp_path / "predictions.csv"
+    assert predict.main(["--model", str(whisper_saved.folder), "--input", str(clips), "--output", str(output),
+                         "--device", "cpu"]) == 0
+    with open(output, newline="") as f:
+        assert [row["id"] for row in csv.DictReader(f)] == ["good"]
+    errors = {e["id"]: e["error"] for e in json.loads(Path(f"{output}.errors.json").read_text())["errors"]}
+    assert errors == {
+        "cut": "the file is truncated: the WAV header declares 8000 samples, the file holds 4000",
+        "blip": "the audio is unusable: too short: 10.0 ms, the speech backbone needs at least 20.0 ms for one frame",
+        "emoji": "the transcript '🙂🙃' has no word the model can read (its tokenizer reads it as [UNK] only; emoji and "
+                 "symbols are not words): pass the words spoken as 'text'",
+    }

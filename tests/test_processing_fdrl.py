@@ -91,12 +91,25 @@ def test_model_input_names_match_the_keys(processor):
 
 
 def test_single_item_of_each_input_type_gives_the_same_batch_of_one(processor):
-    samples = np.arange(-300, 300, dtype=np.int16)
-    as_float = samples.astype(np.float32)
+    as_float = np.arange(-300, 300, dtype=np.float32) / 32768
     expected = processor(audio=as_float, sampling_rate=16000)["input_values"]
     assert expected.shape == (1, 600)
-    for audio in (samples, as_float.astype(np.float64), torch.from_numpy(as_float), as_float.tolist(), [as_float]):
+    for audio in (as_float.astype(np.float64), torch.from_numpy(as_float), as_float.tolist(), [as_float]):
         assert torch.equal(processor(audio=audio, sampling_rate=16000)["input_values"], expected)
+
+
+def test_integer_samples_are_scaled_by_their_full_range(processor):
+    """Issue 18, cause 4: integer arrays were cast to float unscaled (an int16 clip 32768 times louder than the same
+    clip as floats). int16 and int32 are divided by their full scale, 8-bit unsigned samples centred on 128 first,
+    as soundfile reads the same WAV files."""
+    pcm16 = np.array([-32768, -16384, -1, 0, 1, 16384, 32767] * 100, dtype=np.int16)
+    expected = processor(audio=pcm16.astype(np.float64) / 32768, sampling_rate=16000)["input_values"]
+    assert expected[0, :7].tolist() == [-1.0, -0.5, -1 / 32768, 0.0, 1 / 32768, 0.5, 32767 / 32768]
+    for audio in (pcm16, torch.from_numpy(pcm16), pcm16.astype(np.int32) * 65536, [pcm16]):
+        assert torch.equal(processor(audio=audio, sampling_rate=16000)["input_values"], expected)
+    pcm8 = np.array([0, 64, 128, 192, 255] * 100, dtype=np.uint8)
+    scaled = processor(audio=pcm8, sampling_rate=16000)["input_values"][0, :5].tolist()
+    assert scaled == [-1.0, -0.5, 0.0, 0.5, 127 / 128]
 
 
 def test_audio_only_and_text_only_calls_return_only_their_keys(processor):

@@ -469,3 +469,33 @@ def test_the_test_split_can_read_other_transcripts(corpus, tmp_path):
     with pytest.raises(ValueError, match=rf"has no transcript for {len(test_ids) - 1} test utterance"):
         run_fdrl.main([*_args(corpus, tmp_path / "out2", "--folds", "1", "--num_train_epochs", "1", "--systems",
                               "text"), "--test_transcripts", str(tmp_path / "short.csv")])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 700 kB tmpfs: room for the run's set-up and the first checkpoint's weights, not for its optimizer state."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and mount rights): {mounted.stderr.strip()}")
+    yield mount_point
+    # lazily: the failed write's file handle lives on in the exception's traceback until it is collected
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def test_a_full_disk_during_a_checkpoint_is_reported_as_such(corpus, small_disk):
+    """Issue 18, cause 13: torch.save's `RuntimeError: [enforce fail at inline_container.cc ...]` on a full disk
+    escaped the ENOSPC handler, which caught only OSError; the README promises "a full disk is reported as such"."""
+    output_dir = small_disk / "out"
+    with pytest.raises(OSError) as error:
+        run_fdrl.main(_args(corpus, output_dir, "--folds", "2", "--num_train_epochs", "1", "--systems", "S0",
+                            "--seed", "3"))
+    system_dir = output_dir / "seed3" / "fold2" / "S0"
+    assert error.value.errno == 28
+    assert str(error.value).startswith(f"[Errno 28] the disk is full: could not write under {system_dir} ([Errno 28] "
+                                       f"No space left on device while writing a checkpoint under {system_dir} (")
+    assert str(error.value).endswith("free space and rerun with --resume_from_checkpoint true")
+    written_by = error.value.__cause__.__cause__  # what the library raised: torch's or safetensors' own error
+    assert not isinstance(written_by, OSError) and "inline_container" in str(written_by), repr(written_by)

@@ -24,8 +24,9 @@ symlink or a hard link) is refused whatever the flags, and an existing `--output
 (its `.errors.json` goes with it).
 
 Exit status: 0 when at least one recording was predicted, 1 when none was (no input found, or every one failed),
-2 for bad arguments (a missing `--model` folder, an `--output` that exists or is the input, a missing column), an
-unreadable manifest or a model that cannot be loaded. Nothing is written before the arguments are checked.
+2 for bad arguments (a missing `--model` folder, a folder that is not an FDRL model, a damaged `model.safetensors`, an
+`--output` that exists or is the input, a missing column), an unreadable manifest (not UTF-8, no rows) or a model
+that cannot be loaded. Nothing is written before the arguments are checked.
 
 The model is loaded with this repository's classes (`FDRLModel`, `FDRLProcessor`), so no remote code runs.
 """
@@ -40,14 +41,14 @@ from pathlib import Path
 from typing import Optional
 
 import transformers
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from fdrl.data.manifest import read_rows
 
 from modeling_fdrl import FDRLModel
-from pipeline_fdrl import MultimodalEmotionRecognitionPipeline
+from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, check_model_folder
 from processing_fdrl import FDRLProcessor
 
 
@@ -95,18 +96,11 @@ class PredictionArguments:
 
 
 def _check_model(model):
-    """A local folder with a config.json, or something that can only be a Hub id ("name" or "org/name")."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"--model {model} is a file: give the model folder (run_fdrl.py's model/ or fold folder)")
-        if not (path / "config.json").is_file():
-            raise ValueError(f"--model {model} has no config.json: not a saved FDRL model folder")
-        return
+    """A local FDRL model folder with intact weights (pipeline_fdrl's check), or something that can only be a Hub id."""
     try:
-        validate_repo_id(model)
-    except HFValidationError:
-        raise ValueError(f"--model {model}: no such folder (and not a Hub id, which is 'name' or 'org/name')") from None
+        check_model_folder(model, fdrl=True)
+    except ValueError as error:
+        raise ValueError(f"--model {model}: {error}") from None
 
 
 def _check_output(output, source, overwrite):
@@ -303,7 +297,7 @@ def main(argv=None) -> int:
         model = FDRLModel.from_pretrained(args.model).eval()
         # trust_remote_code=False: the classes are local; without it AutoTokenizer, seeing the folder's auto_map, asks
         processor = FDRLProcessor.from_pretrained(args.model, trust_remote_code=False)
-    except (OSError, ValueError) as error:  # not found on the Hub, no weights, a broken config
+    except (OSError, ValueError, SafetensorError) as error:  # not found on the Hub, no weights, a broken config
         logger.error(f"--model {args.model}: cannot load the model ({error})")
         return 2
     device = int(args.device) if args.device is not None and args.device.lstrip("-").isdigit() else args.device

@@ -25,6 +25,7 @@ train / validation / test for one fold of the leave-one-session-out protocol.
 """
 
 import csv
+import io
 import json
 import logging
 import os
@@ -111,6 +112,9 @@ def load_manifest(
     if unknown:
         raise ValueError(
             f"{len(unknown)} unknown label(s) in {path} (known: {', '.join(label2id)}): " + "; ".join(unknown)
+            + ". To train on your own classes, pass --labels with every class in order (e.g. --labels "
+            + " ".join(sorted({_as_str(values.get(label_column)) for _, values in rows} - {""})[:8])
+            + "; from Python, load_manifest(..., label2id=...))"
         )
     if bad_session:
         raise ValueError(f"{session_column!r} must be an integer in {path}: " + "; ".join(bad_session))
@@ -206,16 +210,17 @@ def _class_names(label2id):
 
 
 def read_rows(path):
-    """`([(line number, row dict)], column names)` of a delimited or JSON-lines manifest."""
+    """`([(line number, row dict)], column names)` of a delimited or JSON-lines manifest. A file that is not UTF-8
+    text, or that holds no row (nothing, or a header alone), is a `ValueError` naming it."""
+    path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in _DELIMITERS:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter=_DELIMITERS[suffix])
-            rows = [(reader.line_num, row) for row in reader]
-            return rows, list(reader.fieldnames or [])
-    if suffix not in _JSON_LINES:
+    if suffix not in _DELIMITERS and suffix not in _JSON_LINES:
         raise ValueError(f"Manifest must be .csv, .tsv, .jsonl, .ndjson or .json, got {path}")
-    content = path.read_text(encoding="utf-8-sig")
+    content = _read_utf8(path)
+    if suffix in _DELIMITERS:
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=_DELIMITERS[suffix])
+        rows = [(reader.line_num, row) for row in reader]
+        return _with_rows(path, rows), list(reader.fieldnames or [])
     if suffix == ".json" and content.lstrip().startswith("["):
         rows = [(1, row) for row in json.loads(content)]
     else:
@@ -231,7 +236,24 @@ def read_rows(path):
     if bad:
         raise ValueError(f"{path}: lines {bad} are not JSON objects")
     columns = list(dict.fromkeys(key for _, row in rows for key in row))
-    return rows, columns
+    return _with_rows(path, rows), columns
+
+
+def _read_utf8(path):
+    """The manifest's text (a byte-order mark dropped); not UTF-8: an error naming the file, line and byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path} is not UTF-8 text (line {line}: byte 0x{data[error.start]:02x} at offset "
+                         f"{error.start}): save it as UTF-8") from None
+
+
+def _with_rows(path, rows):
+    if not rows:
+        raise ValueError(f"{path} has no rows: a manifest needs a header and one row per utterance")
+    return rows
 
 
 def _as_str(value):

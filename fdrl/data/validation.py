@@ -12,13 +12,11 @@ epoch there.
 """
 
 import io
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import numpy as np
 import soundfile
 from transformers import AutoConfig
 from transformers.utils import logging
@@ -27,6 +25,7 @@ from fdrl.presets import preset_backbone_configs
 from modeling_fdrl import speech_backbone
 
 from .audio import SAMPLING_RATE
+from processing_fdrl import audio_problem, minimum_samples, wav_truncation_problem
 
 
 logger = logging.get_logger(__name__)
@@ -42,69 +41,33 @@ class BadAudio:
         return f"{self.path} (id {self.id}): {self.problem}"
 
 
-def minimum_samples(audio_config):
-    """The fewest 16 kHz samples from which the speech backbone produces one frame (its entry in
-    `modeling_fdrl.SPEECH_BACKBONES`): the receptive field of a wav2vec2-family convolutional front end; 20 ms (one
-    encoder frame) for Whisper-like log-mel front ends."""
-    return speech_backbone(audio_config).minimum_samples(audio_config)
-
-
-def _declared_frames(handle, size):
-    """(frames the WAV header declares, frames the file holds), read from the RIFF chunks of any WAV (PCM, float,
-    extensible); None for other formats and unreadable headers (soundfile then says what is wrong). libsndfile reads
-    a truncated WAV without complaint, so this is the only place that notices one."""
-    if handle.read(4) != b"RIFF" or len(handle.read(4)) < 4 or handle.read(4) != b"WAVE":
-        return None
-    block_align = None
-    while True:
-        header = handle.read(8)
-        if len(header) < 8:
-            return None
-        chunk_id, chunk_size = header[:4], int.from_bytes(header[4:], "little")
-        if chunk_id == b"data":
-            if not block_align or chunk_size == 0xFFFFFFFF:  # 0xFFFFFFFF: a streamed WAV of unknown length
-                return None
-            return chunk_size // block_align, min(chunk_size, size - handle.tell()) // block_align
-        body = handle.read(chunk_size + (chunk_size & 1))  # chunks are padded to an even size
-        if chunk_id == b"fmt " and len(body) >= 14:
-            block_align = int.from_bytes(body[12:14], "little")  # bytes per frame, all channels
-
-
 def check_file(path, min_samples):
     """The problem with one audio file, or None. `path` may also be the encoded bytes of a file (datasets that embed
-    their audio)."""
+    their audio). The rules (truncated WAV, empty, NaN, too short) are processing_fdrl's, which inference applies
+    too."""
     if isinstance(path, (bytes, bytearray)):
         if not path:
             return "the audio bytes are empty (0 bytes)"
-        source, size = io.BytesIO(path), len(path)
+        source = bytes(path)
     else:
         if not Path(path).exists():
             return "the file does not exist"
         if not Path(path).is_file():
             return "not a file"
-        source, size = path, Path(path).stat().st_size
-        if size == 0:
+        if Path(path).stat().st_size == 0:
             return "the file is empty (0 bytes)"
-    handle = source if isinstance(source, io.BytesIO) else open(source, "rb")
+        source = path
+    truncated = wav_truncation_problem(source)
+    if truncated:
+        return truncated
+    handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     with handle:
-        frames = _declared_frames(handle, size)
-        handle.seek(0)
-        if frames and frames[1] < frames[0]:
-            return f"truncated: the WAV header declares {frames[0]} samples, the file holds {frames[1]}"
         try:
             data, rate = soundfile.read(handle, dtype="float32", always_2d=True)
         except Exception as error:  # libsndfile's own message says what is wrong, after the handle's repr
-            name = "the audio bytes" if isinstance(source, io.BytesIO) else "the file"
+            name = "the audio bytes" if isinstance(source, bytes) else "the file"
             return f"cannot be decoded ({str(error).replace(repr(handle), name)})"
-    if data.shape[0] == 0:
-        return "holds no samples"
-    if not np.isfinite(data).all():
-        return f"holds {int((~np.isfinite(data)).sum())} NaN or infinite sample(s)"
-    samples = int(math.floor(data.shape[0] * SAMPLING_RATE / rate))
-    if samples < min_samples:
-        return (f"too short: {1000 * data.shape[0] / rate:.1f} ms, the speech backbone needs at least "
-                f"{1000 * min_samples / SAMPLING_RATE:.1f} ms for one frame")
-    return None
+    return audio_problem(data.T, rate, min_samples)
 
 
 def find_bad_audio(split, min_samples):

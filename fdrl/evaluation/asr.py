@@ -7,6 +7,13 @@ The recogniser is transformers' "automatic-speech-recognition" pipeline on the m
 Whisper). WER is jiwer's corpus word error rate (edit operations summed over the corpus, over the reference words),
 after a light normalisation of both sides (lowercase, punctuation removed except apostrophes inside words,
 whitespace collapsed), so "Hello, world!" and "hello world" count as the same.
+
+Every argument is checked before the first utterance is transcribed (exit status 2, one message): `--model` must be
+a speech recogniser (an FDRL emotion model, a missing folder or a damaged weights file is refused), `--sessions`
+must exist in the corpus, `--limit` must be positive, `--output` must be a file name in an existing folder. Every
+selected utterance then goes through training's audio check (`fdrl.data.validation`: unreadable, truncated, empty,
+NaN or too short for the recogniser); a bad one is skipped, counted and named in the log and in the output
+(`skipped`), never transcribed nor counted in the WER. Exit status 1 when no utterance is left.
 """
 
 import argparse
@@ -69,11 +76,59 @@ def transcribe(recogniser, examples):
     return texts
 
 
-def _load_examples(args):
-    from fdrl.data.corpus import load_corpus, session_examples
+def _check_arguments(args):
+    """Every argument, before the corpus or the recogniser is loaded; returns the fewest samples it reads."""
+    from transformers import AutoConfig
 
-    examples = session_examples(load_corpus(args), args.sessions)
-    return examples[: args.limit] if args.limit else examples
+    from pipeline_fdrl import check_model_folder
+    from processing_fdrl import minimum_samples
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of utterances, got {args.limit}")
+    if args.output:
+        output = Path(args.output)
+        if output.is_dir():
+            raise ValueError(f"--output {output} is a folder: give a file name such as {output / 'wer.json'}")
+        if not output.parent.is_dir():
+            raise ValueError(f"--output {output}: the folder {output.parent} does not exist")
+    try:
+        check_model_folder(args.model, fdrl=False)
+        config = AutoConfig.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model {args.model}: {error}") from None
+    if config.model_type == "fdrl":  # a Hub id: only its config tells
+        raise ValueError(f"--model {args.model} is an FDRL emotion model (model_type fdrl), not a speech recogniser")
+    return minimum_samples(config)
+
+
+def _load_examples(args, min_samples):
+    """The selected utterances with usable audio, and the bad ones (`BadAudio`), skipped."""
+    from fdrl.data.validation import find_bad_audio
+
+    if args.manifest:
+        from fdrl.data.manifest import load_manifest
+
+        data = load_manifest(args.manifest)
+    else:
+        from fdrl.data.iemocap import load_iemocap
+
+        data = load_iemocap(args.data_dir, config_name=args.dataset_config)
+    splits = list(data.values()) if hasattr(data, "values") else [data]
+    column = "session" if "session" in splits[0].column_names else "fold"
+    available = sorted({session for split in splits for session in split[column][:]})
+    unknown = sorted(set(args.sessions or []) - set(available))
+    if unknown:
+        raise ValueError(f"--sessions {' '.join(map(str, unknown))}: the corpus has no such session (its sessions: "
+                         f"{', '.join(map(str, available))})")
+    examples, skipped = [], []
+    for split in splits:
+        if args.sessions:
+            split = split.select([i for i, s in enumerate(split[column][:]) if s in args.sessions])
+        bad = find_bad_audio(split, min_samples)
+        bad_ids = {item.id for item in bad}
+        skipped += bad
+        examples += list(split.select([i for i, u in enumerate(split["id"][:]) if u not in bad_ids]))  # decodes
+    return (examples[: args.limit] if args.limit else examples), skipped
 
 
 def main(argv=None):
@@ -91,14 +146,24 @@ def main(argv=None):
 
     from transformers import pipeline
 
-    examples = _load_examples(args)
+    try:
+        examples, skipped = _load_examples(args, _check_arguments(args))
+    except (OSError, ValueError) as error:  # a missing manifest or corpus folder is an OSError
+        logger.error(f"fdrl-wer: {error}")
+        return 2
+    if skipped:
+        logger.warning(f"skipped {len(skipped)} utterance(s) with unusable audio: "
+                       + "; ".join(map(str, skipped[:10])) + ("; ..." if len(skipped) > 10 else ""))
+    if not examples:
+        logger.error("fdrl-wer: no utterance with usable audio to transcribe")
+        return 1
     recogniser = pipeline("automatic-speech-recognition", model=args.model)
     start = time.perf_counter()
     hypotheses = transcribe(recogniser, examples)
     seconds = time.perf_counter() - start
     references = [example["text"] for example in examples]
     result = {**word_error_rate(references, hypotheses), "seconds_per_utterance": seconds / max(len(examples), 1),
-              "model": args.model}
+              "model": args.model, "skipped": [vars(item) for item in skipped]}
     logger.info(f"WER {100 * result['wer']:.1f}% over {result['utterances']} utterances "
                 f"({result['reference_words']} words), {result['seconds_per_utterance']:.2f} s per utterance")
     if args.output:

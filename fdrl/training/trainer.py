@@ -14,6 +14,7 @@ from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
 from fdrl.data.audio import decode_audio
+from fdrl.training.checkpoints import disk_full_error
 from modeling_fdrl import LOSS_TERMS, FDRLOutput
 
 
@@ -173,6 +174,17 @@ class SystemTrainer(Trainer):
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
         return self.optimizer
+
+    def _save_checkpoint(self, model, trial):
+        """Trainer's checkpoint, with a full disk raised as `OSError(ENOSPC)` whatever library wrote the file
+        (torch.save's own error has no errno), so that the protocol reports it as a full disk."""
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as error:
+            full = disk_full_error(error, self.args.output_dir)
+            if full is None:
+                raise
+            raise full from error
 
 
 class FDRLTrainer(SystemTrainer):
