@@ -97,6 +97,13 @@ def check_file(path, min_samples):
         except Exception as error:  # libsndfile's own message says what is wrong, after the handle's repr
             name = "the audio bytes" if isinstance(source, io.BytesIO) else "the file"
             return f"cannot be decoded ({str(error).replace(repr(handle), name)})"
+    return check_samples(data, rate, min_samples)
+
+
+def check_samples(data, rate, min_samples):
+    """The problem with decoded audio, or None: `data` is (samples, channels) or (samples,) at `rate` Hz. Shared by
+    `check_file` and builders that decode audio themselves (the MELD builder reads the track of a video)."""
+    data = np.asarray(data)
     if data.shape[0] == 0:
         return "holds no samples"
     if not np.isfinite(data).all():
