@@ -120,9 +120,11 @@ def test_every_quirk_is_counted_in_a_warning(built):
     assert logged("dev: repaired the text of 1 row(s) of dev_sent_emo.csv", "dev/dia0_utt1")
     assert logged("test: kept 1 utterance(s) with an empty transcript", "test/dia2_utt2")
     # the published sizes, and the CSV rows the dataset lacks
-    assert logged("MELD train: 12 utterances (-9977 against the published 9989), 13 rows in train_sent_emo.csv; "
+    assert logged("MELD train: 12 utterances (-9977 against the published 9989) in 4 dialogues (published 1039), "
+                  "13 rows in train_sent_emo.csv; "
                   f"not in the dataset: {CORRUPTED}")
-    assert logged("MELD dev: 8 utterances (-1101 against the published 1109), 9 rows in dev_sent_emo.csv; "
+    assert logged("MELD dev: 8 utterances (-1101 against the published 1109) in 3 dialogues (published 114), "
+                  "9 rows in dev_sent_emo.csv; "
                   f"not in the dataset: {DEV_MISSING_VIDEO}")
     assert logged("MELD test: 8 utterances (-2602 against the published 2610)", NO_AUDIO_TRACK)
 
@@ -198,3 +200,16 @@ def test_the_training_time_audio_check_reads_the_stored_audio(built):
     assert find_bad_audio(dataset["train"], min_samples=400) == []  # 25 ms, the receptive field of wav2vec2
     bad = find_bad_audio(dataset["train"], min_samples=16000)  # 1 s: every fixture utterance is shorter
     assert len(bad) == 12 and bad[0].path == "embedded audio" and bad[0].problem.startswith("too short: ")
+
+
+def test_strict_stops_at_a_video_without_usable_audio(fixture, tmp_path):
+    import datasets
+
+    data_dir = tmp_path / "MELD.Raw"
+    shutil.copytree(fixture["data_dir"], data_dir)
+    dev = data_dir / "dev_sent_emo.csv"
+    dev.write_bytes(b"".join(line for line in dev.read_bytes().splitlines(keepends=True) if b",110,7," not in line))
+    with pytest.raises(datasets.exceptions.DatasetGenerationError) as error:
+        load_meld(data_dir, cache_dir=str(tmp_path / "cache"), strict=True)
+    assert isinstance(error.value.__cause__, ValueError)
+    assert f"the audio of {CORRUPTED} (" in str(error.value.__cause__) and "dia125_utt3.mp4" in str(error.value.__cause__)

@@ -21,6 +21,7 @@ video; dialogue and utterance numbers restart in every split, so the split keeps
 16 kHz mono, decoded from the video's audio track and stored in the cache as 16-bit WAV bytes), text (the
 `Utterance` column), label (ClassLabel, `EMOTIONS` order: neutral, joy, surprise, anger, sadness, disgust, fear, the
 order of the MELD paper), speaker, dialogue_id, utterance_id (int), sentiment ("neutral", "positive", "negative").
+The text is the CSV's, its runs of white space (line breaks included) made single spaces.
 
 Every utterance's audio track is decoded once, when the cache is built (torchcodec, the decoder `datasets` uses for
 audio, resampling to 16 kHz and mixing down to mono), and checked with `fdrl.data.validation.check_samples`; the
@@ -29,7 +30,8 @@ training-time audio check then reads the WAV bytes like any other dataset's.
 The release's quirks, each confirmed in the MELD repository's issue threads, and what the builder does (every case is
 counted and named in one warning per split; none is silent):
 - `train_splits/dia125_utt3.mp4` cannot be decoded (MELD issues 39 and 52): an utterance whose video fails to
-  decode, or whose audio track is missing, empty or not finite, is skipped. With `strict=True`, ValueError.
+  decode, or whose audio track is missing, empty or not finite, is skipped. With `strict=True`, the build stops
+  (datasets' DatasetGenerationError, caused by a ValueError naming the video).
 - CSV rows without a video, such as dev `dia110_utt7` (issues 22 and 27): skipped. With `strict=True`,
   FileNotFoundError.
 - Videos without a CSV row (`dia66_utt9` in dev, `dia108_utt2` in test, issue 22; the maintainers: "safe to ignore
@@ -47,9 +49,9 @@ Other problems stop the build with an error naming the file and line: a missing 
 column, an emotion or sentiment outside MELD's sets, a Dialogue_ID/Utterance_ID that is not an integer, the same
 dialogue and utterance twice in one CSV.
 
-Counts: `load_meld` compares every split with the published sizes (train 9,989, dev 1,109, test 2,610 utterances, the
-MELD README) on every load, cached or not, and logs what differs: the number, and the CSV rows absent from the
-dataset. On the release the known quirks above account for the difference.
+Counts: `load_meld` compares every split with the published sizes (train 9,989, dev 1,109, test 2,610 utterances in
+1,039, 114 and 280 dialogues, the MELD README) on every load, cached or not, and logs what differs: the numbers, and
+the CSV rows absent from the dataset. On the release the known quirks above account for the difference.
 
 The cache: the audio is stored in the cache (32 kB per second: 16 kHz, 16-bit, mono; from the published average of
 3.59 s, about 1.6 GB for the release's 13,708 utterances), so `MELD.Raw` may move after the build. The cache is keyed by the config, the path of `data_dir` and
@@ -210,17 +212,21 @@ def load_meld(data_dir, cache_dir=None, rebuild=False, **config_kwargs):
 
 
 def check_counts(dataset, data_dir):
-    """Log, per split, the utterances kept against the CSV rows and the published size; a warning names the CSV rows
-    that are not in the dataset. Returns `{meld split: {"published", "csv_rows", "kept", "absent"}}`."""
+    """Log, per split, the utterances (and dialogues) kept against the CSV rows and the published sizes; a warning
+    names the CSV rows that are not in the dataset. Returns `{meld split: {"published", "csv_rows", "kept", "absent",
+    "dialogues", "published_dialogues"}}`."""
     report = {}
     for split, meld_split, csv_name, _ in SPLITS:
         csv_ids = [row["id"] for row in read_csv(Path(data_dir) / csv_name, meld_split, quiet=True)]
-        kept = set(dataset[split].with_format(None)["id"][:])
+        columns = dataset[split].with_format(None).select_columns(["id", "dialogue_id"])
+        kept, dialogues = set(columns["id"][:]), len(set(columns["dialogue_id"][:]))
         absent = [i for i in csv_ids if i not in kept]
         published = PUBLISHED_UTTERANCES[meld_split]
-        report[meld_split] = {"published": published, "csv_rows": len(csv_ids), "kept": len(kept), "absent": absent}
+        report[meld_split] = {"published": published, "csv_rows": len(csv_ids), "kept": len(kept), "absent": absent,
+                              "dialogues": dialogues, "published_dialogues": PUBLISHED_DIALOGUES[meld_split]}
         message = (f"MELD {meld_split}: {len(kept)} utterances ({len(kept) - published:+d} against the published "
-                   f"{published}), {len(csv_ids)} rows in {csv_name}")
+                   f"{published}) in {dialogues} dialogues (published {PUBLISHED_DIALOGUES[meld_split]}), "
+                   f"{len(csv_ids)} rows in {csv_name}")
         if absent or len(kept) != published:
             logger.warning(message + (f"; not in the dataset: {_preview(absent)}" if absent else ""))
         else:
