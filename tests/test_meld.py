@@ -147,7 +147,8 @@ def test_official_splits_of_meld(built):
 
 
 def test_strict_refuses_a_row_without_a_video(fixture, tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"1 utterance\\(s\\) of the dev CSV have no video .*{DEV_MISSING_VIDEO}"):
+    message = f"1 utterance\\(s\\) of the dev CSV have no video .*{DEV_MISSING_VIDEO}"
+    with pytest.raises(FileNotFoundError, match=message):
         load_meld(fixture["data_dir"], cache_dir=str(tmp_path), strict=True)
     data_dir = fixture["data_dir"]
     assert decode_video_audio(str(data_dir / "train" / "train_splits" / "dia125_utt3.mp4"))[0] is None
@@ -212,4 +213,5 @@ def test_strict_stops_at_a_video_without_usable_audio(fixture, tmp_path):
     with pytest.raises(datasets.exceptions.DatasetGenerationError) as error:
         load_meld(data_dir, cache_dir=str(tmp_path / "cache"), strict=True)
     assert isinstance(error.value.__cause__, ValueError)
-    assert f"the audio of {CORRUPTED} (" in str(error.value.__cause__) and "dia125_utt3.mp4" in str(error.value.__cause__)
+    cause = str(error.value.__cause__)
+    assert f"the audio of {CORRUPTED} (" in cause and "dia125_utt3.mp4" in cause

@@ -32,7 +32,7 @@ def parse_labels(value):
     if repeated:
         raise ValueError(f"--labels names each class once, got {', '.join(repeated)} more than once in {value!r}")
     if len(names) < 2:
-        raise ValueError(f"--labels needs at least two classes (a classifier of one class learns nothing), got {value!r}")
+        raise ValueError(f"--labels needs at least two classes (one class leaves nothing to learn), got {value!r}")
     return tuple(names)
 
 

@@ -27,8 +27,8 @@ Every utterance's audio track is decoded once, when the cache is built (torchcod
 audio, resampling to 16 kHz and mixing down to mono), and checked with `fdrl.data.validation.check_samples`; the
 training-time audio check then reads the WAV bytes like any other dataset's.
 
-The release's quirks, each confirmed in the MELD repository's issue threads, and what the builder does (every case is
-counted and named in one warning per split; none is silent):
+The release's quirks, with the MELD repository's issue threads that report them, and what the builder does (every
+case is counted and named in one warning per split; none is silent):
 - `train_splits/dia125_utt3.mp4` cannot be decoded (MELD issues 39 and 52): an utterance whose video fails to
   decode, or whose audio track is missing, empty or not finite, is skipped. With `strict=True`, the build stops
   (datasets' DatasetGenerationError, caused by a ValueError naming the video).
@@ -36,8 +36,8 @@ counted and named in one warning per split; none is silent):
   FileNotFoundError.
 - Videos without a CSV row (`dia66_utt9` in dev, `dia108_utt2` in test, issue 22; the maintainers: "safe to ignore
   those files") and the test folder's `final_videos_test*.mp4` (issue 22): not utterances, counted, not used.
-- Hidden files (`._dia0_utt0.mp4`, the macOS AppleDouble copies that archives made on a Mac carry, and `.DS_Store`):
-  not utterances, counted, not used.
+- Hidden files (`._dia0_utt0.mp4`, the macOS AppleDouble copies that archives made on a Mac carry, and `.DS_Store`;
+  no issue thread found names them, users report them in the test folder): not utterances, counted, not used.
 - The CSVs are not clean UTF-8 in places: the MELD repository converted eight Windows-1252 characters (`\\x92` for a
   right quote, `\\x85`, `\\x91`, `\\x93`, `\\x94`, `\\x96`, `\\x97`, and `\\xa0`) in its copies of the CSVs (pull
   request 28), and a byte that is not UTF-8 (a raw cp1252 byte) may still be in a user's copy. Bytes that are not
@@ -51,14 +51,15 @@ dialogue and utterance twice in one CSV.
 
 Counts: `load_meld` compares every split with the published sizes (train 9,989, dev 1,109, test 2,610 utterances in
 1,039, 114 and 280 dialogues, the MELD README) on every load, cached or not, and logs what differs: the numbers, and
-the CSV rows absent from the dataset. On the release the known quirks above account for the difference.
+the CSV rows absent from the dataset. (Only the fixture in MELD's layout was read here, not the release itself.)
 
 The cache: the audio is stored in the cache (32 kB per second: 16 kHz, 16-bit, mono; from the published average of
-3.59 s, about 1.6 GB for the release's 13,708 utterances), so `MELD.Raw` may move after the build. The cache is keyed by the config, the path of `data_dir` and
-`input_fingerprint`: a hash of the bytes of the three CSVs and of the name, size and modification time of every file
-in the three video folders (hashing 10 GB of video on every load would take minutes). A changed CSV or a replaced
-video (the re-cut `dia125_utt3.mp4` of issue 39, for instance) gives a new cache folder and a rebuild;
-`load_meld(..., rebuild=True)` rebuilds even when the fingerprint is unchanged.
+3.59 s, about 1.6 GB for the release's 13,708 utterances), so `MELD.Raw` may move after the build. The cache is keyed
+by the config, the path of `data_dir` and `input_fingerprint`: a hash of the bytes of the three CSVs and of the name,
+size and modification time of every file in the three video folders (reading every video on every load would cost
+as much as decoding them). A changed CSV or a replaced video (the re-cut `dia125_utt3.mp4` of issue 39, for
+instance) gives a new cache folder and a rebuild; `load_meld(..., rebuild=True)` rebuilds even when the fingerprint
+is unchanged.
 """
 
 import csv
