@@ -21,6 +21,19 @@ def test_metric_module_loads_offline_and_scores_by_hand():
         load_metric().compute(predictions=[4], references=[0], num_labels=4)
 
 
+def test_weighted_f1_by_hand():
+    labels = [0, 0, 0, 0, 1, 1, 2, 3]
+    predictions = [0, 0, 0, 1, 1, 0, 2, 2]
+    result = load_metric().compute(predictions=predictions, references=labels, num_labels=4)
+    # per-class F1: ang 2*3/(2*3+1+1) = 3/4, hap 2*1/(2*1+1+1) = 1/2, neu 2*1/(2*1+1+0) = 2/3, sad 0;
+    # weighted by the support 4, 2, 1, 1 of 8 utterances; macro F1 is their plain mean.
+    assert result["weighted_f1"] == pytest.approx((4 * 3 / 4 + 2 * 1 / 2 + 1 * 2 / 3 + 0) / 8)  # 7/12
+    assert result["macro_f1"] == pytest.approx((3 / 4 + 1 / 2 + 2 / 3 + 0) / 4)  # 23/48
+    # a class that is predicted but absent from the references has no support: it weighs nothing
+    skewed = load_metric().compute(predictions=[0, 0, 1, 3], references=[0, 0, 1, 1], num_labels=4)
+    assert skewed["weighted_f1"] == pytest.approx((2 * 1.0 + 2 * 2 / 3) / 4)  # hap: P 1, R 1/2, F1 2/3
+
+
 def test_a_class_absent_from_the_test_session_has_no_recall():
     metrics = classification_metrics([0, 1, 1], [0, 1, 2], LABELS)  # no "sad" in the references
     assert metrics["recall"] == {"ang": 1.0, "hap": 1.0, "neu": 0.0, "sad": None}
@@ -51,7 +64,9 @@ def test_paired_differences_wins_ties_losses_by_hand():
     assert summary["systems"]["speech"]["recall_mean"] == {"ang": pytest.approx(0.55), "hap": None, "neu": 0.5,
                                                            "sad": 0.5}
     table = markdown_report(summary, {"speech": "speech only"})
-    assert "| speech: speech only | 3 | 50.00 ± 0.00 | 55.00 ± 18.03 |" in table
+    # WAR, UAR, macro F1 (= UAR in _metrics), weighted F1 (= WAR in _metrics)
+    assert "| speech: speech only | 3 | 50.00 ± 0.00 | 55.00 ± 18.03 | 55.00 ± 18.03 | 50.00 ± 0.00 |" in table
+    assert "| system | runs | WAR | UAR | macro F1 | weighted F1 |" in table
     assert "-5.00 ± 8.66 | 1/0/2 |" in table
     assert "| 0 | 2 | 70.00 | 75.00 | 65.00 |" in table  # the per-run UAR table
 

@@ -95,14 +95,15 @@ def test_relative_paths_resolve_against_the_manifest_folder_or_base_dir(fixture,
     assert len(load_manifest(elsewhere, base_dir=manifest_dir)) == 3
 
 
-def test_unknown_labels_are_reported_by_row(fixture, tmp_path):
+def test_labels_outside_explicit_labels_are_reported_by_row(fixture, tmp_path):
     rows = four_class_rows(fixture)[:4]
     rows[1]["label"], rows[3]["label"] = "bored", "exc"
     for path in (write_csv(tmp_path / "m.csv", rows), write_jsonl(tmp_path / "m.jsonl", rows)):
         with pytest.raises(ValueError) as error:
-            load_manifest(path, base_dir=fixture["data_dir"])
+            load_manifest(path, base_dir=fixture["data_dir"], labels="ang,hap,neu,sad")
         message = str(error.value)
-        assert "2 unknown label(s)" in message and "known: ang, hap, neu, sad" in message
+        assert "2 unknown label(s)" in message and "known: ang, hap, neu, sad, from --labels" in message
+        assert "'bored' (1 row(s)), 'exc' (1 row(s))" in message and "set the classes with --labels" in message
         header = 1 if path.suffix == ".csv" else 0
         assert f"row 2 (line {2 + header}): 'bored'" in message
         assert f"row 4 (line {4 + header}): 'exc'" in message
@@ -211,15 +212,10 @@ def test_unreadable_manifests_are_named_by_training(fixture, tmp_path):
     header_only = write_csv(tmp_path / "header.csv", [], columns=["audio", "text", "label", "session"])
     empty_jsonl = tmp_path / "empty.jsonl"
     empty_jsonl.write_text("\n\n")
-    own_classes = write_csv(tmp_path / "own.csv", [{"audio": wav, "text": "hi", "label": label, "session": 1}
-                                                   for label in ("neu", "fru", "exc", "fru")])
     cases = {
         latin1: f"{latin1} is not UTF-8 text (line 2: byte 0xe8 at offset {offset}): save it as UTF-8",
         header_only: f"{header_only} has no rows: a manifest needs a header and one row per utterance",
         empty_jsonl: f"{empty_jsonl} has no rows: a manifest needs a header and one row per utterance",
-        own_classes: f"3 unknown label(s) in {own_classes} (known: ang, hap, neu, sad): row 2 (line 3): 'fru'; "
-                     "row 3 (line 4): 'exc'; row 4 (line 5): 'fru'. To train on your own classes, pass --labels with "
-                     "every class in order (e.g. --labels exc fru neu; from Python, load_manifest(..., label2id=...))",
     }
     for manifest, message in cases.items():
         with pytest.raises(ValueError) as error:
@@ -229,3 +225,51 @@ def test_unreadable_manifests_are_named_by_training(fixture, tmp_path):
         with pytest.raises(ValueError, match=re.escape(message)):
             load_manifest(manifest)
     assert not (tmp_path / "out" / "seed42").exists()
+
+
+SIX_CLASSES = ("ang", "exc", "fru", "hap", "neu", "sad")
+
+
+def six_class_rows(fixture):
+    return [
+        {"id": u["id"], "audio": os.path.relpath(u["wav"], fixture["data_dir"]), "text": u["text"],
+         "label": u["emotion"], "speaker": u["speaker"], "session": u["session"]}
+        for u in fixture["utterances"].values()
+        if u["emotion"] in SIX_CLASSES and os.path.isfile(u["wav"])
+    ]
+
+
+def test_a_six_class_manifest_gets_its_sorted_labels_and_logs_them(fixture, tmp_path, caplog):
+    rows = six_class_rows(fixture)
+    assert {row["label"] for row in rows} == set(SIX_CLASSES)
+    caplog.set_level(logging.INFO, logger="fdrl.data.labels")
+    dataset = load_manifest(write_csv(tmp_path / "six.csv", rows), base_dir=fixture["data_dir"])
+    assert dataset.features["label"].names == list(SIX_CLASSES)  # sorted: ang exc fru hap neu sad
+    assert dataset["label"][:] == [SIX_CLASSES.index(row["label"]) for row in rows]
+    assert any(r.getMessage() == "classes (6, from the sorted labels of " + str(tmp_path / "six.csv") + "): "
+               "ang, exc, fru, hap, neu, sad" for r in caplog.records)
+
+
+def test_explicit_labels_set_the_order_of_six_classes(fixture, tmp_path):
+    rows = six_class_rows(fixture)
+    order = ["neu", "fru", "sad", "ang", "hap", "exc"]
+    dataset = load_manifest(write_csv(tmp_path / "six.csv", rows), base_dir=fixture["data_dir"], labels=order)
+    assert dataset.features["label"].names == order
+    assert dataset["label"][:] == [order.index(row["label"]) for row in rows]
+    assert dataset["emotion"][:] == [row["label"] for row in rows]
+    same = load_manifest(tmp_path / "six.csv", base_dir=fixture["data_dir"], labels=",".join(order))
+    assert same["label"][:] == dataset["label"][:]
+    # a class more than the data holds is kept (a class may be absent from a corpus), one fewer is refused
+    seven = load_manifest(tmp_path / "six.csv", base_dir=fixture["data_dir"], labels=order + ["sur"])
+    assert seven.features["label"].names[-1] == "sur" and seven.features["label"].num_classes == 7
+    with pytest.raises(ValueError, match=r"unknown label\(s\) .*known: neu, fru, sad, ang, hap, from --labels"):
+        load_manifest(tmp_path / "six.csv", base_dir=fixture["data_dir"], labels=order[:5])
+    with pytest.raises(ValueError, match="either labels or label2id"):
+        load_manifest(tmp_path / "six.csv", labels=order, label2id={"neu": 0, "ang": 1})
+
+
+def test_rows_without_a_label_are_refused(fixture, tmp_path):
+    rows = six_class_rows(fixture)[:3]
+    rows[1]["label"] = " "
+    with pytest.raises(ValueError, match=r"1 row\(s\) of .* have no label: row 2 \(line 3\)"):
+        load_manifest(write_csv(tmp_path / "m.csv", rows), base_dir=fixture["data_dir"])

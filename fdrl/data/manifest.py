@@ -13,8 +13,11 @@ manifest has neither, so that every dataset has the same columns). Other columns
 `.csv` and `.tsv` are read as delimited text, `.jsonl`, `.ndjson` and `.json` as JSON lines (a
 `.json` file holding one array of objects also works).
 
+The classes (`fdrl.data.labels.resolve_labels`): `labels` (`--labels`) in that order if given, else the sorted set
+of the manifest's labels (`ang, hap, neu, sad` for an IEMOCAP-like manifest); the list is logged.
+
 Every problem is reported at once, by row (1 = first data row) and line of the file:
-- unknown labels and bad session values: ValueError.
+- empty labels, labels outside `labels`, and bad session values: ValueError.
 - missing audio files: FileNotFoundError; with `load_manifest(..., strict=False)`, the rows are skipped
   and counted in a logged warning.
 - empty transcripts: ValueError; with `strict=False`, the rows are kept with text "" and logged.
@@ -35,10 +38,12 @@ import datasets
 import numpy as np
 
 from .audio import SAMPLING_RATE
+from .labels import LABELS_HINT, resolve_labels
 
 
 logger = logging.getLogger(__name__)
 
+# The four IEMOCAP classes, in the order a manifest holding exactly them gets (sorted).
 DEFAULT_LABEL2ID = {"ang": 0, "hap": 1, "neu": 2, "sad": 3}
 NO_SESSION = -1
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
@@ -53,30 +58,35 @@ def load_manifest(
     label_column="label",
     base_dir=None,
     strict=True,
+    labels=None,
 ):
     """Read a manifest into a `Dataset` with the columns id, audio, text, label, emotion, session, speaker.
 
     Args:
         path (`str` or `Path`): the manifest, `.csv`, `.tsv`, `.jsonl`, `.ndjson` or `.json`.
-        label2id (`dict[str, int]`, *optional*, defaults to `DEFAULT_LABEL2ID`, the four IEMOCAP classes):
-            label name -> id, ids 0..n-1. The ClassLabel names are the ids' names in id order; several
-            names may share an id (`{"hap": 1, "exc": 1}`), the first one then names the class. The raw
-            name stays in the `emotion` column.
+        label2id (`dict[str, int]`, *optional*):
+            label name -> id, ids 0..n-1, for merging names: the ClassLabel names are the ids' names in id
+            order; several names may share an id (`{"hap": 1, "exc": 1}`), the first one then names the
+            class. The raw name stays in the `emotion` column. Not together with `labels`.
         audio_column, text_column, label_column (`str`): names of the required columns.
         base_dir (`str` or `Path`, *optional*): folder relative audio paths start from (defaults to
             the manifest's folder).
         strict (`bool`, *optional*, defaults to `True`): raise on missing audio files and empty
             transcripts; otherwise skip the former and keep the latter, with a logged warning.
+        labels (`str` or sequence of `str`, *optional*): the classes in label-id order (`--labels`, "neu,ang,sad");
+            a row labelled otherwise is refused. Defaults to the sorted set of the manifest's labels.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Manifest not found: {path}")
-    label2id = DEFAULT_LABEL2ID if label2id is None else label2id
-    class_names = _class_names(label2id)
+    if label2id is not None and labels is not None:
+        raise ValueError("give load_manifest either labels or label2id, not both")
     rows, columns = read_rows(path)
     missing = [c for c in (audio_column, text_column, label_column) if c not in columns]
     if missing:
         raise ValueError(f"{path} has no column {', '.join(map(repr, missing))} (its columns: {columns})")
+    label2id = label2id if label2id is not None else _resolve_label2id(path, rows, label_column, labels)
+    class_names = _class_names(label2id)
     session_column = "session" if "session" in columns else "fold" if "fold" in columns else None
     base_dir = Path(base_dir) if base_dir is not None else path.parent
 
@@ -112,9 +122,7 @@ def load_manifest(
     if unknown:
         raise ValueError(
             f"{len(unknown)} unknown label(s) in {path} (known: {', '.join(label2id)}): " + "; ".join(unknown)
-            + ". To train on your own classes, pass --labels with every class in order (e.g. --labels "
-            + " ".join(sorted({_as_str(values.get(label_column)) for _, values in rows} - {""})[:8])
-            + "; from Python, load_manifest(..., label2id=...))"
+            + f". Fix those rows, or {LABELS_HINT}"
         )
     if bad_session:
         raise ValueError(f"{session_column!r} must be an integer in {path}: " + "; ".join(bad_session))
@@ -200,6 +208,17 @@ def leave_one_session_out(dataset_dict, test_session, validation_fraction=0.1, s
             "test": dataset.select(test),
         }
     )
+
+
+def _resolve_label2id(path, rows, label_column, labels):
+    """`{name: id}` from `--labels` or the manifest's sorted labels; empty labels are refused first."""
+    found = [_as_str(values.get(label_column)) for _, values in rows]
+    where = [f"row {row} (line {line})" for row, (line, _) in enumerate(rows, start=1)]
+    empty = [where[i] for i, label in enumerate(found) if not label]
+    if empty:
+        raise ValueError(f"{len(empty)} row(s) of {path} have no label: " + _preview(empty))
+    names = resolve_labels(found, labels=labels, source=str(path), where=where)
+    return {name: i for i, name in enumerate(names)}
 
 
 def _class_names(label2id):

@@ -70,6 +70,12 @@ def check_file(path, min_samples):
     return audio_problem(data.T, rate, min_samples)
 
 
+def check_samples(data, rate, min_samples):
+    """The problem with decoded audio, or None: `data` is (samples, channels) or (samples,) at `rate` Hz. Shared by
+    `check_file` and builders that decode audio themselves (the MELD builder reads the track of a video)."""
+    return audio_problem(np.asarray(data).T, rate, min_samples)
+
+
 def find_bad_audio(split, min_samples):
     """Every utterance of `split` whose audio fails `check_file`."""
     raw = split.cast_column("audio", datasets.Audio(decode=False))

@@ -72,11 +72,12 @@ def _signed(value):
 
 
 def markdown_report(summary, descriptions=None):
-    """The systems table (mean ± std, paired difference from the reference with wins/ties/losses, per-class recall)
-    followed by the per-run UAR table. Values in percent."""
+    """The systems table (WAR, UAR, macro F1 and weighted F1, the metric MELD's papers report, as mean ± std; the
+    paired difference from the reference with wins/ties/losses; per-class recall) followed by the per-run UAR table.
+    Values in percent."""
     descriptions = descriptions or {}
     labels, reference = summary["label_names"], summary["reference"]
-    header = ["system", "runs", "WAR", "UAR", "macro F1"]
+    header = ["system", "runs", "WAR", "UAR", "macro F1", "weighted F1"]
     if reference:
         header += [f"UAR − {reference} (paired)", f"wins/ties/losses vs {reference}"]
     header += [f"recall {label}" for label in labels]
@@ -84,7 +85,7 @@ def markdown_report(summary, descriptions=None):
     for name, entry in summary["systems"].items():
         mean, std = entry["mean"], entry["std"]
         cells = [f"{name}" + (f": {descriptions[name]}" if name in descriptions else ""), str(entry["num_runs"])]
-        cells += [f"{_percent(mean[m])} ± {_percent(std[m])}" for m in ("war", "uar", "macro_f1")]
+        cells += [f"{_percent(mean[m])} ± {_percent(std[m])}" for m in ("war", "uar", "macro_f1", "weighted_f1")]
         if reference:
             paired = (entry.get("paired") or {}).get("uar")
             cells += ["(reference)", "–"] if name == reference else (
