@@ -12,7 +12,8 @@ pipeline (Hub ids, GPUs).
 `vocabulary.txt`) on the CPU, and for `pretrained/whisper-base` when `make pretrained` wrote its CTranslate2 twin
 `pretrained/whisper-base-ct2` beside it (the same weights, no conversion, no download); transformers' pipeline for Hub
 ids, other transformers folders and GPUs. Both decode greedily (beam size 1), as transformers' pipeline does by
-default, so their word error rates are comparable.
+default, so their word error rates are comparable. faster-whisper's sentence times come from its word timestamps
+(cross-attention alignment), which are tighter than Whisper's segment timestamps.
 """
 
 import logging
@@ -20,7 +21,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchaudio
 from tqdm import tqdm
@@ -47,14 +47,13 @@ class Segment:
 
 
 def to_16k_mono(waveform, sampling_rate):
-    """A `(samples,)` or `(channels, samples)` array / tensor at any rate -> float32 numpy `(samples,)` at 16 kHz."""
-    waveform = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
-    if waveform.ndim == 2:
-        waveform = waveform.mean(0)
-    if waveform.ndim != 1:
-        raise ValueError(f"audio must be (samples,) or (channels, samples), got shape {tuple(waveform.shape)}")
-    if int(sampling_rate) != SAMPLING_RATE:
-        waveform = torchaudio.functional.resample(waveform, orig_freq=int(sampling_rate), new_freq=SAMPLING_RATE)
+    """A `(samples,)` or `(channels, samples)` array / tensor at any rate -> float32 numpy `(samples,)` at 16 kHz.
+    Bad audio (empty, NaN, wrong shape or dtype) is a `ValueError` with the FDRL pipeline's own message."""
+    from pipeline_fdrl import _load_waveform
+
+    waveform, rate = _load_waveform(waveform, sampling_rate)
+    if rate != SAMPLING_RATE:
+        waveform = torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=SAMPLING_RATE)
     return waveform.numpy()
 
 
@@ -114,8 +113,10 @@ class FasterWhisperRecognizer(Recognizer):
         progress = duration >= PROGRESS_MIN_SECONDS if progress is None else progress
         found = []
         with tqdm(total=round(duration, 1), unit="s", desc="recognising", disable=not progress) as bar:
-            for segment in self._transcribe(samples):
-                found.append(Segment(round(segment.start, 2), round(min(segment.end, duration), 2),
+            for segment in self._transcribe(samples, word_timestamps=True):
+                words = segment.words or []  # the words' times are tighter than the segment's (whole seconds)
+                start, end = (words[0].start, words[-1].end) if words else (segment.start, segment.end)
+                found.append(Segment(round(float(start), 2), round(min(float(end), duration), 2),
                                      segment.text.strip()))
                 bar.update(round(min(segment.end, duration) - bar.n, 1))
         return found
