@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 
 from conftest import tiny_fdrl_config
-from fdrl.inference.recognizer import Segment, load_recognizer, resolve_backend
+from fdrl.inference.recognizer import Recognizer, Segment, load_recognizer, resolve_backend
 from fdrl.inference.timeline import check_recording, plot_timeline, recording_timeline, write_csv, write_json
 from modeling_fdrl import FDRLModel
 from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, save_pipeline
@@ -37,7 +37,8 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("timeline") / "model"
     torch.manual_seed(0)
     processor = FDRLProcessor.from_texts([s.lower() for s in SENTENCES], vocab_size=99)
-    config = tiny_fdrl_config(initializer_range=0.25, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
+    labels = {"id2label": ID2LABEL, "label2id": {v: k for k, v in ID2LABEL.items()}}
+    config = tiny_fdrl_config(initializer_range=0.25, **labels)
     model = FDRLModel(config).eval()
     save_pipeline(model, processor, folder)
     pipe = MultimodalEmotionRecognitionPipeline(model=model, processor=processor, device="cpu")
@@ -62,7 +63,7 @@ def long_recording(tmp_path_factory):
     return path, spans
 
 
-class FixedSegments:
+class FixedSegments(Recognizer):
     """A recogniser whose sentences are given: the timeline's own logic (reasons, order, scores) on known cuts."""
 
     backend, name = "fixed", "fixed"
@@ -73,8 +74,8 @@ class FixedSegments:
     def segments(self, waveform, sampling_rate, progress=None):
         return list(self.found)
 
-    def describe(self):
-        return {"asr_model": self.name, "asr_backend": self.backend}
+    def transcribe_clip(self, waveform, sampling_rate):
+        return " ".join(segment.text for segment in self.found)
 
 
 def noise(seconds, seed=0):
@@ -112,7 +113,8 @@ def test_timeline_csv_and_plot(tiny, tmp_path):
     timeline = recording_timeline(noise(3.0, seed=1), pipe, FixedSegments(cuts), sampling_rate=RATE)
     write_csv(timeline, tmp_path / "t.csv")
     rows = list(csv.DictReader(open(tmp_path / "t.csv", encoding="utf-8")))
-    assert [r["start"] for r in rows] == ["0.0", "1.2", "2.0"] and [bool(r["reason"]) for r in rows] == [False, True, True]
+    assert [r["start"] for r in rows] == ["0.0", "1.2", "2.0"]
+    assert [bool(r["reason"]) for r in rows] == [False, True, True]
     assert float(rows[0][f"score_{timeline['segments'][0]['label']}"]) == pytest.approx(
         max(timeline["segments"][0]["scores"].values()), abs=1e-4)
     assert rows[1]["label"] == "" and rows[1]["score_ang"] == "" and rows[0]["transcript"] == "leave me alone"
@@ -229,8 +231,38 @@ def test_cli_end_to_end(tiny, long_recording, pretrained_dir, tmp_path, caplog):
         assert cli.main(argv) == 2
         assert "already exists" in caplog.text
         (tmp_path / "blank.wav").write_bytes(b"")
-        assert cli.main([str(tmp_path / "blank.wav"), "--model", str(folder), "--output", str(tmp_path / "b.json")]) == 2
+        blank = [str(tmp_path / "blank.wav"), "--model", str(folder), "--output", str(tmp_path / "b.json")]
+        assert cli.main(blank) == 2
         assert "blank.wav" in caplog.text and not (tmp_path / "b.json").exists()
         assert cli.main([str(path), "--model", str(folder), "--output", str(path.with_suffix(".json")),
                          "--csv", str(path.with_suffix(".json"))]) == 2
     assert output.read_bytes() == before
+
+
+# ----- the web demo's "whole recording" mode -------------------------------------------------------------------------
+def test_app_whole_recording_mode(tiny, tmp_path):
+    from test_app import app
+
+    _, pipe = tiny
+    cuts = [Segment(0.1, 1.1, "leave me alone"), Segment(1.2, 1.4, "no")]
+    classifier = MultimodalEmotionRecognitionPipeline(model=pipe.model, processor=pipe.processor,
+                                                      asr_model=FixedSegments(cuts))
+    demo = app.EmotionDemo(classifier)
+    path = tmp_path / "talk.wav"
+    sf.write(path, noise(20.0, seed=3), RATE)  # longer than the processor's 16 s: the timeline is not cut
+    timeline = demo.timeline(str(path))
+    assert timeline["duration"] == 20.0 and timeline["audio"] == "talk.wav"
+    rows = app.timeline_table(timeline)
+    assert rows[0][:2] == ["0:00.1", "0:01.1"] and rows[0][2] == app.display_name(timeline["segments"][0]["label"])
+    assert rows[1][2] == "none: too short (0.20 s, under 0.5 s)" and rows[1][3] is None
+    # bad input: the single-clip mode's messages, word for word
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "notes.wav").write_text("not audio")
+    sf.write(tmp_path / "silent.wav", np.zeros(RATE, np.float32), RATE)
+    sf.write(tmp_path / "short.wav", noise(0.2), RATE)
+    bad = [None, str(tmp_path / "empty.wav"), str(tmp_path / "notes.wav"), str(tmp_path / "silent.wav"),
+           str(tmp_path / "short.wav"), (RATE, np.full(RATE, np.nan, np.float32))]
+    for audio in bad:
+        message = demo.timeline(audio)
+        assert isinstance(message, str) and message == demo.predict(audio, "leave me alone"), audio
+    assert "silent" in demo.timeline(str(tmp_path / "silent.wav"))
