@@ -171,8 +171,13 @@ def recognizer(pretrained_dir):  # noqa: F811
 
 
 @pretrained
-def test_faster_whisper_transcribes_a_fixed_sentence_exactly(recognizer, tmp_path, tiny):
+def test_faster_whisper_transcribes_a_fixed_sentence_exactly(recognizer, tmp_path, tiny, pretrained_dir):  # noqa: F811
+    from fdrl.pretrained.materialize import BACKBONES, is_complete, read_pretrained_lock
+
     assert recognizer.backend == "faster-whisper" and recognizer.name == "whisper-base-ct2"
+    folder = pretrained_dir / "whisper-base-ct2"  # the wheels' two model.bin parts (72,608,766 bytes each), joined
+    assert (folder / "model.bin").stat().st_size == 2 * 72_608_766
+    assert is_complete(folder, BACKBONES["whisper-base-ct2"], read_pretrained_lock())  # a second run does nothing
     samples, rate = sf.read(speak(SENTENCES[0], tmp_path / "check.wav"), dtype="float32")
     assert recognizer.transcribe_clip(samples, rate) == SENTENCES[0]
     assert recognizer({"raw": samples, "sampling_rate": rate}) == {"text": SENTENCES[0]}
