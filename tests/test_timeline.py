@@ -271,3 +271,17 @@ def test_app_whole_recording_mode(tiny, tmp_path):
         message = demo.timeline(audio)
         assert isinstance(message, str) and message == demo.predict(audio, "leave me alone"), audio
     assert "silent" in demo.timeline(str(tmp_path / "silent.wav"))
+
+
+@pretrained
+def test_wer_command_with_the_faster_whisper_backend(pretrained_dir, tmp_path):  # noqa: F811
+    from fdrl.evaluation.asr import main as asr_main
+
+    speak(SENTENCES[0], tmp_path / "a.wav")
+    speak(SENTENCES[2], tmp_path / "b.wav", voice="en-us+f3")
+    (tmp_path / "corpus.csv").write_text(f'audio,text,label\na.wav,"{SENTENCES[0]}",ang\nb.wav,{SENTENCES[2]},sad\n')
+    assert asr_main(["--model", str(pretrained_dir / "whisper-base"), "--backend", "faster-whisper",
+                     "--manifest", str(tmp_path / "corpus.csv"), "--output", str(tmp_path / "wer.json")]) == 0
+    result = json.loads((tmp_path / "wer.json").read_text())
+    assert result["backend"] == "faster-whisper" and result["utterances"] == 2 and result["reference_words"] == 10
+    assert result["wer"] == 0.0, result["items"]
