@@ -153,7 +153,7 @@ def main(argv=None):
         scores = score_timeline(timeline["segments"], truth, classes, args.tolerance)
         per_recording.append({"recording": number, "duration": timeline["duration"], "seconds": timeline["seconds"],
                               "real_time_factor": timeline["real_time_factor"], **scores, "truth": truth,
-                              "segments": timeline["segments"]})
+                              "timeline": timeline["segments"]})
         if number == 1 and args.plot:
             plot_timeline(timeline, args.plot, title=f"recording 1 of Session {args.sessions}: "
                           f"{len(truth)} sentences, {len(timeline['segments'])} segments")
