@@ -104,19 +104,21 @@ def main(argv=None):
                         help="transformers' pipeline (default), faster-whisper (CTranslate2 folder, or "
                              "pretrained/whisper-base with its -ct2 twin), or auto (faster-whisper on the CPU when "
                              "a CTranslate2 folder is at hand).")
+    parser.add_argument("--compute_type", default="int8", help="faster-whisper's weight type: int8 or float32.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from fdrl.inference.recognizer import load_recognizer
 
     examples = _load_examples(args)
-    recogniser = load_recognizer(args.model, backend=args.backend, device="cpu")
+    recogniser = load_recognizer(args.model, backend=args.backend, device="cpu", compute_type=args.compute_type)
     start = time.perf_counter()
     hypotheses = transcribe(recogniser, examples)
     seconds = time.perf_counter() - start
     references = [example["text"] for example in examples]
     result = {**word_error_rate(references, hypotheses), "seconds_per_utterance": seconds / max(len(examples), 1),
-              "model": args.model, "backend": recogniser.backend}
+              "model": args.model, "backend": recogniser.backend,
+              "compute_type": args.compute_type if recogniser.backend == "faster-whisper" else "float32"}
     logger.info(f"WER {100 * result['wer']:.1f}% over {result['utterances']} utterances "
                 f"({result['reference_words']} words), {result['seconds_per_utterance']:.2f} s per utterance")
     if args.output:

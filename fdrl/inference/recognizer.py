@@ -190,7 +190,7 @@ def resolve_backend(asr_model=None, backend="auto", device="cpu"):
     return backend, (model if model.is_dir() else asr_model)
 
 
-def load_recognizer(asr_model=None, backend="auto", device="cpu", language=None):
+def load_recognizer(asr_model=None, backend="auto", device="cpu", language=None, compute_type="int8"):
     """
     A [`Recognizer`] for `asr_model` (a folder or Hub id; default `pretrained/whisper-base`).
 
@@ -200,12 +200,13 @@ def load_recognizer(asr_model=None, backend="auto", device="cpu", language=None)
             (faster-whisper on the CPU when a CTranslate2 folder is at hand, else transformers).
         device (`str`, *optional*, defaults to `"cpu"`): `"cpu"`, `"cuda"`, ...
         language (`str`, *optional*): the spoken language (`"en"`); detected when not given.
+        compute_type (`str`, *optional*, defaults to `"int8"`): faster-whisper's weight type (`"float32"`, ...).
     """
     backend, model = resolve_backend(asr_model, backend, device)
     logger.info(f"speech recogniser: {model} with {backend}")
     if backend == "faster-whisper":
         return FasterWhisperRecognizer(model, device="cpu" if device is None else str(device).split(":")[0],
-                                       language=language)
+                                       compute_type=compute_type, language=language)
     return TransformersRecognizer(model, device=device, language=language)
 
 

