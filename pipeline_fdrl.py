@@ -14,6 +14,10 @@ Every input problem is reported naming the input (its index in the list and, for
 raises a `ValueError`; in a list, dataset or generator the bad input gives `{"input": name, "error": message}` in its
 place and the others are classified as usual.
 
+A recording of any length: `classifier("meeting.wav", timeline=True, recognizer="pretrained/whisper-base-ct2")`
+returns `{"duration", "segments"}`, one segment per sentence the recogniser finds, each with its times, transcript,
+label and scores (see `MultimodalEmotionRecognitionPipeline.timeline`).
+
 `save_pipeline(model, processor, folder)` writes a folder (a Hub model repository) that the call above loads.
 """
 
