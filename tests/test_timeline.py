@@ -112,7 +112,8 @@ def test_timeline_csv_and_plot(tiny, tmp_path):
     cuts = [Segment(0.0, 1.0, "leave me alone"), Segment(1.2, 1.3, "no"), Segment(2.0, 3.0, "")]
     timeline = recording_timeline(noise(3.0, seed=1), pipe, FixedSegments(cuts), sampling_rate=RATE)
     write_csv(timeline, tmp_path / "t.csv")
-    rows = list(csv.DictReader(open(tmp_path / "t.csv", encoding="utf-8")))
+    with open(tmp_path / "t.csv", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
     assert [r["start"] for r in rows] == ["0.0", "1.2", "2.0"]
     assert [bool(r["reason"]) for r in rows] == [False, True, True]
     assert float(rows[0][f"score_{timeline['segments'][0]['label']}"]) == pytest.approx(
@@ -227,7 +228,8 @@ def test_cli_end_to_end(tiny, long_recording, pretrained_dir, tmp_path, caplog):
     timeline = json.loads(output.read_text())
     assert [s["transcript"] for s in timeline["segments"]] == SENTENCES
     assert timeline["asr_backend"] == "faster-whisper" and timeline["model"] == str(folder)
-    rows = list(csv.DictReader(open(table, encoding="utf-8")))
+    with open(table, encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
     assert [r["label"] for r in rows] == [s["label"] for s in timeline["segments"]]
     assert plot.stat().st_size > 10_000
     # nothing is overwritten; bad input is named before any model loads

