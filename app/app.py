@@ -10,7 +10,12 @@ typed). The app reads the model with the flat `pipeline_fdrl`, `modeling_fdrl` a
 the repository when it runs from a clone, from the model folder (which carries them) when this folder is uploaded
 as a Hugging Face Space on its own. It makes no Hub call: HF_HUB_OFFLINE=1 unless the environment says otherwise.
 
-`EmotionDemo.predict(audio, transcript)` is everything the page does, as a plain function: it returns a
+The "Whole recording" tab takes a long file (minutes): the speech recogniser cuts it into sentences, FDRL labels each
+one, and the page shows emotion over time and a table of the sentences (`EmotionDemo.timeline(audio)`, the same
+`fdrl.inference.timeline` as `fdrl-timeline`). On the CPU the recogniser is faster-whisper on
+`pretrained/whisper-base-ct2` when `make pretrained` wrote it (transformers' pipeline otherwise, and for Hub ids).
+
+`EmotionDemo.predict(audio, transcript)` is everything the single-clip tab does, as a plain function: it returns a
 `Prediction`, or for bad input (no audio, an empty, too short or silent recording, a file that is not audio, a
 transcript without words) a message for the user. The page shows either; nothing a user uploads stops the server.
 """
@@ -99,7 +104,29 @@ class EmotionDemo:
         self.min_duration = min_duration
         self.max_duration = classifier.processor.max_duration  # the processor cuts longer audio (None: never)
         asr = classifier.asr_pipeline
-        self.asr_name = None if asr is None else Path(str(asr.model.name_or_path).rstrip("/")).name
+        self.asr_name = None if asr is None else (
+            getattr(asr, "name", None) or Path(str(asr.model.name_or_path).rstrip("/")).name)
+
+    def timeline(self, audio):
+        """
+        The whole recording's emotion, sentence by sentence: `fdrl.inference.timeline.recording_timeline`'s dict,
+        or a `str`: a message naming what is wrong with the input (the single-clip messages). Needs the recogniser
+        to give timed sentences (`fdrl.inference.recognizer`).
+        """
+        from fdrl.inference.timeline import recording_timeline
+
+        recognizer = self.classifier.asr_pipeline
+        if recognizer is None or not hasattr(recognizer, "segments"):
+            return ("The whole-recording mode needs a speech recogniser that times sentences: start the app from a "
+                    "clone of the repository, with pretrained/whisper-base (`make pretrained`) or --asr_model.")
+        try:
+            waveform, rate, _ = self._read(audio, cut=False)
+            return recording_timeline(waveform, self.classifier, recognizer, sampling_rate=rate, progress=False,
+                                      name=Path(audio).name if isinstance(audio, (str, os.PathLike)) else None)
+        except InputError as error:
+            return str(error)
+        except ValueError as error:
+            return f"The model cannot read this input: {str(error).removeprefix('input: ')}."
 
     def predict(self, audio, transcript=None):
         """
@@ -134,8 +161,9 @@ class EmotionDemo:
             notes=notes,
         )
 
-    def _read(self, audio):
-        """(channels, samples) float32 array and its rate, cut to max_duration, and the notes the page must show."""
+    def _read(self, audio, cut=True):
+        """(channels, samples) float32 array and its rate, cut to max_duration (unless `cut=False`), and the notes
+        the page must show."""
         if audio is None or (isinstance(audio, str) and not audio):
             raise InputError("No audio: record with the microphone or upload a file (WAV, FLAC, MP3, OGG).")
         array, rate, recording = _decode(audio)
@@ -150,7 +178,7 @@ class EmotionDemo:
         if np.abs(array).max() < SILENCE_PEAK:
             raise InputError(f"{recording} is silent: check the microphone and record again.")
         notes = []
-        if self.max_duration is not None and seconds > self.max_duration:
+        if cut and self.max_duration is not None and seconds > self.max_duration:
             # cut here, as the processor would, so that the speech recogniser hears what the model hears
             array = array[:, : round(self.max_duration * rate)]
             notes.append(f"The recording lasts {seconds:.1f} s: FDRL hears only its first {self.max_duration:g} s "
@@ -237,8 +265,21 @@ def add_fdrl_modules_to_path(model_folder):
     raise SystemExit(f"pipeline_fdrl.py is neither in {APP_DIR.parent} nor in the model folder {model_folder}")
 
 
+def load_recognizer(asr_model, device="cpu"):
+    """The speech recogniser: `fdrl.inference.recognizer`'s (faster-whisper on the CPU when a CTranslate2 folder is at
+    hand) from a clone; the model name as it is (transformers' pipeline) in a Space without the `fdrl` package."""
+    if asr_model is None:
+        return None
+    try:
+        from fdrl.inference.recognizer import load_recognizer as load
+    except ImportError:
+        return asr_model
+    return load(asr_model, device=device)
+
+
 def load_classifier(model_folder, asr_model=None, device="cpu"):
-    """The FDRL pipeline on a model folder (the flat modules must be importable: see add_fdrl_modules_to_path)."""
+    """The FDRL pipeline on a model folder (the flat modules must be importable: see add_fdrl_modules_to_path).
+    `asr_model`: a folder or Hub id (transformers' pipeline), or a recogniser from `load_recognizer`."""
     from modeling_fdrl import FDRLModel
     from pipeline_fdrl import MultimodalEmotionRecognitionPipeline
     from processing_fdrl import FDRLProcessor
@@ -314,7 +355,55 @@ def build_page(predictor, model_name):
                      outputs=[scores, transcript, source, similarities, status], api_name="predict")
         transcript.submit(on_submit, inputs=[audio, transcript],
                           outputs=[scores, transcript, source, similarities, status], api_name=False)
+        add_timeline_section(predictor)
     return page
+
+
+def timeline_table(timeline):
+    """The page's segment table: start and end (m:ss.s), emotion (or why there is none), its probability, words."""
+    clock = lambda seconds: f"{int(seconds // 60)}:{seconds % 60:04.1f}"  # noqa: E731
+    return [[clock(s["start"]), clock(s["end"]),
+             display_name(s["label"]) if "label" in s else f"none: {s['reason']}",
+             round(s["scores"][s["label"]], 3) if "label" in s else None, s["transcript"]]
+            for s in timeline["segments"]]
+
+
+def add_timeline_section(predictor):
+    """The "whole recording" section: upload a long file, see emotion over time and the sentence table."""
+    try:
+        from fdrl.inference.timeline import plot_timeline
+    except ImportError:  # a Space without the fdrl package: the single-clip part only
+        return
+
+    gr.Markdown("## Whole recording\nUpload a long recording (minutes): the speech recogniser cuts it into "
+                "sentences and FDRL labels each one from its speech and its words.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            long_audio = gr.Audio(sources=["upload"], type="filepath", label="Recording", elem_id="long_audio")
+            run = gr.Button("Emotion over the recording", variant="primary", elem_id="timeline_submit")
+        with gr.Column(scale=3):
+            long_status = gr.Markdown(elem_id="timeline_status")
+            plot = gr.Plot(label="Emotion over time", elem_id="timeline_plot")
+            table = gr.Dataframe(headers=["start", "end", "emotion", "probability", "transcript"],
+                                 datatype=["str", "str", "str", "number", "str"], label="Sentences",
+                                 interactive=False, wrap=True, elem_id="timeline_table")
+
+    def on_run(audio_value):
+        start = time.perf_counter()
+        try:
+            result = predictor.timeline(audio_value)
+        except Exception:  # a bug, not the user's input: log it, keep serving
+            logger.exception("timeline failed")
+            result = "Something went wrong on the server while predicting; the details are in its log."
+        if isinstance(result, str):
+            gr.Warning(result)
+            return None, None, f"**Could not predict.** {result}"
+        labelled = sum("label" in s for s in result["segments"])
+        message = (f"{len(result['segments'])} sentence(s), {labelled} labelled, over {result['duration']:.1f} s; "
+                   f"done in {time.perf_counter() - start:.1f} s.")
+        return plot_timeline(result), timeline_table(result), message
+
+    run.click(on_run, inputs=[long_audio], outputs=[plot, table, long_status], api_name="timeline")
 
 
 def parse_args(argv=None):
@@ -352,7 +441,8 @@ def main(argv=None):
     asr_model = resolve_asr_model(args.asr_model)
     logger.info(f"model {model_folder}, FDRL modules from {modules}, speech recogniser {asr_model or 'none'}")
     try:
-        predictor = EmotionDemo(load_classifier(model_folder, asr_model=asr_model, device=args.device))
+        recognizer = load_recognizer(asr_model, device=args.device)
+        predictor = EmotionDemo(load_classifier(model_folder, asr_model=recognizer, device=args.device))
     except ValueError as error:
         raise SystemExit(f"--model {args.model}: {error}") from None
 

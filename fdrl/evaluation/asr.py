@@ -2,9 +2,11 @@
 
     fdrl-wer --model pretrained/whisper-base --data_dir demo_data/IEMOCAP_demo --sessions 5
     fdrl-wer --model openai/whisper-base --manifest my_corpus.csv --output wer.json
+    fdrl-wer --model pretrained/whisper-base --backend faster-whisper --data_dir demo_data/IEMOCAP_demo
 
 The recogniser is transformers' "automatic-speech-recognition" pipeline on the model's standard window (30 s for
-Whisper). WER is jiwer's corpus word error rate (edit operations summed over the corpus, over the reference words),
+Whisper), or with `--backend faster-whisper` the same weights through CTranslate2 (int8, CPU:
+`pretrained/whisper-base-ct2`, see `fdrl.inference.recognizer`); both decode greedily. WER is jiwer's corpus word error rate (edit operations summed over the corpus, over the reference words),
 after a light normalisation of both sides (lowercase, punctuation removed except apostrophes inside words,
 whitespace collapsed), so "Hello, world!" and "hello world" count as the same.
 
@@ -91,6 +93,10 @@ def _check_arguments(args):
             raise ValueError(f"--output {output} is a folder: give a file name such as {output / 'wer.json'}")
         if not output.parent.is_dir():
             raise ValueError(f"--output {output}: the folder {output.parent} does not exist")
+    if Path(args.model, "model.bin").is_file():  # a CTranslate2 Whisper folder (faster-whisper): no transformers config
+        from transformers import WhisperConfig
+
+        return minimum_samples(WhisperConfig())
     try:
         check_model_folder(args.model, fdrl=False)
         config = AutoConfig.from_pretrained(args.model)
@@ -141,10 +147,15 @@ def main(argv=None):
     parser.add_argument("--sessions", type=int, nargs="*", help="Only these sessions (e.g. the test sessions).")
     parser.add_argument("--limit", type=int, default=None, help="At most this many utterances.")
     parser.add_argument("--output", default=None, help="Write the WER and every transcript to this JSON file.")
+    parser.add_argument("--backend", default="transformers", choices=("transformers", "faster-whisper", "auto"),
+                        help="transformers' pipeline (default), faster-whisper (CTranslate2 folder, or "
+                             "pretrained/whisper-base with its -ct2 twin), or auto (faster-whisper on the CPU when "
+                             "a CTranslate2 folder is at hand).")
+    parser.add_argument("--compute_type", default="int8", help="faster-whisper's weight type: int8 or float32.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from transformers import pipeline
+    from fdrl.inference.recognizer import load_recognizer
 
     try:
         examples, skipped = _load_examples(args, _check_arguments(args))
@@ -157,13 +168,14 @@ def main(argv=None):
     if not examples:
         logger.error("fdrl-wer: no utterance with usable audio to transcribe")
         return 1
-    recogniser = pipeline("automatic-speech-recognition", model=args.model)
+    recogniser = load_recognizer(args.model, backend=args.backend, device="cpu", compute_type=args.compute_type)
     start = time.perf_counter()
     hypotheses = transcribe(recogniser, examples)
     seconds = time.perf_counter() - start
     references = [example["text"] for example in examples]
     result = {**word_error_rate(references, hypotheses), "seconds_per_utterance": seconds / max(len(examples), 1),
-              "model": args.model, "skipped": [vars(item) for item in skipped]}
+              "model": args.model, "skipped": [vars(item) for item in skipped], "backend": recogniser.backend,
+              "compute_type": args.compute_type if recogniser.backend == "faster-whisper" else "float32"}
     logger.info(f"WER {100 * result['wer']:.1f}% over {result['utterances']} utterances "
                 f"({result['reference_words']} words), {result['seconds_per_utterance']:.2f} s per utterance")
     if args.output:

