@@ -36,7 +36,8 @@ def log_series(log_history, key):
 
 def plot_training(trainer_state, path, panels, title=None):
     """One panel per group of logged keys over epochs, from a `trainer_state.json` path or its dict. `panels` is a
-    sequence of (panel title, [keys]); keys never logged are left out."""
+    sequence of (panel title, [keys]); keys never logged are left out. A panel whose positive values span more than
+    three orders of magnitude gets a log scale."""
     state = json.loads(Path(trainer_state).read_text()) if isinstance(trainer_state, (str, Path)) else trainer_state
     history = state["log_history"]
     panels = [(name, [k for k in keys if log_series(history, k)[0]]) for name, keys in panels]
@@ -49,6 +50,10 @@ def plot_training(trainer_state, path, panels, title=None):
         for key in keys:
             axis.plot(*log_series(history, key), marker="." if len(log_series(history, key)[0]) < 30 else None,
                       label=key)
+        values = np.array([v for key in keys for v in log_series(history, key)[1]], dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size and values.min() > 0 and values.max() / values.min() > 1000:  # e.g. diverging norms
+            axis.set_yscale("log")
         axis.set_title(name)
         axis.set_xlabel("epoch")
         axis.legend(fontsize=7)
@@ -60,17 +65,22 @@ def plot_training(trainer_state, path, panels, title=None):
 
 def fdrl_training_panels(label_names):
     """The panels of an FDRL training-curves figure: the loss terms, mu with the raw discriminator error rates,
-    the alignment diagnostics, and the validation metrics."""
+    the alignment diagnostics (norms, relative centroid distance, transfer, retrieval, probe), and the validation
+    metrics."""
     from fdrl.training.trainer import LOSS_TERMS
 
     return (
         ("loss terms", ["loss", *LOSS_TERMS]),
         ("dynamic factor and discriminator errors",
          ["dynamic_factor", "global_discriminator_error", *[f"local_discriminator_error_{l}" for l in label_names]]),
-        ("alignment (validation)",
-         ["eval_alignment_probe_a_distance", *[f"eval_alignment_probe_a_distance_{l}" for l in label_names]]),
-        ("class-centroid distance S_a-S_t (validation)",
-         ["eval_alignment_centroid_distance", *[f"eval_alignment_centroid_distance_{l}" for l in label_names]]),
+        ("shared-vector norms (validation)",
+         ["eval_alignment_norm_audio", "eval_alignment_norm_text", "eval_alignment_norm_growth"]),
+        ("relative class-centroid distance S_a-S_t (validation)",
+         ["eval_alignment_relative_centroid_distance",
+          *[f"eval_alignment_relative_centroid_distance_{l}" for l in label_names]]),
+        ("cross-modal transfer, retrieval, probe (validation)",
+         ["eval_alignment_transfer_audio_to_text", "eval_alignment_transfer_text_to_audio",
+          "eval_alignment_retrieval_r1", "eval_alignment_probe_a_distance"]),
         ("validation", ["eval_uar", "eval_war"]),
     )
 
