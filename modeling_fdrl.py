@@ -107,7 +107,8 @@ class FDRLEncoder(nn.Module):
         super().__init__()
         self.dense = nn.Linear(input_size, config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, elementwise_affine=False) if normalization == "layer_norm" else None
+        bounded = normalization == "layer_norm"
+        self.norm = nn.LayerNorm(config.hidden_size, elementwise_affine=False) if bounded else None
 
     def forward(self, hidden_states):
         hidden_states = self.out(F.relu(self.dense(hidden_states)))

@@ -149,7 +149,8 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
     if reference is not None:
         train_audio, train_text, train_labels = _check(*reference, name="reference")
         if train_audio.shape[1] != shared_audio.shape[1]:
-            raise ValueError(f"`reference` vectors must have {shared_audio.shape[1]} columns, got {train_audio.shape[1]}")
+            raise ValueError(f"`reference` vectors must have {shared_audio.shape[1]} columns, "
+                             f"got {train_audio.shape[1]}")
         to_text = transfer_uar(train_audio, train_labels, shared_text, labels, random_state)
         if to_text is not None:
             metrics[PREFIX + "transfer_audio_to_text"] = to_text

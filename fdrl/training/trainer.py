@@ -345,7 +345,7 @@ class DivergenceGuard(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         growth = (metrics or {}).get("eval_alignment_norm_growth")
-        if self.fired or growth is None or not growth <= self.factor:  # NaN and inf fire too
+        if self.fired or growth is None or growth <= self.factor:  # NaN and inf fire too
             return
         self.fired = True
         logger.warning(
