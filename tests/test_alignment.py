@@ -7,7 +7,6 @@ from fdrl.evaluation.alignment import (
     alignment_metrics,
     centroid_distance,
     pooled_spread,
-    probe_a_distance,
     relative_centroid_distance,
     retrieval_at_1,
 )
@@ -24,12 +23,6 @@ def _paired(n=300, hidden=8, shift=0.0, seed=0, class_shift=0):
     shared_audio = class_means[labels] + rng.normal(size=(n, hidden))
     shared_text = class_means[(labels + class_shift) % 4] + rng.normal(size=(n, hidden)) + shift
     return shared_audio, shared_text, labels
-
-
-def test_probe_a_distance_by_hand():
-    assert probe_a_distance(0.5) == 0.0
-    assert probe_a_distance(0.25) == probe_a_distance(0.75) == 1.0  # flipped decisions separate as well
-    assert probe_a_distance(0.0) == probe_a_distance(1.0) == 2.0
 
 
 def test_centroid_distance_spread_and_retrieval_by_hand():
@@ -61,7 +54,6 @@ def test_identical_class_conditional_distributions_align():
     metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
     assert metrics["alignment_relative_centroid_distance"] < 0.25  # sampling noise only
     assert metrics["alignment_transfer_audio_to_text"] > 0.9 and metrics["alignment_transfer_text_to_audio"] > 0.9
-    assert metrics["alignment_probe_a_distance"] < 0.3
 
 
 def test_permuted_classes_give_chance_transfer():
@@ -80,7 +72,6 @@ def test_permuted_classes_give_chance_transfer():
 def test_shifted_spaces_are_seen_apart():
     train, held_out = _reference(shift=3.0)
     metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
-    assert metrics["alignment_probe_a_distance"] > 1.8
     assert metrics["alignment_relative_centroid_distance"] > 3.0
     aligned = alignment_metrics(*_reference()[1], id2label=ID2LABEL, reference=_reference()[0])
     assert metrics["alignment_transfer_audio_to_text"] < aligned["alignment_transfer_audio_to_text"] - 0.15
@@ -92,7 +83,7 @@ def test_scaling_both_spaces_leaves_the_scale_free_numbers_unchanged():
     scaled = alignment_metrics(*(1000 * x for x in held_out[:2]), held_out[2], ID2LABEL,
                                reference=(1000 * train[0], 1000 * train[1], train[2]))
     for key in ("relative_centroid_distance", "transfer_audio_to_text", "transfer_text_to_audio", "retrieval_r1",
-                "probe_a_distance", "relative_centroid_distance_sad"):
+                "relative_centroid_distance_sad"):
         assert scaled[f"alignment_{key}"] == pytest.approx(metrics[f"alignment_{key}"], abs=1e-6), key
     for key in ("norm_audio", "norm_text", "centroid_distance"):
         assert scaled[f"alignment_{key}"] == pytest.approx(1000 * metrics[f"alignment_{key}"], rel=1e-9), key
@@ -103,7 +94,7 @@ def test_keys_and_means():
     metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
     expected = {f"alignment_{k}" for k in ("norm_audio", "norm_text", "relative_centroid_distance",
                                             "centroid_distance", "retrieval_r1", "transfer_audio_to_text",
-                                            "transfer_text_to_audio", "probe_error", "probe_a_distance")}
+                                            "transfer_text_to_audio")}
     expected |= {f"alignment_{kind}_{label}" for kind in ("relative_centroid_distance", "centroid_distance")
                  for label in ID2LABEL.values()}
     assert set(metrics) == expected
@@ -112,8 +103,7 @@ def test_keys_and_means():
     assert metrics["alignment_norm_audio"] == pytest.approx(np.linalg.norm(held_out[0], axis=1).mean())
     assert alignment_metrics(*held_out, id2label=ID2LABEL, reference=train) == metrics  # deterministic
     without_reference = alignment_metrics(*held_out, id2label=ID2LABEL)
-    assert "alignment_transfer_audio_to_text" not in without_reference and "alignment_probe_error" not in \
-        without_reference
+    assert "alignment_transfer_audio_to_text" not in without_reference
 
 
 def test_a_single_utterance_class_and_diverged_vectors():
@@ -176,7 +166,7 @@ def test_a_short_training_run_logs_mu_rates_and_alignment_without_nan():
         log.update(alignment_metrics(out.shared_audio.float().numpy(), out.shared_text.float().numpy(),
                                      validation["labels"].numpy(), model.config.id2label, reference=reference))
         assert "global_discriminator_error" not in log
-        assert {"dynamic_factor", "local_discriminator_error_ang", "alignment_probe_a_distance",
+        assert {"dynamic_factor", "local_discriminator_error_ang",
                 "alignment_relative_centroid_distance_sad", "alignment_transfer_audio_to_text",
                 "alignment_retrieval_r1", "alignment_norm_audio"} <= set(log)
         assert all(math.isfinite(value) for value in log.values()), log

@@ -110,7 +110,7 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
     evals = [entry for entry in history if "eval_uar" in entry]
     diagnostics = {f"eval_alignment_{key}" for key in (
         "norm_audio", "norm_text", "norm", "norm_growth", "relative_centroid_distance", "centroid_distance",
-        "transfer_audio_to_text", "transfer_text_to_audio", "retrieval_r1", "probe_error", "probe_a_distance")}
+        "transfer_audio_to_text", "transfer_text_to_audio", "retrieval_r1")}
     assert len(evals) == 2 and all(diagnostics <= set(entry) for entry in evals)
     assert evals[0]["eval_alignment_norm_growth"] == 1.0  # relative to the first evaluation
     values = [v for entry in epochs + evals for v in entry.values() if isinstance(v, float)]

@@ -7,7 +7,7 @@
 
 Each model reads each utterance of the session (corpus transcripts); its S_a, S_t, P_a and P_t go through
 `fdrl.evaluation.plots.plot_representation_rows` (one row per model, side by side), and the alignment diagnostics
-of the same vectors (without the training-split reference: no transfer or probe) are printed per model.
+of the same vectors (without the training-split reference: no transfer) are printed per model.
 """
 
 import argparse

@@ -2,7 +2,8 @@
 
 The online discriminators of the fine-grained alignment (eq. 4-8) are trained against the encoder, so their error
 rates say how the game stands, not whether S_a and S_t are aligned. These diagnostics measure it independently, on
-held-out representations (the validation or test split), with the training split's vectors as the reference:
+held-out representations (the validation or test split), with the training split's vectors as the reference
+for the transfer:
 
 - the mean L2 norm of S_a and of S_t (the gradient reversal objective can grow them without bound);
 - the relative class-centroid distance: within each emotion class, the distance between the centroids of S_a and
@@ -15,10 +16,12 @@ held-out representations (the validation or test split), with the training split
   "modality-shared" means: a class learnt from speech's shared vectors is recognised in text's;
 - paired retrieval R@1: the share of utterances whose own S_t is the nearest (Euclidean) S_t to their S_a, and the
   reverse, averaged (chance 1 / n);
-- a linear probe telling S_a from S_t, fit on the training split's vectors and tested on the held-out ones: its
-  error eps_probe and the probe A-distance 2 |1 - 2 eps_probe| (0: indistinguishable, 2: separable). Fit on the
-  held-out split itself (cross-validated, the earlier probe) it read 1.9-2.0 for every model: 40 utterances per
-  modality in 128 dimensions are linearly separable whatever the training does.
+
+No linear probe telling S_a from S_t: cross-validated on the validation split (the earlier probe) it read 1.9-2.0 for
+every model, S1 included (40 utterances per modality in 128 dimensions are separable whatever the training does),
+and fit on the training split's 720 vectors and tested on the held-out ones it still read 2.0 (S1 1.98-2.0) on every
+test session of the alignment study: frozen Whisper and MiniLM features stay linearly separable under every
+objective tried, so the probe cannot rank them.
 
 Only numpy and scikit-learn are needed; the same input always gives the same metrics (deterministic solvers).
 """
@@ -43,21 +46,6 @@ def _fit(model, features, targets):
     with warnings.catch_warnings():  # a not quite converged classifier still measures what it measures
         warnings.simplefilter("ignore", ConvergenceWarning)
         return model.fit(features, targets)
-
-
-def probe_a_distance(error):
-    """Proxy A-distance 2 |1 - 2 eps| of a probe error: a probe wrong more often than chance still separates."""
-    return 2.0 * abs(1.0 - 2.0 * error)
-
-
-def probe_error(train_audio, train_text, shared_audio, shared_text, random_state=0):
-    """Error of a linear probe fit to tell the training split's S_a from its S_t, on the held-out S_a, S_t."""
-    features = np.concatenate([train_audio, train_text])  # (2m, d)
-    modality = np.repeat([0, 1], [len(train_audio), len(train_text)])
-    probe = _fit(_classifier(random_state), features, modality)
-    held_out = np.concatenate([shared_audio, shared_text])
-    truth = np.repeat([0, 1], [len(shared_audio), len(shared_text)])
-    return float((probe.predict(held_out) != truth).mean())
 
 
 def centroid_distance(shared_audio, shared_text):
@@ -113,7 +101,7 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
         labels (`np.ndarray` of shape `(n,)`): their emotion classes.
         id2label (`dict`, *optional*): names the classes in the metric names; else the label itself is used.
         reference (`tuple` of `(train_audio, train_text, train_labels)`, *optional*): S_a (m, hidden), S_t (m,
-            hidden) and the labels (m,) of training utterances, for the cross-modal transfer and the probe.
+            hidden) and the labels (m,) of training utterances, for the cross-modal transfer.
         random_state (`int`, *optional*, defaults to 0): seeds the classifiers' solvers.
 
     Returns:
@@ -121,8 +109,8 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
         `alignment_centroid_distance_<label>` for each class with at least 2 utterances (and a positive spread),
         their means `alignment_relative_centroid_distance` and `alignment_centroid_distance`;
         `alignment_retrieval_r1` (with at least 2 utterances); with `reference`: `alignment_transfer_audio_to_text`,
-        `alignment_transfer_text_to_audio` (absent when the reference holds a single class), `alignment_probe_error`
-        and `alignment_probe_a_distance`. With vectors that are not finite, the two norms only.
+        `alignment_transfer_text_to_audio` (absent when the reference holds a single class). With vectors that are
+        not finite, the two norms only.
     """
     shared_audio, shared_text, labels = _check(shared_audio, shared_text, labels)
     metrics = {PREFIX + "norm_audio": mean_norm(shared_audio), PREFIX + "norm_text": mean_norm(shared_text)}
@@ -156,9 +144,6 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
             metrics[PREFIX + "transfer_audio_to_text"] = to_text
             metrics[PREFIX + "transfer_text_to_audio"] = transfer_uar(train_text, train_labels, shared_audio, labels,
                                                                       random_state)
-        error = probe_error(train_audio, train_text, shared_audio, shared_text, random_state)
-        metrics[PREFIX + "probe_error"] = error
-        metrics[PREFIX + "probe_a_distance"] = probe_a_distance(error)
     return metrics
 
 
@@ -185,6 +170,6 @@ def _check(shared_audio, shared_text, labels, name=None):
 
 
 __all__ = [
-    "alignment_metrics", "centroid_distance", "pooled_spread", "probe_a_distance", "probe_error",
-    "relative_centroid_distance", "retrieval_at_1", "transfer_uar",
+    "alignment_metrics", "centroid_distance", "mean_norm", "pooled_spread", "relative_centroid_distance",
+    "retrieval_at_1", "transfer_uar",
 ]

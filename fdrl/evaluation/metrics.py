@@ -46,7 +46,7 @@ class fdrl_metrics:  # noqa: N801 (used like trainer_metrics, a factory of compu
     classification metrics and the alignment diagnostics of S_a and S_t (`fdrl.evaluation.alignment`).
 
     `reference` (set by the trainer before each evaluation) holds the training split's (S_a, S_t, labels) from the
-    current model, for the cross-modal transfer and the probe. `alignment_norm_growth` is the mean norm of the
+    current model, for the cross-modal transfer. `alignment_norm_growth` is the mean norm of the
     reference's S_a and S_t (the same training utterances every time) over its value at the first evaluation (of
     the evaluated split's vectors when there is no reference); `alignment_norm` is the mean of the two norms."""
 

@@ -25,7 +25,6 @@ EXTRA_COLUMNS = (
     ("test_alignment_transfer_audio_to_text", "transfer a->t", True),
     ("test_alignment_transfer_text_to_audio", "transfer t->a", True),
     ("test_alignment_retrieval_r1", "R@1", True),
-    ("test_alignment_probe_a_distance", "probe A-dist.", False),
 )
 
 
