@@ -92,14 +92,14 @@ class FDRLConfig(PretrainedConfig):
             is weighted by the class weights, eps_l^c = sum_i y_i^c err_i^c / sum_i y_i^c over the 2 x batch samples;
             `"unweighted"`: a plain mean over all of them (the earlier behaviour), which the samples with y_i^c ~ 0,
             whose near-zero inputs can only be guessed at, pull toward 0.5.
-        local_weights (`str`, *optional*, defaults to `"auto"`):
+        local_weights (`str`, *optional*, defaults to `"labels"`):
             The class weights y_i^c that scale the local discriminators' inputs (eq. 5). `"predictor"`: the
             fine-grained predictor's softmax for S_i, detached, so no unreversed gradient trains the predictor and
             the shared encoder to help the local discriminators; `"predictor_attached"`: the same softmax, not
             detached (DAAN's code, the earlier behaviour); `"labels"`: the one-hot emotion labels; `"auto"`:
             `"predictor"` when `use_predictor` is on and `gamma > 0`, else `"labels"` (an untrained predictor's
             softmax means nothing, ablation S6).
-        adversarial_objective (`str`, *optional*, defaults to `"reversal"`):
+        adversarial_objective (`str`, *optional*, defaults to `"confusion"`):
             How the shared encoder E_s plays against the alignment discriminators (eq. 4-5). `"reversal"`: the
             paper's gradient reversal layer (Ganin & Lempitsky 2015, DANN): the discriminators see S_i behind it, so
             E_s MAXIMISES their cross-entropy, which has no upper bound (on frozen pretrained features at lr 1e-3 the
@@ -168,8 +168,8 @@ class FDRLConfig(PretrainedConfig):
         dynamic_factor_bounds=(0.05, 0.95),
         a_distance_proxy="error",
         local_error_rate="weighted",
-        local_weights="auto",
-        adversarial_objective="reversal",
+        local_weights="labels",
+        adversarial_objective="confusion",
         shared_normalization="none",
         discriminator_dropout=0.0,
         adversarial_learning_rate_scale=1.0,
