@@ -97,8 +97,8 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
     assert train_logs
     from fdrl.training.trainer import LOSS_TERMS
 
-    assert LOSS_TERMS == ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor",
-                          "loss_confusion")
+    assert LOSS_TERMS == ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal",
+                          "loss_predictor", "loss_confusion")
     for key in (*LOSS_TERMS, "dynamic_factor", "grl_coefficient"):
         assert all(key in entry for entry in train_logs), key
     epochs = [entry for entry in history if "global_discriminator_error" in entry]
