@@ -102,7 +102,7 @@ def plot_representation_rows(rows, label_names, path, title=None, seed=0):
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    figure = Figure(figsize=(11, 4.6 * len(rows)))
+    figure = Figure(figsize=(12, 4.6 * len(rows)))
     axes = np.atleast_2d(figure.subplots(len(rows), 2))
     for (row_title, representations, labels), (left, right) in zip(rows, axes):
         names = [n for n in REPRESENTATION_NAMES if n in representations]
@@ -114,7 +114,7 @@ def plot_representation_rows(rows, label_names, path, title=None, seed=0):
             points = embedded[index * count:(index + 1) * count]
             left.scatter(points[:, 0], points[:, 1], s=8, alpha=0.6, label=REPRESENTATION_NAMES[name])
         prefix = f"{row_title}: " if row_title else ""
-        left.set_title(f"{prefix}t-SNE of the four representations")
+        left.set_title(f"{prefix}t-SNE of the four representations", fontsize=10)
         left.legend(fontsize=8)
         labels = np.asarray(labels)
         shared = np.concatenate([representations["shared_audio"], representations["shared_text"]])
@@ -128,7 +128,7 @@ def plot_representation_rows(rows, label_names, path, title=None, seed=0):
             line = right.plot([audio[0], text[0]], [audio[1], text[1]], "-", label=label)[0]
             right.plot(*audio, "o", color=line.get_color())
             right.plot(*text, "s", color=line.get_color())
-        right.set_title(f"{prefix}class centroids of $S_a$ (o) and $S_t$ (s), first two PCs")
+        right.set_title(f"{prefix}centroids of $S_a$ (o), $S_t$ (s), 2 PCs", fontsize=10)
         right.legend(fontsize=8)
     if title:
         figure.suptitle(title)
