@@ -92,14 +92,14 @@ class FDRLConfig(PretrainedConfig):
             is weighted by the class weights, eps_l^c = sum_i y_i^c err_i^c / sum_i y_i^c over the 2 x batch samples;
             `"unweighted"`: a plain mean over all of them (the earlier behaviour), which the samples with y_i^c ~ 0,
             whose near-zero inputs can only be guessed at, pull toward 0.5.
-        local_weights (`str`, *optional*, defaults to `"labels"`):
+        local_weights (`str`, *optional*, defaults to `"auto"`):
             The class weights y_i^c that scale the local discriminators' inputs (eq. 5). `"predictor"`: the
             fine-grained predictor's softmax for S_i, detached, so no unreversed gradient trains the predictor and
             the shared encoder to help the local discriminators; `"predictor_attached"`: the same softmax, not
             detached (DAAN's code, the earlier behaviour); `"labels"`: the one-hot emotion labels; `"auto"`:
             `"predictor"` when `use_predictor` is on and `gamma > 0`, else `"labels"` (an untrained predictor's
             softmax means nothing, ablation S6).
-        adversarial_objective (`str`, *optional*, defaults to `"confusion"`):
+        adversarial_objective (`str`, *optional*, defaults to `"reversal"`):
             How the shared encoder E_s plays against the alignment discriminators (eq. 4-5). `"reversal"`: the
             paper's gradient reversal layer (Ganin & Lempitsky 2015, DANN): the discriminators see S_i behind it, so
             E_s MAXIMISES their cross-entropy, which has no upper bound (on frozen pretrained features at lr 1e-3 the
@@ -114,9 +114,13 @@ class FDRLConfig(PretrainedConfig):
             norm sqrt(d), as MISA bounds its projections); `"none"`: E_s as in eq. 3.
         discriminator_dropout (`float`, *optional*, defaults to 0.0):
             Dropout after the hidden layer of the global and local alignment discriminators (DAAN's code uses 0.5).
-        adversarial_learning_rate_scale (`float`, *optional*, defaults to 1.0):
-            The learning rate of the adversarial path (E_s and the alignment discriminators) is the run's learning
-            rate times this factor (an AdamW parameter group of `FDRLTrainer`); the rest of the heads keep the run's.
+        adversarial_learning_rate (`float`, *optional*, defaults to 1e-5):
+            The learning rate of the adversarial path (E_s and the alignment discriminators) is at most this (an
+            AdamW parameter group of `FDRLTrainer`: min(this, the run's learning rate)); the rest keeps the run's.
+            1e-5 is the paper's rate, at which its gradient reversal stays bounded: with the heads at 1e-3 (the
+            demo's recipe) the reversal diverges when E_s and the discriminators learn at 1e-3 too, and stays stable
+            with them at 1e-5 (the alignment study, docs/design.md). `None`: the run's learning rate everywhere (the
+            paper's literal reading, one optimiser setting for all).
         grl_schedule (`str`, *optional*, defaults to `"dann"`):
             `"dann"`: the gradient reversal coefficient is `grl_lambda * (2 / (1 + exp(-10 p)) - 1)` with p the
             training progress in [0, 1]; `"constant"`: it is `grl_lambda`.
@@ -168,11 +172,11 @@ class FDRLConfig(PretrainedConfig):
         dynamic_factor_bounds=(0.05, 0.95),
         a_distance_proxy="error",
         local_error_rate="weighted",
-        local_weights="labels",
-        adversarial_objective="confusion",
+        local_weights="auto",
+        adversarial_objective="reversal",
         shared_normalization="none",
         discriminator_dropout=0.0,
-        adversarial_learning_rate_scale=1.0,
+        adversarial_learning_rate=1e-5,
         grl_schedule="dann",
         grl_lambda=1.0,
         orthogonality="normalized",
@@ -209,7 +213,7 @@ class FDRLConfig(PretrainedConfig):
         self.adversarial_objective = adversarial_objective
         self.shared_normalization = shared_normalization
         self.discriminator_dropout = discriminator_dropout
-        self.adversarial_learning_rate_scale = adversarial_learning_rate_scale
+        self.adversarial_learning_rate = adversarial_learning_rate
         self.grl_schedule = grl_schedule
         self.grl_lambda = grl_lambda
         self.orthogonality = orthogonality
@@ -252,9 +256,9 @@ class FDRLConfig(PretrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}")
-        scale = self.adversarial_learning_rate_scale
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
-            raise ValueError(f"`adversarial_learning_rate_scale` must be a positive number, got {scale!r}")
+        rate = self.adversarial_learning_rate
+        if rate is not None and (not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0):
+            raise ValueError(f"`adversarial_learning_rate` must be a positive number or None, got {rate!r}")
         if not self.initializer_range > 0:
             raise ValueError(f"`initializer_range` must be positive, got {self.initializer_range!r}")
         if self.num_labels < 2:

@@ -88,15 +88,17 @@ def test_backbones_and_heads_get_their_own_learning_rates():
 
 def test_the_adversarial_path_gets_its_own_learning_rate():
     model = FDRLModel(tiny_fdrl_config())
-    heads, adversarial, backbones = parameter_groups(model, 1e-3, None, adversarial_scale=0.01)
-    assert (heads["lr"], adversarial["lr"], backbones["lr"]) == (1e-3, pytest.approx(1e-5), 1e-3)
+    heads, adversarial, backbones = parameter_groups(model, 1e-3, None, adversarial_learning_rate=1e-5)
+    assert (heads["lr"], adversarial["lr"], backbones["lr"]) == (1e-3, 1e-5, 1e-3)
     names = {id(p): n for n, p in model.named_parameters()}
     expected = [n for n, _ in model.named_parameters()
                 if n.startswith(("shared_encoder.", "global_discriminator.", "local_discriminators."))]
     assert sorted(names[id(p)] for p in adversarial["params"]) == sorted(expected) and len(expected) == 4 + 4 * 5
     total = len(heads["params"]) + len(adversarial["params"]) + len(backbones["params"])
     assert total == sum(p.requires_grad for p in model.parameters())
-    assert len(parameter_groups(model, 1e-3)) == 2  # scale 1: no separate group
+    assert len(parameter_groups(model, 1e-3)) == 2  # None: no separate group
+    assert len(parameter_groups(model, 1e-5, None, 1e-5)) == 2  # the paper's rate: no separate group either
+    assert parameter_groups(model, 1e-6, None, 1e-5)[0]["lr"] == 1e-6  # never faster than the rest
 
 
 def _guard_run(norm_growths, caplog, factor=10.0):

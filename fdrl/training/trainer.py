@@ -26,7 +26,7 @@ LOSS_TERMS = tuple(f.name for f in dataclasses.fields(FDRLOutput) if f.name.star
 STAT_KEYS = tuple(f.name for f in dataclasses.fields(FDRLOutput) if f.name.startswith(("global_", "local_")))
 EPOCH_STATS_FILE = "fdrl_epoch_statistics_rank{rank}.json"
 BACKBONE_PREFIXES = ("audio_model.", "text_model.")
-# The adversarial path: the shared encoder E_s and the alignment discriminators (`adversarial_learning_rate_scale`).
+# The adversarial path: the shared encoder E_s and the alignment discriminators (`adversarial_learning_rate`).
 ADVERSARIAL_PREFIXES = ("shared_encoder.", "global_discriminator.", "local_discriminators.")
 
 
@@ -168,23 +168,24 @@ class FDRLDataCollator:
         return dict(self.processor(**kwargs))
 
 
-def parameter_groups(model, learning_rate, backbone_learning_rate=None, adversarial_scale=1.0):
+def parameter_groups(model, learning_rate, backbone_learning_rate=None, adversarial_learning_rate=None):
     """AdamW groups: the backbones at `backbone_learning_rate` (default `learning_rate`), everything else (the
-    heads) at `learning_rate`, except, with `adversarial_scale` != 1, the adversarial path (E_s and the alignment
-    discriminators) at `learning_rate * adversarial_scale`. Frozen parameters are left out."""
+    heads) at `learning_rate`, except, when `adversarial_learning_rate` is below `learning_rate`, the adversarial
+    path (E_s and the alignment discriminators) at `adversarial_learning_rate`. Frozen parameters are left out."""
+    adversarial_learning_rate = min(adversarial_learning_rate or learning_rate, learning_rate)
     backbone, heads, adversarial = [], [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         if name.startswith(BACKBONE_PREFIXES):
             backbone.append(parameter)
-        elif adversarial_scale != 1.0 and name.startswith(ADVERSARIAL_PREFIXES):
+        elif adversarial_learning_rate < learning_rate and name.startswith(ADVERSARIAL_PREFIXES):
             adversarial.append(parameter)
         else:
             heads.append(parameter)
     groups = [{"params": heads, "lr": learning_rate}]
     if adversarial:
-        groups.append({"params": adversarial, "lr": learning_rate * adversarial_scale})
+        groups.append({"params": adversarial, "lr": adversarial_learning_rate})
     if backbone:
         groups.append({"params": backbone, "lr": backbone_learning_rate or learning_rate})
     return groups
@@ -196,8 +197,8 @@ class SystemTrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             model = self.model if model is None else model
-            scale = float(getattr(getattr(model, "config", None), "adversarial_learning_rate_scale", 1.0))
-            groups = parameter_groups(model, self.args.learning_rate, self.args.backbone_learning_rate, scale)
+            adversarial = getattr(getattr(model, "config", None), "adversarial_learning_rate", None)
+            groups = parameter_groups(model, self.args.learning_rate, self.args.backbone_learning_rate, adversarial)
             optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
@@ -353,7 +354,7 @@ class DivergenceGuard(TrainerCallback):
             f"epoch {state.epoch:g}: the shared vectors S_a, S_t have grown {growth:.3g}x in mean norm since the "
             f"first evaluation (more than --divergence_factor {self.factor:g}): the adversarial alignment is "
             f"diverging, and S_a, S_t are likely drifting apart. Use --adversarial_objective confusion, a smaller "
-            f"--adversarial_learning_rate_scale or --learning_rate, or --shared_normalization layer_norm."
+            f"--adversarial_learning_rate or --learning_rate, or --shared_normalization layer_norm."
         )
 
 
