@@ -18,6 +18,8 @@ _CHOICES = {
     "local_error_rate": ("weighted", "unweighted"),
     "local_weights": ("auto", "predictor", "predictor_attached", "labels"),
     "grl_schedule": ("dann", "constant"),
+    "adversarial_objective": ("confusion", "reversal"),
+    "shared_normalization": ("none", "layer_norm"),
     "orthogonality": ("normalized", "raw"),
     "fusion_inputs": ("all", "shared", "private"),
     "text_pooling": ("mean", "cls"),
@@ -97,6 +99,28 @@ class FDRLConfig(PretrainedConfig):
             detached (DAAN's code, the earlier behaviour); `"labels"`: the one-hot emotion labels; `"auto"`:
             `"predictor"` when `use_predictor` is on and `gamma > 0`, else `"labels"` (an untrained predictor's
             softmax means nothing, ablation S6).
+        adversarial_objective (`str`, *optional*, defaults to `"reversal"`):
+            How the shared encoder E_s plays against the alignment discriminators (eq. 4-5). `"reversal"`: the
+            paper's gradient reversal layer (Ganin & Lempitsky 2015, DANN): the discriminators see S_i behind it, so
+            E_s MAXIMISES their cross-entropy, which has no upper bound (on frozen pretrained features at lr 1e-3 the
+            shared vectors grow by orders of magnitude and drift apart, docs/design.md). `"confusion"`: the domain
+            confusion objective (Tzeng et al. 2015; ADDA, Tzeng et al. 2017, eq. 8): the discriminators train on
+            DETACHED S_i, and E_s is trained to bring the frozen discriminators' outputs to 50/50 (cross-entropy
+            against the uniform target, bounded below by log 2, zero gradient at a confused discriminator). The
+            encoder's term is weighted like the discriminators' ((1 - mu) global, mu local, times `alpha`) and by the
+            reversal coefficient's schedule.
+        shared_normalization (`str`, *optional*, defaults to `"none"`):
+            `"layer_norm"`: a LayerNorm without learnt scale at E_s's output bounds the shared space (every S_i has
+            norm sqrt(d), as MISA bounds its projections); `"none"`: E_s as in eq. 3.
+        discriminator_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout after the hidden layer of the global and local alignment discriminators (DAAN's code uses 0.5).
+        adversarial_learning_rate (`float`, *optional*, defaults to 1e-5):
+            The learning rate of the adversarial path (E_s and the alignment discriminators) is at most this (an
+            AdamW parameter group of `FDRLTrainer`: min(this, the run's learning rate)); the rest keeps the run's.
+            1e-5 is the paper's rate, at which its gradient reversal stays bounded: with the heads at 1e-3 (the
+            demo's recipe) the reversal diverges when E_s and the discriminators learn at 1e-3 too, and stays stable
+            with them at 1e-5 (the alignment study, docs/design.md). `None`: the run's learning rate everywhere (the
+            paper's literal reading, one optimiser setting for all).
         grl_schedule (`str`, *optional*, defaults to `"dann"`):
             `"dann"`: the gradient reversal coefficient is `grl_lambda * (2 / (1 + exp(-10 p)) - 1)` with p the
             training progress in [0, 1]; `"constant"`: it is `grl_lambda`.
@@ -129,6 +153,7 @@ class FDRLConfig(PretrainedConfig):
     sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
     keys_to_ignore_at_inference = [
         "loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor",
+        "loss_confusion",
         "shared_audio", "shared_text", "private_audio", "private_text",
         "global_errors", "global_count", "global_loss_sum", "local_errors", "local_counts", "local_loss_sums",
     ]
@@ -148,6 +173,10 @@ class FDRLConfig(PretrainedConfig):
         a_distance_proxy="error",
         local_error_rate="weighted",
         local_weights="auto",
+        adversarial_objective="reversal",
+        shared_normalization="none",
+        discriminator_dropout=0.0,
+        adversarial_learning_rate=1e-5,
         grl_schedule="dann",
         grl_lambda=1.0,
         orthogonality="normalized",
@@ -181,6 +210,10 @@ class FDRLConfig(PretrainedConfig):
         self.a_distance_proxy = a_distance_proxy
         self.local_error_rate = local_error_rate
         self.local_weights = local_weights
+        self.adversarial_objective = adversarial_objective
+        self.shared_normalization = shared_normalization
+        self.discriminator_dropout = discriminator_dropout
+        self.adversarial_learning_rate = adversarial_learning_rate
         self.grl_schedule = grl_schedule
         self.grl_lambda = grl_lambda
         self.orthogonality = orthogonality
@@ -229,8 +262,13 @@ class FDRLConfig(PretrainedConfig):
         bounds = self.dynamic_factor_bounds
         if not (isinstance(bounds, list) and len(bounds) == 2 and 0.0 <= bounds[0] <= bounds[1] <= 1.0):
             raise ValueError(f"`dynamic_factor_bounds` must be (low, high) with 0 <= low <= high <= 1, got {bounds!r}")
-        if not isinstance(self.classifier_dropout, (int, float)) or not 0.0 <= self.classifier_dropout < 1.0:
-            raise ValueError(f"`classifier_dropout` must lie in [0, 1), got {self.classifier_dropout!r}")
+        for name in ("classifier_dropout", "discriminator_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}")
+        rate = self.adversarial_learning_rate
+        if rate is not None and (not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0):
+            raise ValueError(f"`adversarial_learning_rate` must be a positive number or None, got {rate!r}")
         if not self.initializer_range > 0:
             raise ValueError(f"`initializer_range` must be positive, got {self.initializer_range!r}")
         if self.num_labels < 2:

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from transformers import AutoModel, PreTrainedModel, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
@@ -42,7 +43,11 @@ class FDRLOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch, num_labels)`): the fusion's emotion logits, eq. 14.
         loss_task, loss_global, loss_local, loss_modality, loss_orthogonal, loss_predictor (`torch.FloatTensor`):
             L_task (eq. 14), L_g (eq. 4), L_l (eq. 5), L_p (eq. 9), L_d (eq. 10) and L_f (eq. 11), unweighted;
-            0 where the term is switched off.
+            0 where the term is switched off. L_g and L_l are the discriminators' own cross-entropies.
+        loss_confusion (`torch.FloatTensor`):
+            Under `adversarial_objective="confusion"`, the shared encoder's term (1 - mu) C_g + mu C_l: the
+            cross-entropy of the (frozen) discriminators' outputs against the uniform 50/50 target; 0 under
+            `"reversal"`.
         shared_audio, shared_text, private_audio, private_text (`torch.FloatTensor` of shape `(batch, hidden)`):
             S_a, S_t, P_a, P_t (eq. 3).
         global_errors, global_count, global_loss_sum (`torch.FloatTensor` of shape `()`):
@@ -61,6 +66,7 @@ class FDRLOutput(ModelOutput):
     loss_modality: Optional[torch.FloatTensor] = None
     loss_orthogonal: Optional[torch.FloatTensor] = None
     loss_predictor: Optional[torch.FloatTensor] = None
+    loss_confusion: Optional[torch.FloatTensor] = None
     shared_audio: Optional[torch.FloatTensor] = None
     shared_text: Optional[torch.FloatTensor] = None
     private_audio: Optional[torch.FloatTensor] = None
@@ -103,27 +109,33 @@ def grl_coefficient_at(progress, schedule="dann", scale=1.0):
 
 
 class FDRLEncoder(nn.Module):
-    """E_s, E_a or E_t (eq. 3): Linear -> ReLU -> Linear."""
+    """E_s, E_a or E_t (eq. 3): Linear -> ReLU -> Linear; with `normalization="layer_norm"`, a LayerNorm without
+    learnt scale at the output, so every vector has norm sqrt(d) (E_s under `shared_normalization`, MISA)."""
 
-    def __init__(self, config, input_size):
+    def __init__(self, config, input_size, normalization="none"):
         super().__init__()
         self.dense = nn.Linear(input_size, config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        bounded = normalization == "layer_norm"
+        self.norm = nn.LayerNorm(config.hidden_size, elementwise_affine=False) if bounded else None
 
     def forward(self, hidden_states):
-        return self.out(F.relu(self.dense(hidden_states)))
+        hidden_states = self.out(F.relu(self.dense(hidden_states)))
+        return hidden_states if self.norm is None else self.norm(hidden_states)
 
 
 class FDRLDiscriminator(nn.Module):
-    """A two-layer perceptron over d that tells speech (0) from text (1): G_d, G_d^c and GD."""
+    """A two-layer perceptron over d that tells speech (0) from text (1): G_d, G_d^c and GD; `dropout` after the
+    hidden layer (the alignment discriminators', `discriminator_dropout`, as in DAAN's code)."""
 
-    def __init__(self, config):
+    def __init__(self, config, dropout=0.0):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.discriminator_hidden_size)
+        self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(config.discriminator_hidden_size, 2)
 
     def forward(self, hidden_states):
-        return self.out(F.relu(self.dense(hidden_states)))
+        return self.out(self.dropout(F.relu(self.dense(hidden_states))))
 
 
 class FDRLFusion(nn.Module):
@@ -322,6 +334,18 @@ def modality_cross_entropy(discriminator, audio, text, sample_weights=None):
     return loss, (sample_weights * per_sample).sum().detach(), (sample_weights * errors).sum()
 
 
+def modality_confusion(discriminator, audio, text):
+    """The domain-confusion term of the shared encoder (Tzeng et al. 2015; ADDA, eq. 8): the cross-entropy of the
+    discriminator's outputs for speech and text against the uniform target (1/2, 1/2), averaged over each batch and
+    summed over the two modalities, as `modality_cross_entropy` is. The discriminator's parameters enter DETACHED
+    (`torch.func.functional_call`), so this term trains the inputs' encoder only and never the discriminator; its
+    gradient with respect to the logits is softmax - 1/2, zero at a 50/50 output."""
+    frozen = {name: parameter.detach() for name, parameter in discriminator.named_parameters()}
+    log_probs = functional_call(discriminator, frozen, (torch.cat([audio, text]),)).float().log_softmax(-1)
+    per_sample = -log_probs.mean(-1)  # (2 * batch,): CE against (1/2, 1/2)
+    return per_sample[: audio.shape[0]].mean() + per_sample[audio.shape[0]:].mean()
+
+
 def orthogonality_loss(shared, private, mode="normalized"):
     """||S^T P||_F^2 (eq. 10); "normalized": centred, rows L2-normalised, divided by d^2 (MISA)."""
     shared, private = shared.float(), private.float()
@@ -449,13 +473,14 @@ class FDRLModel(FDRLPreTrainedModel):
             self.text_projection = nn.Linear(text_size, config.hidden_size)
             input_size = config.hidden_size
 
-        self.shared_encoder = FDRLEncoder(config, input_size)
+        self.shared_encoder = FDRLEncoder(config, input_size, config.shared_normalization)
         self.audio_encoder = FDRLEncoder(config, input_size)
         self.text_encoder = FDRLEncoder(config, input_size)
         # Switched-off parts are not built, so no parameter sits outside the graph under DDP.
-        self.global_discriminator = FDRLDiscriminator(config) if config.use_global_discriminator else None
+        dropout = config.discriminator_dropout
+        self.global_discriminator = FDRLDiscriminator(config, dropout) if config.use_global_discriminator else None
         self.local_discriminators = (
-            nn.ModuleList(FDRLDiscriminator(config) for _ in range(config.num_labels))
+            nn.ModuleList(FDRLDiscriminator(config, dropout) for _ in range(config.num_labels))
             if config.use_local_discriminators else None
         )
         self.modality_discriminator = FDRLDiscriminator(config) if config.use_modality_discriminator else None
@@ -538,8 +563,20 @@ class FDRLModel(FDRLPreTrainedModel):
             return probs_audio.detach(), probs_text.detach()
         return probs_audio, probs_text
 
+    def _local_confusion(self, shared_audio, shared_text, weights_audio, weights_text):
+        """C_l: the encoder's confusion term of every class's (frozen) discriminator on y_i^c S_i, summed."""
+        return sum(
+            modality_confusion(
+                discriminator,
+                weights_audio[:, c : c + 1].to(shared_audio.dtype) * shared_audio,
+                weights_text[:, c : c + 1].to(shared_text.dtype) * shared_text,
+            )
+            for c, discriminator in enumerate(self.local_discriminators)
+        )
+
     def _local_alignment(self, reversed_audio, reversed_text, weights_audio, weights_text):
-        """L_l (eq. 5): each class's discriminator on y_i^c GRL(S_i); returns it with its statistics."""
+        """L_l (eq. 5): each class's discriminator on y_i^c GRL(S_i) (or y_i^c S_i, detached, under the confusion
+        objective); returns it with its statistics."""
         sample_weights = torch.cat([weights_audio, weights_text]).detach()  # (2 * batch, num_labels)
         if self.config.local_error_rate == "unweighted":
             sample_weights = torch.ones_like(sample_weights)
@@ -560,7 +597,13 @@ class FDRLModel(FDRLPreTrainedModel):
         return torch.stack([loss for loss, _, _ in per_class]).sum(), stats
 
     def _alignment_losses(self, shared_audio, shared_text, labels=None):
-        """L_g (eq. 4) and L_l (eq. 5) behind the gradient reversal layer, with their epoch statistics."""
+        """L_g (eq. 4) and L_l (eq. 5), with their epoch statistics, and the shared encoder's confusion terms.
+
+        `adversarial_objective="reversal"`: the discriminators see S_i behind the gradient reversal layer (the
+        paper), and (C_g, C_l) = (0, 0). `"confusion"`: the discriminators see S_i detached (their losses train them
+        only), and C_g, C_l, the cross-entropies of their frozen outputs against 50/50, train the shared encoder.
+        Returns (L_g, L_l, (C_g, C_l), statistics).
+        """
         zero = shared_audio.new_zeros((), dtype=torch.float32)
         num_labels = self.config.num_labels
         stats = {
@@ -568,23 +611,30 @@ class FDRLModel(FDRLPreTrainedModel):
             "local_errors": zero.new_zeros(num_labels), "local_counts": zero.new_zeros(num_labels),
             "local_loss_sums": zero.new_zeros(num_labels),
         }
-        reversed_audio = grad_reverse(shared_audio, self.grl_coefficient)
-        reversed_text = grad_reverse(shared_text, self.grl_coefficient)
+        confusion = self.config.adversarial_objective == "confusion"
+        if confusion:
+            inputs_audio, inputs_text = shared_audio.detach(), shared_text.detach()
+        else:
+            inputs_audio = grad_reverse(shared_audio, self.grl_coefficient)
+            inputs_text = grad_reverse(shared_text, self.grl_coefficient)
         count = zero + shared_audio.shape[0] + shared_text.shape[0]
-        loss_global = loss_local = zero
+        loss_global = loss_local = confusion_global = confusion_local = zero
         if self.global_discriminator is not None:
-            loss_global, loss_sum, errors = modality_cross_entropy(
-                self.global_discriminator, reversed_audio, reversed_text
-            )
+            loss_global, loss_sum, errors = modality_cross_entropy(self.global_discriminator, inputs_audio, inputs_text)
             stats.update(global_errors=errors, global_count=count, global_loss_sum=loss_sum)
+            if confusion:
+                confusion_global = modality_confusion(self.global_discriminator, shared_audio, shared_text)
         if self.local_discriminators is not None:
             weights_audio, weights_text = self._local_weights(shared_audio, shared_text, labels)
-            loss_local, local_stats = self._local_alignment(reversed_audio, reversed_text, weights_audio, weights_text)
+            loss_local, local_stats = self._local_alignment(inputs_audio, inputs_text, weights_audio, weights_text)
             stats.update(local_stats)
-        return loss_global, loss_local, stats
+            if confusion:
+                confusion_local = self._local_confusion(shared_audio, shared_text, weights_audio, weights_text)
+        return loss_global, loss_local, (confusion_global, confusion_local), stats
 
     def _adversarial_term(self, loss_global, loss_local):
-        """(1 - mu) L_g + mu L_l; with one discriminator switched off, the other's loss with weight 1."""
+        """(1 - mu) L_g + mu L_l; with one discriminator switched off, the other's loss with weight 1. The same
+        weighting serves the confusion terms (C_g, C_l)."""
         if self.global_discriminator is not None and self.local_discriminators is not None:
             mu = self.dynamic_factor.to(loss_global.dtype)
             return (1.0 - mu) * loss_global + mu * loss_local
@@ -664,20 +714,21 @@ class FDRLModel(FDRLPreTrainedModel):
             return FDRLOutput(logits=logits, **representations)
 
         loss_task = F.cross_entropy(logits.float(), labels)  # eq. 14
-        loss_global, loss_local, stats = self._alignment_losses(shared_audio, shared_text, labels)
+        loss_global, loss_local, confusion, stats = self._alignment_losses(shared_audio, shared_text, labels)
         loss_modality, loss_orthogonal = self._disparity_losses(shared_audio, shared_text, private_audio, private_text)
         loss_predictor = self._predictor_loss(shared_audio, shared_text, private_audio, private_text, labels)
+        loss_confusion = self._adversarial_term(*confusion)  # 0 under the reversal objective
         config = self.config
-        loss = (  # eq. 15
+        loss = (  # eq. 15; under "confusion" the encoder's term joins the discriminators' (warmed up like the GRL)
             loss_task
-            + config.alpha * self._adversarial_term(loss_global, loss_local)
+            + config.alpha * (self._adversarial_term(loss_global, loss_local) + self.grl_coefficient * loss_confusion)
             + config.beta * (loss_modality + loss_orthogonal)
             + config.gamma * loss_predictor
         )
         return FDRLOutput(
             loss=loss, logits=logits, loss_task=loss_task, loss_global=loss_global, loss_local=loss_local,
             loss_modality=loss_modality, loss_orthogonal=loss_orthogonal, loss_predictor=loss_predictor,
-            **representations, **stats,
+            loss_confusion=loss_confusion, **representations, **stats,
         )
 
     # ----- construction from pretrained backbones ------------------------------------------------------------------
@@ -799,7 +850,7 @@ def check_weight_files(folder):
 FDRLModel.register_for_auto_class("AutoModel")
 
 __all__ = [
-    "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "FDRLWhisperEncoder", "GradientReversal",
+    "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "FDRLWhisperEncoder", "GradientReversal", "modality_confusion",
     "check_weight_files",
     "discriminator_error_rates", "dynamic_factor_from_statistics", "grl_coefficient_at", "load_backbones",
     "local_weight_source",

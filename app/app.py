@@ -57,10 +57,11 @@ SIMILARITY_PAIRS = (
     ("shared text · private text", "shared_text", "private_text"),
 )
 SIMILARITY_EXPLANATION = (
-    "Cosine similarity of FDRL's four vectors for this utterance (1: same direction, 0: unrelated): training pulls "
-    "the shared speech and shared text vectors together (fine-grained alignment) and pushes each private vector "
-    "towards orthogonality with its modality's shared one over a batch, so the first row shows how far the two "
-    "modalities agree on this utterance and the other two how much each keeps to itself."
+    "Cosine similarity of FDRL's four vectors for this utterance (1: same direction, 0: unrelated). The alignment "
+    "losses are meant to pull the shared speech and shared text vectors together, but on the demo's frozen features "
+    "they leave them less alike than training without them does (the README's alignment study), and the "
+    "orthogonality loss pushes each private vector towards orthogonality with its modality's shared one over a "
+    "batch: read the first row as how far the two modalities agree on this utterance, not as proof of alignment."
 )
 
 

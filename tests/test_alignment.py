@@ -3,90 +3,119 @@ import math
 import numpy as np
 import pytest
 
-from fdrl.evaluation.alignment import alignment_metrics, centroid_distance, probe_a_distance, probe_error
+from fdrl.evaluation.alignment import (
+    alignment_metrics,
+    centroid_distance,
+    pooled_spread,
+    relative_centroid_distance,
+    retrieval_at_1,
+)
 
 ID2LABEL = {0: "ang", 1: "hap", 2: "neu", 3: "sad"}
 
 
-def _paired(n=300, hidden=8, shift=0.0, seed=0):
-    """S_a and S_t of n utterances, 4 classes with their own means; S_t shifted by `shift` along every axis."""
+def _paired(n=300, hidden=8, shift=0.0, seed=0, class_shift=0):
+    """S_a and S_t of n utterances, 4 classes with their own means (the same for every seed); S_t shifted by
+    `shift` along every axis, and S_t of class c drawn around the mean of class c + `class_shift`."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 4
-    class_means = rng.normal(scale=2.0, size=(4, hidden))
+    class_means = np.random.default_rng(100).normal(scale=2.0, size=(4, hidden))
     shared_audio = class_means[labels] + rng.normal(size=(n, hidden))
-    shared_text = class_means[labels] + rng.normal(size=(n, hidden)) + shift
+    shared_text = class_means[(labels + class_shift) % 4] + rng.normal(size=(n, hidden)) + shift
     return shared_audio, shared_text, labels
 
 
-def test_probe_a_distance_by_hand():
-    assert probe_a_distance(0.5) == 0.0
-    assert probe_a_distance(0.25) == probe_a_distance(0.75) == 1.0  # flipped decisions separate as well
-    assert probe_a_distance(0.0) == probe_a_distance(1.0) == 2.0
+def test_centroid_distance_spread_and_retrieval_by_hand():
+    shared_audio = np.array([[0.0, 0.0], [2.0, 0.0]])  # centroid (1, 0), each row 1 away from it
+    shared_text = np.array([[1.0, 4.0], [1.0, 2.0]])  # centroid (1, 3), each row 1 away from it
+    assert centroid_distance(shared_audio, shared_text) == 3.0
+    assert pooled_spread(shared_audio, shared_text) == 1.0
+    assert relative_centroid_distance(shared_audio, shared_text) == 3.0
+    # a->t: audio 0 (0,0) is nearer text 1 (1,2) [5] than text 0 (1,4) [17]: miss; audio 1 (2,0): text 1 [5] < 17:
+    # hit. t->a: text 0 (1,4): audio 0 [17] = audio 1 [17]: a tie, a miss; text 1 (1,2): audio 1 [5] = audio 0 [5]:
+    # a tie, a miss. R@1 = (1/2 + 0) / 2.
+    assert retrieval_at_1(shared_audio, shared_text) == 0.25
+    assert retrieval_at_1(shared_audio, shared_audio + 0.01) == 1.0
 
 
-def test_centroid_distance_by_hand():
-    shared_audio = np.array([[0.0, 0.0], [2.0, 0.0]])  # mean (1, 0)
-    shared_text = np.array([[4.0, 3.0], [4.0, 5.0]])  # mean (4, 4)
-    assert centroid_distance(shared_audio, shared_text) == 5.0
+def _reference(shift=0.0, permute=False):
+    """Training and held-out S_a, S_t drawn from the same class-conditional distributions (S_t shifted by `shift`;
+    with `permute`, S_t's classes relabelled so that its class c looks like S_a's class c + 1)."""
+    train = _paired(n=400, seed=1, shift=shift)
+    held_out = _paired(n=200, seed=2, shift=shift)
+    if permute:
+        train = (train[0], _paired(n=400, seed=1, shift=shift, class_shift=1)[1], train[2])
+        held_out = (held_out[0], _paired(n=200, seed=2, shift=shift, class_shift=1)[1], held_out[2])
+    return train, held_out
 
 
-def test_identical_distributions_give_a_probe_distance_near_zero():
-    metrics = alignment_metrics(*_paired(shift=0.0), id2label=ID2LABEL)
-    assert abs(metrics["alignment_probe_error"] - 0.5) < 0.1
-    assert metrics["alignment_probe_a_distance"] < 0.2
-    # two means of 75 unit-noise draws in 8 dimensions: sqrt(8 * 2 / 75) = 0.46 apart on average (shifted: 8.49)
-    assert metrics["alignment_centroid_distance"] < 0.8
+def test_identical_class_conditional_distributions_align():
+    train, held_out = _reference()
+    metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
+    assert metrics["alignment_relative_centroid_distance"] < 0.25  # sampling noise only
+    assert metrics["alignment_transfer_audio_to_text"] > 0.9 and metrics["alignment_transfer_text_to_audio"] > 0.9
 
 
-def test_shifted_distributions_give_a_probe_distance_near_two():
-    metrics = alignment_metrics(*_paired(shift=3.0), id2label=ID2LABEL)
-    assert metrics["alignment_probe_error"] < 0.05
-    assert metrics["alignment_probe_a_distance"] > 1.8
-    for label in ID2LABEL.values():
-        assert metrics[f"alignment_probe_a_distance_{label}"] > 1.8
-        # the shift (3, ..., 3) has length 3 sqrt(8) = 8.49
-        assert metrics[f"alignment_centroid_distance_{label}"] == pytest.approx(3 * math.sqrt(8), abs=0.6)
-    assert metrics["alignment_centroid_distance"] == pytest.approx(3 * math.sqrt(8), abs=0.3)
+def test_permuted_classes_give_chance_transfer():
+    train, held_out = _reference(permute=True)
+    metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
+    # S_t of class c sits where S_a of class c + 1 does: a classifier learnt on speech names every text wrongly
+    assert metrics["alignment_transfer_audio_to_text"] < 0.1 and metrics["alignment_transfer_text_to_audio"] < 0.1
+    assert metrics["alignment_relative_centroid_distance"] > 1.0
+    train, held_out = _reference(shift=0.0)
+    rng = np.random.default_rng(3)
+    shuffled = (train[0], train[1], rng.permutation(train[2]))  # labels that say nothing
+    metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=shuffled)
+    assert abs(metrics["alignment_transfer_audio_to_text"] - 0.25) < 0.1
 
 
-def test_per_class_alignment_that_the_global_probe_misses():
-    # S_t swaps the classes' means (ang <-> hap, neu <-> sad): the marginals match, the classes do not
-    shared_audio, _, labels = _paired(shift=0.0)
-    rng = np.random.default_rng(1)
-    means = np.stack([shared_audio[labels == c].mean(0) for c in range(4)])
-    shared_text = means[[1, 0, 3, 2]][labels] + rng.normal(size=shared_audio.shape)
-    metrics = alignment_metrics(shared_audio, shared_text, labels, ID2LABEL)
-    assert metrics["alignment_probe_a_distance"] < 0.5
-    assert min(metrics[f"alignment_probe_a_distance_{label}"] for label in ID2LABEL.values()) > 1.5
+def test_shifted_spaces_are_seen_apart():
+    train, held_out = _reference(shift=3.0)
+    metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
+    assert metrics["alignment_relative_centroid_distance"] > 3.0
+    aligned = alignment_metrics(*_reference()[1], id2label=ID2LABEL, reference=_reference()[0])
+    assert metrics["alignment_transfer_audio_to_text"] < aligned["alignment_transfer_audio_to_text"] - 0.15
 
 
-def test_metric_names_values_and_determinism():
-    inputs = _paired(n=120, shift=0.5)
-    metrics = alignment_metrics(*inputs, id2label=ID2LABEL)
-    expected = {"alignment_probe_error", "alignment_probe_a_distance", "alignment_centroid_distance"}
-    expected |= {f"alignment_{kind}_{label}" for kind in ("probe_a_distance", "centroid_distance")
+def test_scaling_both_spaces_leaves_the_scale_free_numbers_unchanged():
+    train, held_out = _reference(shift=0.5)
+    metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
+    scaled = alignment_metrics(*(1000 * x for x in held_out[:2]), held_out[2], ID2LABEL,
+                               reference=(1000 * train[0], 1000 * train[1], train[2]))
+    for key in ("relative_centroid_distance", "transfer_audio_to_text", "transfer_text_to_audio", "retrieval_r1",
+                "relative_centroid_distance_sad"):
+        assert scaled[f"alignment_{key}"] == pytest.approx(metrics[f"alignment_{key}"], abs=1e-6), key
+    for key in ("norm_audio", "norm_text", "centroid_distance"):
+        assert scaled[f"alignment_{key}"] == pytest.approx(1000 * metrics[f"alignment_{key}"], rel=1e-9), key
+
+
+def test_keys_and_means():
+    train, held_out = _reference()
+    metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
+    expected = {f"alignment_{k}" for k in ("norm_audio", "norm_text", "relative_centroid_distance",
+                                            "centroid_distance", "retrieval_r1", "transfer_audio_to_text",
+                                            "transfer_text_to_audio")}
+    expected |= {f"alignment_{kind}_{label}" for kind in ("relative_centroid_distance", "centroid_distance")
                  for label in ID2LABEL.values()}
     assert set(metrics) == expected
-    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
-    assert metrics["alignment_probe_a_distance"] == probe_a_distance(metrics["alignment_probe_error"])
-    per_class = [metrics[f"alignment_centroid_distance_{label}"] for label in ID2LABEL.values()]
-    assert metrics["alignment_centroid_distance"] == pytest.approx(np.mean(per_class))
-    assert alignment_metrics(*inputs, id2label=ID2LABEL) == metrics
-    assert probe_error(inputs[0], inputs[1]) == metrics["alignment_probe_error"]
+    per_class = [metrics[f"alignment_relative_centroid_distance_{label}"] for label in ID2LABEL.values()]
+    assert metrics["alignment_relative_centroid_distance"] == pytest.approx(np.mean(per_class))
+    assert metrics["alignment_norm_audio"] == pytest.approx(np.linalg.norm(held_out[0], axis=1).mean())
+    assert alignment_metrics(*held_out, id2label=ID2LABEL, reference=train) == metrics  # deterministic
+    without_reference = alignment_metrics(*held_out, id2label=ID2LABEL)
+    assert "alignment_transfer_audio_to_text" not in without_reference
 
 
-def test_a_class_too_small_for_the_folds_gets_no_probe_entry():
-    shared_audio, shared_text, labels = _paired(n=40)
+def test_a_single_utterance_class_and_diverged_vectors():
+    shared_audio, shared_text, labels = _paired(n=9)
     labels = labels.copy()
-    labels[labels == 3] = 2
-    labels[:3] = 3  # three utterances of "sad": fewer than the 5 folds
+    labels[3::4] = [0, 1]  # class 3 gone
+    labels[0] = 3  # one utterance of class 3: no centroid distance for it
     metrics = alignment_metrics(shared_audio, shared_text, labels, ID2LABEL)
-    assert "alignment_probe_a_distance_sad" not in metrics
-    assert "alignment_centroid_distance_sad" in metrics and "alignment_probe_a_distance_neu" in metrics
-    without_names = alignment_metrics(shared_audio, shared_text, labels)
-    assert "alignment_centroid_distance_3" in without_names and "alignment_probe_a_distance_2" in without_names
-    tiny = alignment_metrics(shared_audio[:4], shared_text[:4], labels[:4])
-    assert "alignment_probe_error" not in tiny and "alignment_centroid_distance" in tiny
+    assert "alignment_relative_centroid_distance_sad" not in metrics
+    assert "alignment_relative_centroid_distance_ang" in metrics
+    shared_audio[0, 0] = np.inf
+    assert set(alignment_metrics(shared_audio, shared_text, labels)) == {"alignment_norm_audio", "alignment_norm_text"}
 
 
 @pytest.mark.parametrize(
@@ -95,7 +124,7 @@ def test_a_class_too_small_for_the_folds_gets_no_probe_entry():
         ("shared_audio", dict(shared_audio=np.zeros(10))),
         ("shared_text", dict(shared_text=np.zeros((10, 3)))),
         ("labels", dict(labels=np.zeros(9))),
-        ("n_splits", dict(n_splits=1)),
+        ("reference", dict(reference=(np.zeros((4, 2)), np.zeros((4, 2)), np.zeros(3)))),
     ],
 )
 def test_bad_inputs_name_the_argument(field, kwargs):
@@ -132,9 +161,12 @@ def test_a_short_training_run_logs_mu_rates_and_alignment_without_nan():
         model.eval()
         with torch.no_grad():
             out = model(**validation)
+            train = model(**make_batch(batch_size=12, seed=5))
+        reference = (train.shared_audio.numpy(), train.shared_text.numpy(), make_batch(batch_size=12, seed=5)["labels"])
         log.update(alignment_metrics(out.shared_audio.float().numpy(), out.shared_text.float().numpy(),
-                                     validation["labels"].numpy(), model.config.id2label, n_splits=3))
+                                     validation["labels"].numpy(), model.config.id2label, reference=reference))
         assert "global_discriminator_error" not in log
-        assert {"dynamic_factor", "local_discriminator_error_ang", "alignment_probe_a_distance",
-                "alignment_probe_a_distance_sad", "alignment_centroid_distance"} <= set(log)
+        assert {"dynamic_factor", "local_discriminator_error_ang",
+                "alignment_relative_centroid_distance_sad", "alignment_transfer_audio_to_text",
+                "alignment_retrieval_r1", "alignment_norm_audio"} <= set(log)
         assert all(math.isfinite(value) for value in log.values()), log

@@ -22,6 +22,9 @@ def test_defaults_are_the_paper_and_the_base_backbones():
     )
     assert config.dynamic_factor_bounds == [0.05, 0.95]
     assert (config.local_error_rate, config.local_weights) == ("weighted", "auto")
+    # the alignment study's choice (docs/design.md): the paper's reversal, its adversarial path at the paper's 1e-5
+    assert (config.adversarial_objective, config.shared_normalization, config.adversarial_learning_rate) == (
+        "reversal", "none", 1e-5)
 
 
 def test_dynamic_factor_bounds_survive_the_round_trip(tmp_path):

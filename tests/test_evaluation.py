@@ -96,3 +96,31 @@ def test_fig3_like_figure_and_training_curves_are_drawn(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10000
     with pytest.raises(ValueError, match="none of the keys"):
         plot_training({"log_history": history}, tmp_path / "none.png", [("x", ["eval_uar"])])
+
+
+def test_side_by_side_figure_has_one_row_per_model_and_diverging_norms_get_a_log_scale(tmp_path, monkeypatch):
+    import numpy as np
+    from matplotlib.image import imread
+
+    from fdrl.evaluation.plots import plot_representation_rows, plot_training
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    reps = {name: rng.normal(size=(40, 8)) for name in ("shared_audio", "shared_text", "private_audio", "private_text")}
+    plot_representation_rows([("S1", reps, labels)], LABELS, tmp_path / "one.png")
+    plot_representation_rows([("S1", reps, labels), ("S0", reps, labels)], LABELS, tmp_path / "two.png")
+    one, two = imread(tmp_path / "one.png"), imread(tmp_path / "two.png")
+    assert one.shape[1] == two.shape[1] and two.shape[0] == 2 * one.shape[0]  # 4.6 inches per row, same width
+    history = [{"epoch": e, "eval_alignment_norm_audio": 10.0 ** e} for e in (0, 1, 2, 3, 4)]
+    from matplotlib.figure import Figure
+
+    drawn = {}
+    original = Figure.savefig
+
+    def capture(self, *args, **kwargs):
+        drawn["scale"] = self.axes[0].get_yscale()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    plot_training({"log_history": history}, tmp_path / "norms.png", [("norms", ["eval_alignment_norm_audio"])])
+    assert drawn["scale"] == "log"

@@ -18,14 +18,20 @@ from modeling_fdrl import (
     dynamic_factor_from_statistics,
     grl_coefficient_at,
     local_weight_source,
+    modality_confusion,
     modality_cross_entropy,
     orthogonality_loss,
 )
 
 
+# The paper's gradient reversal and the predictor-weighted local discriminators: what most mechanics below check
+# (the defaults are the confusion objective with label weights, docs/design.md; tests of those name them).
+PAPER = dict(adversarial_objective="reversal", local_weights="auto")
+
+
 def _model(seed=0, **overrides):
     torch.manual_seed(seed)
-    return FDRLModel(tiny_fdrl_config(**overrides)).eval()
+    return FDRLModel(tiny_fdrl_config(**{**PAPER, **overrides})).eval()
 
 
 def _relative_difference(a, b):
@@ -258,7 +264,7 @@ def test_global_discriminator_gradient_is_reversed_and_scaled(batch):
     model = _model(use_local_discriminators=False)
     model.grl_coefficient = 0.7
     sa, st = _shared_leaves(model, batch)
-    loss_global, _, _ = model._alignment_losses(sa, st)
+    loss_global, _, _, _ = model._alignment_losses(sa, st)
     loss_global.backward()
     reversed_grads = [p.grad.clone() for p in model.global_discriminator.parameters()]
     model.zero_grad()
@@ -306,8 +312,91 @@ def test_shared_encoder_receives_reversed_gradient_from_discriminators(batch):
     torch.testing.assert_close(grads["disc1.0"], grads["disc-1.0"])
 
 
+# ----- the confusion objective (ADDA eq. 8) -------------------------------------------------------------------------
+def _linear_discriminator(weight_row, bias=(0.0, 0.0)):
+    """A discriminator whose logits are (b0, w . x + b1)."""
+    discriminator = torch.nn.Linear(len(weight_row), 2)
+    with torch.no_grad():
+        discriminator.weight.zero_()
+        discriminator.weight[1] = torch.tensor(weight_row)
+        discriminator.bias.copy_(torch.tensor(bias))
+    return discriminator
+
+
+def test_confusion_by_hand():
+    """Logits (0, log 3) give p = (1/4, 3/4): CE against (1/2, 1/2) is (log 4 + log 4/3) / 2 per sample, and the
+    gradient with respect to the logits is p - 1/2 = (-1/4, 1/4), i.e. (1/n) W^T (-1/4, 1/4) on the input row."""
+    discriminator = _linear_discriminator([math.log(3.0), 0.0, 0.0])
+    audio = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], requires_grad=True)
+    text = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], requires_grad=True)
+    loss = modality_confusion(discriminator, audio, text)
+    assert loss.item() == pytest.approx(2 * 0.5 * (math.log(4.0) + math.log(4.0 / 3.0)), rel=1e-6)
+    loss.backward()
+    expected = torch.tensor([[math.log(3.0) / 8, 0.0, 0.0]] * 2)  # (1/2) * log 3 * 1/4 per row
+    torch.testing.assert_close(audio.grad, expected)
+    torch.testing.assert_close(text.grad, expected)
+    assert all(p.grad is None for p in discriminator.parameters())  # the encoder's term trains no discriminator
+
+
+def test_confusion_gradient_is_zero_at_a_fifty_fifty_discriminator():
+    discriminator = _linear_discriminator([0.0, 0.0, 0.0], bias=(0.3, 0.3))  # equal logits whatever the input
+    audio, text = torch.randn(5, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    loss = modality_confusion(discriminator, audio, text)
+    assert loss.item() == pytest.approx(2 * math.log(2.0), rel=1e-6)  # its minimum
+    loss.backward()
+    assert audio.grad.abs().max().item() == 0.0 and text.grad.abs().max().item() == 0.0
+
+
+def _adversarial_parameters(model):
+    return [p for d in (model.global_discriminator, *model.local_discriminators) for p in d.parameters()]
+
+
+def test_confusion_terms_train_each_side_only(batch):
+    """Under the confusion objective the discriminators' own losses (L_g, L_l) leave the shared encoder untouched,
+    and the encoder's term (loss_confusion) leaves every discriminator untouched; one backward of the total loss
+    gives each side its own gradient."""
+    model = _model(adversarial_objective="confusion", classifier_dropout=0.0)
+    model.grl_coefficient = 1.0
+    out = model(**batch)
+    (out.loss_global + out.loss_local).backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.shared_encoder.parameters())
+    discriminator_grads = [p.grad.clone() for p in _adversarial_parameters(model)]
+    assert sum(g.abs().sum() for g in discriminator_grads) > 0
+    model.zero_grad(set_to_none=True)
+    out.loss_confusion.backward(retain_graph=True)
+    assert all(p.grad is None for p in _adversarial_parameters(model))
+    assert model.shared_encoder.out.weight.grad.abs().sum() > 0
+    encoder_grad = model.shared_encoder.out.weight.grad.clone()
+    # the total loss, alpha = 1, beta = gamma = 0: the discriminators get exactly (1 - mu) dL_g + mu dL_l, and E_s
+    # exactly lambda * d loss_confusion plus the task's gradient
+    model.zero_grad(set_to_none=True)
+    mu = float(model.dynamic_factor)
+    ((1 - mu) * out.loss_global + mu * out.loss_local).backward(retain_graph=True)
+    expected = [p.grad.clone() for p in _adversarial_parameters(model)]
+    model.zero_grad(set_to_none=True)
+    (out.loss - out.loss_task - 0.5 * (out.loss_modality + out.loss_orthogonal) - out.loss_predictor).backward()
+    for got, want in zip([p.grad for p in _adversarial_parameters(model)], expected):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(model.shared_encoder.out.weight.grad, encoder_grad)
+
+
+def test_reversal_objective_reports_no_confusion_term(batch):
+    out = _model(adversarial_objective="reversal")(**batch)
+    assert out.loss_confusion.item() == 0.0
+
+
+def test_layer_norm_bounds_the_shared_vectors(batch):
+    model = _model(shared_normalization="layer_norm")
+    with torch.no_grad():
+        model.shared_encoder.out.weight.mul_(1000.0)  # a diverging encoder
+        out = model(**batch)
+    norms = out.shared_audio.norm(dim=-1)
+    torch.testing.assert_close(norms, torch.full_like(norms, math.sqrt(16)), rtol=1e-3, atol=1e-3)
+
+
 # ----- ablations ------------------------------------------------------------------------------------------------
-TERMS = ["loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor"]
+TERMS = ["loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor",
+         "loss_confusion"]
 
 
 @pytest.mark.parametrize(
@@ -324,7 +413,8 @@ def test_each_switch_removes_exactly_its_term(batch, switch, removed):
     # without the predictor the labels weigh the local discriminators (S6): compare with a full model that does so
     full = _model(**({"local_weights": "labels"} if switch == "use_predictor" else {}))
     full.dynamic_factor.fill_(0.3)
-    ablated = FDRLModel(tiny_fdrl_config(**{switch: False})).eval()
+    ablated = FDRLModel(tiny_fdrl_config(**{**PAPER, **({"local_weights": "labels"} if switch == "use_predictor"
+                                                        else {}), switch: False})).eval()
     ablated.load_state_dict(full.state_dict(), strict=False)
     with torch.no_grad():
         out_full, out = full(**batch), ablated(**batch)
@@ -546,7 +636,7 @@ def test_bad_inputs_raise_clear_errors(batch):
     ],
 )
 def test_local_weight_source_resolves_auto(overrides, source):
-    assert local_weight_source(tiny_fdrl_config(**overrides)) == source
+    assert local_weight_source(tiny_fdrl_config(**{"local_weights": "auto", **overrides})) == source
 
 
 def test_local_weights_model_without_predictor_builds_none():

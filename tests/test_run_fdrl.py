@@ -99,7 +99,7 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
     from fdrl.training.trainer import LOSS_TERMS
 
     assert LOSS_TERMS == ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal",
-                          "loss_predictor")
+                          "loss_predictor", "loss_confusion")
     for key in (*LOSS_TERMS, "dynamic_factor", "grl_coefficient"):
         assert all(key in entry for entry in train_logs), key
     epochs = [entry for entry in history if "global_discriminator_error" in entry]
@@ -109,9 +109,19 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
         for label in ("ang", "hap", "neu", "sad"):
             assert 0.0 <= entry[f"local_discriminator_error_{label}"] <= 1.0
     evals = [entry for entry in history if "eval_uar" in entry]
-    assert len(evals) == 2 and all("eval_alignment_centroid_distance" in entry for entry in evals)
+    diagnostics = {f"eval_alignment_{key}" for key in (
+        "norm_audio", "norm_text", "norm", "norm_growth", "relative_centroid_distance", "centroid_distance",
+        "transfer_audio_to_text", "transfer_text_to_audio", "retrieval_r1")}
+    assert len(evals) == 2 and all(diagnostics <= set(entry) for entry in evals)
+    assert evals[0]["eval_alignment_norm_growth"] == 1.0  # relative to the first evaluation
     values = [v for entry in epochs + evals for v in entry.values() if isinstance(v, float)]
     assert all(v == v for v in values)  # no NaN
+    record = json.loads((output_dir / "runs" / "seed7_fold1.json").read_text())["systems"]
+    for system in ("S0", "S1"):  # the kept model's and the last epoch's test diagnostics, the largest norm
+        keys = {f"test_{k[5:]}" for k in diagnostics} | {f"last_test_{k[5:]}" for k in diagnostics}
+        keys |= {"last_test_uar", "max_eval_alignment_norm", "max_eval_alignment_norm_growth"}
+        assert keys <= set(record[system]), keys - set(record[system])
+        assert all(record[system][k] == record[system][k] for k in keys)  # no NaN
     grl = [entry["grl_coefficient"] for entry in train_logs]
     assert grl == sorted(grl) and grl[0] == 0.0 < grl[-1] < 1.0  # DANN schedule: 0 at the start, then rising
     assert (output_dir / "seed7" / "fold1" / "S0" / "training_curves.png").stat().st_size > 10000

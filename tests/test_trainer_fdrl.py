@@ -6,7 +6,7 @@ from conftest import make_batch, tiny_fdrl_config
 from modeling_fdrl import FDRLModel, dynamic_factor_from_statistics
 from processing_fdrl import FDRLProcessor
 from fdrl.training.trainer import (
-    LOSS_TERMS, STAT_KEYS, FDRLDataCollator, FDRLTrainer, FDRLTrainingArguments, parameter_groups,
+    LOSS_TERMS, STAT_KEYS, DivergenceGuard, FDRLDataCollator, FDRLTrainer, FDRLTrainingArguments, parameter_groups,
 )
 
 
@@ -84,6 +84,44 @@ def test_backbones_and_heads_get_their_own_learning_rates():
     assert len(heads["params"]) + len(backbones["params"]) == sum(p.requires_grad for p in model.parameters())
     model.text_model.requires_grad_(False)  # frozen parameters are left out
     assert len(parameter_groups(model, 1e-3)[1]["params"]) == sum(p.requires_grad for p in model.audio_model.parameters())
+
+
+def test_the_adversarial_path_gets_its_own_learning_rate():
+    model = FDRLModel(tiny_fdrl_config())
+    heads, adversarial, backbones = parameter_groups(model, 1e-3, None, adversarial_learning_rate=1e-5)
+    assert (heads["lr"], adversarial["lr"], backbones["lr"]) == (1e-3, 1e-5, 1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    expected = [n for n, _ in model.named_parameters()
+                if n.startswith(("shared_encoder.", "global_discriminator.", "local_discriminators."))]
+    assert sorted(names[id(p)] for p in adversarial["params"]) == sorted(expected) and len(expected) == 4 + 4 * 5
+    total = len(heads["params"]) + len(adversarial["params"]) + len(backbones["params"])
+    assert total == sum(p.requires_grad for p in model.parameters())
+    assert len(parameter_groups(model, 1e-3)) == 2  # None: no separate group
+    assert len(parameter_groups(model, 1e-5, None, 1e-5)) == 2  # the paper's rate: no separate group either
+    assert parameter_groups(model, 1e-6, None, 1e-5)[0]["lr"] == 1e-6  # never faster than the rest
+
+
+def _guard_run(norm_growths, caplog, factor=10.0):
+    guard = DivergenceGuard(factor)
+    state = type("State", (), {})()
+    with caplog.at_level("WARNING", logger="fdrl.training.trainer"):
+        caplog.clear()
+        for epoch, growth in enumerate(norm_growths, start=1):
+            state.epoch = float(epoch)
+            guard.on_evaluate(None, state, None, metrics={"eval_alignment_norm_growth": growth, "eval_uar": 0.5})
+    return [r.getMessage() for r in caplog.records if r.name == "fdrl.training.trainer"]
+
+
+def test_divergence_guard_fires_once_on_growing_norms_and_names_epoch_and_factor(caplog):
+    messages = _guard_run([1.0, 2.5, 8.0, 40.0, 900.0, 3000.0], caplog)
+    assert len(messages) == 1
+    assert messages[0].startswith("epoch 4: the shared vectors S_a, S_t have grown 40x")
+    assert "--divergence_factor 10" in messages[0] and "--adversarial_objective confusion" in messages[0]
+    assert len(_guard_run([1.0, float("nan")], caplog)) == 1  # a NaN norm fires too
+
+
+def test_divergence_guard_is_silent_on_a_stable_run(caplog):
+    assert _guard_run([1.0, 1.8, 3.0, 2.2, 9.9, 0.5], caplog) == []
 
 
 @pytest.mark.parametrize("values, message", [(["1", "1"], "more than once"), ([","], "is empty"), (["a"], "int")])

@@ -2,9 +2,12 @@
 
     fdrl-plot-representations --model demo_output/model --data_dir demo_data/IEMOCAP_demo --session 5 \\
         --output representations.png
+    fdrl-plot-representations --model s1/model s0/model --names S1 S0 --data_dir demo_data/IEMOCAP_demo \\
+        --session 5 --output s1_s0.png
 
-The model reads each utterance of the session (corpus transcripts); its S_a, S_t, P_a and P_t go through
-`fdrl.evaluation.plots.plot_representations`, and the alignment diagnostics of the same vectors are printed.
+Each model reads each utterance of the session (corpus transcripts); its S_a, S_t, P_a and P_t go through
+`fdrl.evaluation.plots.plot_representation_rows` (one row per model, side by side), and the alignment diagnostics
+of the same vectors (without the training-split reference: no transfer) are printed per model.
 """
 
 import argparse
@@ -15,7 +18,7 @@ import torch
 
 from fdrl.data.audio import decode_audio
 from fdrl.evaluation.alignment import alignment_metrics
-from fdrl.evaluation.plots import REPRESENTATION_NAMES, plot_representations
+from fdrl.evaluation.plots import REPRESENTATION_NAMES, plot_representation_rows
 
 
 def representations_of(model, processor, examples, batch_size=8):
@@ -36,10 +39,9 @@ def representations_of(model, processor, examples, batch_size=8):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fdrl-plot-representations", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="An FDRL model folder (or Hub id).")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data_dir", help="A corpus in IEMOCAP's layout.")
-    source.add_argument("--manifest", help="A CSV / JSON-lines manifest (see fdrl/data/manifest.py).")
+    parser.add_argument("--model", required=True, nargs="+", help="FDRL model folders (or Hub ids), one row each.")
+    parser.add_argument("--names", nargs="+", help="A title per model (default: the folders).")
+    parser.add_argument("--data_dir", required=True, help="A corpus in IEMOCAP's layout.")
     parser.add_argument("--session", type=int, required=True, help="The session to draw (the model's test session).")
     parser.add_argument("--output", required=True, help="The PNG to write.")
     args = parser.parse_args(argv)
@@ -48,20 +50,26 @@ def main(argv=None):
 
     from fdrl.data.corpus import available_sessions, load_corpus, session_examples
 
+    args.manifest = None
     data = load_corpus(args)
     if args.session not in available_sessions(data):
-        parser.error(f"--session {args.session}: {args.data_dir or args.manifest} has the sessions "
-                     f"{available_sessions(data)}")
+        parser.error(f"--session {args.session}: {args.data_dir} has the sessions {available_sessions(data)}")
+    names = args.names or args.model
+    if len(names) != len(args.model):
+        parser.error(f"--names gives {len(names)} titles for {len(args.model)} models")
     examples = [e for e in session_examples(data, [args.session]) if str(e["text"]).strip()]
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
-    vectors = representations_of(model, processor, examples)
     labels = [e["label"] for e in examples]
-    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    plot_representations(vectors, labels, label_names, args.output, title=f"{args.model}, session {args.session}")
-    diagnostics = alignment_metrics(vectors["shared_audio"], vectors["shared_text"], np.asarray(labels),
-                                    model.config.id2label)
-    print(json.dumps({k: round(v, 4) for k, v in diagnostics.items()}, indent=1))
+    rows, label_names = [], None
+    for name, path in zip(names, args.model):
+        model = AutoModel.from_pretrained(path, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+        vectors = representations_of(model, processor, examples)
+        label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        rows.append((name, vectors, labels))
+        diagnostics = alignment_metrics(vectors["shared_audio"], vectors["shared_text"], np.asarray(labels),
+                                        model.config.id2label)
+        print(json.dumps({"model": name, **{k: round(v, 4) for k, v in diagnostics.items()}}, indent=1))
+    plot_representation_rows(rows, label_names, args.output, title=f"session {args.session}")
     return 0
 
 

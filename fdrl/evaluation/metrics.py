@@ -43,10 +43,17 @@ def trainer_metrics(label_names):
 
 class fdrl_metrics:  # noqa: N801 (used like trainer_metrics, a factory of compute_metrics)
     """`compute_metrics` for FDRLTrainer, whose predictions are (logits, shared_audio, shared_text): the scalar
-    classification metrics and the alignment diagnostics of S_a and S_t (probe A-distance, centroid distances)."""
+    classification metrics and the alignment diagnostics of S_a and S_t (`fdrl.evaluation.alignment`).
+
+    `reference` (set by the trainer before each evaluation) holds the training split's (S_a, S_t, labels) from the
+    current model, for the cross-modal transfer. `alignment_norm_growth` is the mean norm of the
+    reference's S_a and S_t (the same training utterances every time) over its value at the first evaluation (of
+    the evaluated split's vectors when there is no reference); `alignment_norm` is the mean of the two norms."""
 
     def __init__(self, label_names):
         self.label_names = list(label_names)
+        self.reference = None
+        self.first_norm = None
 
     def __call__(self, eval_prediction):
         predictions = eval_prediction.predictions
@@ -55,10 +62,17 @@ class fdrl_metrics:  # noqa: N801 (used like trainer_metrics, a factory of compu
         return metrics
 
     def alignment(self, predictions, labels, prefix=""):
-        from .alignment import alignment_metrics
+        from .alignment import PREFIX, alignment_metrics, mean_norm
 
         if len(predictions) < 3:
             return {}
-        diagnostics = alignment_metrics(np.asarray(predictions[1]), np.asarray(predictions[2]), np.asarray(labels),
-                                        dict(enumerate(self.label_names)))
+        shared_audio, shared_text = np.asarray(predictions[1], np.float64), np.asarray(predictions[2], np.float64)
+        diagnostics = alignment_metrics(shared_audio, shared_text, np.asarray(labels),
+                                        dict(enumerate(self.label_names)), reference=self.reference)
+        diagnostics[PREFIX + "norm"] = (diagnostics[PREFIX + "norm_audio"] + diagnostics[PREFIX + "norm_text"]) / 2
+        source = (shared_audio, shared_text) if self.reference is None else self.reference[:2]
+        norm = (mean_norm(np.asarray(source[0], np.float64)) + mean_norm(np.asarray(source[1], np.float64))) / 2
+        if self.first_norm is None:
+            self.first_norm = norm
+        diagnostics[PREFIX + "norm_growth"] = norm / self.first_norm if self.first_norm > 0 else float("nan")
         return {f"{prefix}{key}": value for key, value in diagnostics.items()}

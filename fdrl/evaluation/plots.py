@@ -36,7 +36,8 @@ def log_series(log_history, key):
 
 def plot_training(trainer_state, path, panels, title=None):
     """One panel per group of logged keys over epochs, from a `trainer_state.json` path or its dict. `panels` is a
-    sequence of (panel title, [keys]); keys never logged are left out."""
+    sequence of (panel title, [keys]); keys never logged are left out. A panel whose positive values span more than
+    three orders of magnitude gets a log scale."""
     state = json.loads(Path(trainer_state).read_text()) if isinstance(trainer_state, (str, Path)) else trainer_state
     history = state["log_history"]
     panels = [(name, [k for k in keys if log_series(history, k)[0]]) for name, keys in panels]
@@ -49,6 +50,10 @@ def plot_training(trainer_state, path, panels, title=None):
         for key in keys:
             axis.plot(*log_series(history, key), marker="." if len(log_series(history, key)[0]) < 30 else None,
                       label=key)
+        values = np.array([v for key in keys for v in log_series(history, key)[1]], dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size and values.min() > 0 and values.max() / values.min() > 1000:  # e.g. diverging norms
+            axis.set_yscale("log")
         axis.set_title(name)
         axis.set_xlabel("epoch")
         axis.legend(fontsize=7)
@@ -60,17 +65,22 @@ def plot_training(trainer_state, path, panels, title=None):
 
 def fdrl_training_panels(label_names):
     """The panels of an FDRL training-curves figure: the loss terms, mu with the raw discriminator error rates,
-    the alignment diagnostics, and the validation metrics."""
+    the alignment diagnostics (norms, relative centroid distance, transfer, retrieval), and the validation
+    metrics."""
     from modeling_fdrl import LOSS_TERMS
 
     return (
         ("loss terms", ["loss", *LOSS_TERMS]),
         ("dynamic factor and discriminator errors",
          ["dynamic_factor", "global_discriminator_error", *[f"local_discriminator_error_{l}" for l in label_names]]),
-        ("alignment (validation)",
-         ["eval_alignment_probe_a_distance", *[f"eval_alignment_probe_a_distance_{l}" for l in label_names]]),
-        ("class-centroid distance S_a-S_t (validation)",
-         ["eval_alignment_centroid_distance", *[f"eval_alignment_centroid_distance_{l}" for l in label_names]]),
+        ("shared-vector norms (validation)",
+         ["eval_alignment_norm_audio", "eval_alignment_norm_text", "eval_alignment_norm_growth"]),
+        ("relative class-centroid distance S_a-S_t (validation)",
+         ["eval_alignment_relative_centroid_distance",
+          *[f"eval_alignment_relative_centroid_distance_{l}" for l in label_names]]),
+        ("cross-modal transfer and paired retrieval (validation)",
+         ["eval_alignment_transfer_audio_to_text", "eval_alignment_transfer_text_to_audio",
+          "eval_alignment_retrieval_r1"]),
         ("validation", ["eval_uar", "eval_war"]),
     )
 
@@ -83,35 +93,43 @@ def plot_representations(representations, labels, label_names, path, title=None,
     """A Fig. 3-like figure: (left) a t-SNE of S_a, S_t, P_a and P_t of the same utterances, coloured by kind;
     (right) the per-class centroids of S_a and S_t in the plane of their first two principal components, joined by a
     line per class (the distance the alignment should shrink). `representations` maps the four names to (n, d)."""
+    plot_representation_rows([(None, representations, labels)], label_names, path, title, seed)
+
+
+def plot_representation_rows(rows, label_names, path, title=None, seed=0):
+    """`plot_representations` for several models side by side, one row each (e.g. S1 and S0 on the same session):
+    `rows` is a list of (row title or None, representations, labels)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    names = [n for n in REPRESENTATION_NAMES if n in representations]
-    stacked = np.concatenate([np.asarray(representations[n], dtype=np.float64) for n in names])  # (4n, d)
-    count = len(labels)
-    embedded = TSNE(n_components=2, perplexity=min(30.0, max(5.0, count / 4)), random_state=seed,
-                    init="pca").fit_transform(stacked)  # (4n, 2)
-    figure = Figure(figsize=(11, 4.6))
-    left, right = figure.subplots(1, 2)
-    for index, name in enumerate(names):
-        points = embedded[index * count:(index + 1) * count]
-        left.scatter(points[:, 0], points[:, 1], s=8, alpha=0.6, label=REPRESENTATION_NAMES[name])
-    left.set_title("t-SNE of the four representations")
-    left.legend(fontsize=8)
-    labels = np.asarray(labels)
-    shared = np.concatenate([representations["shared_audio"], representations["shared_text"]])
-    plane = PCA(n_components=2, random_state=seed).fit(shared)
-    for label_index, label in enumerate(label_names):
-        members = labels == label_index
-        if not members.any():
-            continue
-        audio = plane.transform(np.asarray(representations["shared_audio"])[members].mean(0, keepdims=True))[0]
-        text = plane.transform(np.asarray(representations["shared_text"])[members].mean(0, keepdims=True))[0]
-        line = right.plot([audio[0], text[0]], [audio[1], text[1]], "-", label=label)[0]
-        right.plot(*audio, "o", color=line.get_color())
-        right.plot(*text, "s", color=line.get_color())
-    right.set_title("class centroids of $S_a$ (o) and $S_t$ (s), first two PCs")
-    right.legend(fontsize=8)
+    figure = Figure(figsize=(12, 4.6 * len(rows)))
+    axes = np.atleast_2d(figure.subplots(len(rows), 2))
+    for (row_title, representations, labels), (left, right) in zip(rows, axes):
+        names = [n for n in REPRESENTATION_NAMES if n in representations]
+        stacked = np.concatenate([np.asarray(representations[n], dtype=np.float64) for n in names])  # (4n, d)
+        count = len(labels)
+        embedded = TSNE(n_components=2, perplexity=min(30.0, max(5.0, count / 4)), random_state=seed,
+                        init="pca").fit_transform(stacked)  # (4n, 2)
+        for index, name in enumerate(names):
+            points = embedded[index * count:(index + 1) * count]
+            left.scatter(points[:, 0], points[:, 1], s=8, alpha=0.6, label=REPRESENTATION_NAMES[name])
+        prefix = f"{row_title}: " if row_title else ""
+        left.set_title(f"{prefix}t-SNE of the four representations", fontsize=10)
+        left.legend(fontsize=8)
+        labels = np.asarray(labels)
+        shared = np.concatenate([representations["shared_audio"], representations["shared_text"]])
+        plane = PCA(n_components=2, random_state=seed).fit(shared)
+        for label_index, label in enumerate(label_names):
+            members = labels == label_index
+            if not members.any():
+                continue
+            audio = plane.transform(np.asarray(representations["shared_audio"])[members].mean(0, keepdims=True))[0]
+            text = plane.transform(np.asarray(representations["shared_text"])[members].mean(0, keepdims=True))[0]
+            line = right.plot([audio[0], text[0]], [audio[1], text[1]], "-", label=label)[0]
+            right.plot(*audio, "o", color=line.get_color())
+            right.plot(*text, "s", color=line.get_color())
+        right.set_title(f"{prefix}centroids of $S_a$ (o), $S_t$ (s), 2 PCs", fontsize=10)
+        right.legend(fontsize=8)
     if title:
         figure.suptitle(title)
     figure.tight_layout()

@@ -15,6 +15,17 @@ import numpy as np
 from .metrics import SCALAR_METRICS
 
 TIE_TOLERANCE = 1e-9
+# FDRL's extra per-run scalars: the last epoch's test UAR, the alignment diagnostics of the kept model's test-session
+# S_a, S_t (fdrl.evaluation.alignment) and the largest validation norm over training. (key, column title, percent)
+EXTRA_COLUMNS = (
+    ("last_test_uar", "UAR last epoch", True),
+    ("max_eval_alignment_norm", "max norm (val.)", False),
+    ("test_alignment_norm", "norm S_a, S_t", False),
+    ("test_alignment_relative_centroid_distance", "rel. centroid dist.", False),
+    ("test_alignment_transfer_audio_to_text", "transfer a->t", True),
+    ("test_alignment_transfer_text_to_audio", "transfer t->a", True),
+    ("test_alignment_retrieval_r1", "R@1", True),
+)
 
 
 def mean_std(values):
@@ -44,6 +55,8 @@ def summarize_runs(runs, label_names, systems=None, reference="S0", metrics=SCAL
     if systems is None:
         systems = list(dict.fromkeys(name for run in runs for name in run["systems"]))
     summary = {"num_runs": len(runs), "label_names": list(label_names), "reference": None, "systems": {}, "runs": runs}
+    present = {key for run in runs for result in run["systems"].values() for key in result}
+    metrics = tuple(metrics) + tuple(key for key, _, _ in EXTRA_COLUMNS if key in present and key not in metrics)
     has_reference = reference is not None and any(reference in run["systems"] for run in runs)
     if has_reference:
         summary["reference"] = reference
@@ -51,13 +64,13 @@ def summarize_runs(runs, label_names, systems=None, reference="S0", metrics=SCAL
         results = [run["systems"].get(name) for run in runs]
         entry = {"num_runs": sum(r is not None for r in results), "mean": {}, "std": {}, "recall_mean": {}}
         for metric in metrics:
-            entry["mean"][metric], entry["std"][metric] = mean_std([r[metric] if r else None for r in results])
+            entry["mean"][metric], entry["std"][metric] = mean_std([r.get(metric) if r else None for r in results])
         for label in label_names:  # None where the class was absent from a test session
             entry["recall_mean"][label] = mean_std([r["recall"].get(label) if r else None for r in results])[0]
         if has_reference and name != reference:
             ref = [run["systems"].get(reference) for run in runs]
-            entry["paired"] = {metric: paired_difference([r[metric] if r else None for r in results],
-                                                         [r[metric] if r else None for r in ref])
+            entry["paired"] = {metric: paired_difference([r.get(metric) if r else None for r in results],
+                                                         [r.get(metric) if r else None for r in ref])
                                for metric in metrics}
         summary["systems"][name] = entry
     return summary
@@ -93,6 +106,7 @@ def markdown_report(summary, descriptions=None):
                  f"{paired['wins']}/{paired['ties']}/{paired['losses']}"] if paired else ["–", "–"])
         cells += [_percent(entry["recall_mean"][label], 1) for label in labels]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += alignment_table(summary)
     names = list(summary["systems"])
     lines += ["", "UAR per run (%):", "", "| seed | test session | " + " | ".join(names) + " |",
               "|" + " --- |" * (len(names) + 2)]
@@ -100,6 +114,34 @@ def markdown_report(summary, descriptions=None):
         cells = [_percent(run["systems"][n]["uar"]) if n in run["systems"] else "–" for n in names]
         lines.append(f"| {run['seed']} | {run['fold']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def alignment_table(summary):
+    """Markdown lines of FDRL's extra columns (`EXTRA_COLUMNS`) for the systems that have them: mean ± std, and for
+    each system but the reference its paired difference's wins/ties/losses (higher value wins); [] if none has."""
+    columns = [(key, title, percent) for key, title, percent in EXTRA_COLUMNS
+               if any(entry["mean"].get(key) is not None for entry in summary["systems"].values())]
+    if not columns:
+        return []
+    reference = summary["reference"]
+    lines = ["", "Alignment diagnostics on the test session (the kept model; `fdrl.evaluation.alignment`), mean ± std"
+             + (f"; (w/t/l): runs where the value is higher / equal / lower than {reference}'s" if reference else "")
+             + ":", "", "| system | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|" + " --- |" * (len(columns) + 1)]
+    for name, entry in summary["systems"].items():
+        if all(entry["mean"].get(key) is None for key, _, _ in columns):
+            continue
+        cells = []
+        for key, _, percent in columns:
+            mean, std = entry["mean"].get(key), entry["std"].get(key)
+            cell = "–" if mean is None else (f"{_percent(mean, 1)} ± {_percent(std, 1)}" if percent
+                                             else f"{mean:.3g} ± {std:.2g}")
+            paired = (entry.get("paired") or {}).get(key)
+            if paired and mean is not None:
+                cell += f" ({paired['wins']}/{paired['ties']}/{paired['losses']})"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_report(summary, output_dir, descriptions=None):

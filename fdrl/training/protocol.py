@@ -156,6 +156,8 @@ def train_system(system, context, fold, system_dir):
         compute_metrics=system.metrics(label_names),
         callbacks=[KeepBestTrainable()] if frozen else None,
     )
+    if system.is_fdrl:
+        trainer.last_epoch_dataset = fold.splits["test"]
     if system_args.get_process_log_level() > python_logging.INFO:  # --log_level warning: no per-step log lines either
         trainer.remove_callback(PrinterCallback)
     _train(trainer, None if frozen else resume_checkpoint(args.resume_from_checkpoint, system_dir))
@@ -166,6 +168,9 @@ def train_system(system, context, fold, system_dir):
     metrics.update(best_validation_uar=trainer.state.best_metric, log_probs=np.round(log_probs, 6).tolist())
     if system.test_metrics is not None:
         metrics.update(system.test_metrics(trainer, predictions, output.label_ids, label_names))
+    if system.is_fdrl:
+        metrics.update({k: v for k, v in output.metrics.items() if k.startswith("test_alignment_")})
+        metrics.update(trainer.last_epoch_metrics)  # the last epoch's test metrics, the largest norm of S_a, S_t
     return metrics, trainer
 
 

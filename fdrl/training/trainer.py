@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
@@ -24,6 +25,8 @@ logger = logging.get_logger(__name__)
 STAT_KEYS = tuple(f.name for f in dataclasses.fields(FDRLOutput) if f.name.startswith(("global_", "local_")))
 EPOCH_STATS_FILE = "fdrl_epoch_statistics_rank{rank}.json"
 BACKBONE_PREFIXES = ("audio_model.", "text_model.")
+# The adversarial path: the shared encoder E_s and the alignment discriminators (`adversarial_learning_rate`).
+ADVERSARIAL_PREFIXES = ("shared_encoder.", "global_discriminator.", "local_discriminators.")
 
 
 def _as_list(values, name, cast):
@@ -100,6 +103,16 @@ class FDRLTrainingArguments(TrainingArguments):
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep each fold's checkpoints after it finished (the best model is saved)."}
     )
+    alignment_train_samples: int = field(
+        default=512, metadata={"help": "Training utterances (a fixed random subset) whose S_a and S_t the current "
+                                       "model computes at each evaluation, for the cross-modal transfer and the norm "
+                                       "growth of the alignment diagnostics; 0 switches them off."}
+    )
+    divergence_factor: float = field(
+        default=50.0, metadata={"help": "Warn when the mean norm of the shared vectors grows by more than this factor "
+                                        "since the first evaluation (the adversarial game diverging; without the "
+                                        "adversarial terms, S1, they grow 13-14x on the demo)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -114,6 +127,10 @@ class FDRLTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name} must be positive, got {value}")
+        if self.alignment_train_samples < 0:
+            raise ValueError(f"--alignment_train_samples must be >= 0, got {self.alignment_train_samples}")
+        if not self.divergence_factor > 1:
+            raise ValueError(f"--divergence_factor must be above 1, got {self.divergence_factor}")
 
 
 @dataclass
@@ -150,14 +167,24 @@ class FDRLDataCollator:
         return dict(self.processor(**kwargs))
 
 
-def parameter_groups(model, learning_rate, backbone_learning_rate=None):
+def parameter_groups(model, learning_rate, backbone_learning_rate=None, adversarial_learning_rate=None):
     """AdamW groups: the backbones at `backbone_learning_rate` (default `learning_rate`), everything else (the
-    heads) at `learning_rate`. Frozen parameters are left out."""
-    backbone, heads = [], []
+    heads) at `learning_rate`, except, when `adversarial_learning_rate` is below `learning_rate`, the adversarial
+    path (E_s and the alignment discriminators) at `adversarial_learning_rate`. Frozen parameters are left out."""
+    adversarial_learning_rate = min(adversarial_learning_rate or learning_rate, learning_rate)
+    backbone, heads, adversarial = [], [], []
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (backbone if name.startswith(BACKBONE_PREFIXES) else heads).append(parameter)
+        if not parameter.requires_grad:
+            continue
+        if name.startswith(BACKBONE_PREFIXES):
+            backbone.append(parameter)
+        elif adversarial_learning_rate < learning_rate and name.startswith(ADVERSARIAL_PREFIXES):
+            adversarial.append(parameter)
+        else:
+            heads.append(parameter)
     groups = [{"params": heads, "lr": learning_rate}]
+    if adversarial:
+        groups.append({"params": adversarial, "lr": adversarial_learning_rate})
     if backbone:
         groups.append({"params": backbone, "lr": backbone_learning_rate or learning_rate})
     return groups
@@ -169,7 +196,8 @@ class SystemTrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             model = self.model if model is None else model
-            groups = parameter_groups(model, self.args.learning_rate, self.args.backbone_learning_rate)
+            adversarial = getattr(getattr(model, "config", None), "adversarial_learning_rate", None)
+            groups = parameter_groups(model, self.args.learning_rate, self.args.backbone_learning_rate, adversarial)
             optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
@@ -192,13 +220,50 @@ class FDRLTrainer(SystemTrainer):
     in the logs (averaged over processes). The GRL coefficient follows training progress; the dynamic factor is
     updated at each epoch's end from the whole epoch's discriminator statistics, summed over all processes, and
     logged with the raw error rates it came from. Evaluation hands S_a and S_t to `compute_metrics` with the logits
-    (`predictions = (logits, shared_audio, shared_text)`), for the alignment diagnostics."""
+    (`predictions = (logits, shared_audio, shared_text)`), for the alignment diagnostics, and before each evaluation
+    the current model's S_a and S_t of a fixed subset of the training split (`alignment_train_samples`) go to
+    `compute_metrics.reference`. `DivergenceGuard` warns when the shared vectors' norm grows past
+    `divergence_factor`. With `last_epoch_dataset` set, the model of the last epoch is tested on it before the kept
+    one is restored (`last_epoch_metrics`, prefixed `last_test_`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._term_sums, self._term_steps = {}, 0
         self._epoch_stats = {}
+        self.last_epoch_dataset, self.last_epoch_metrics = None, {}
         self.add_callback(DynamicFactorCallback(self))
+        self.add_callback(DivergenceGuard(self.args.divergence_factor))
+        self.callback_handler.callbacks.insert(0, LastEpochTest(self))  # before KeepBestTrainable restores
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        if hasattr(self.compute_metrics, "reference"):
+            self.compute_metrics.reference = self.training_representations()
+        return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+
+    def training_representations(self):
+        """(S_a, S_t, labels) as numpy arrays of at most `alignment_train_samples` training utterances (a subset
+        fixed by the seed), from the current model in eval mode; None without a training set or with 0 samples."""
+        count = min(self.args.alignment_train_samples, len(self.train_dataset) if self.train_dataset else 0)
+        if count <= 1:
+            return None
+        rows = np.sort(np.random.default_rng(self.args.seed).permutation(len(self.train_dataset))[:count])
+        dataset = self.train_dataset
+        subset = dataset.select(rows) if hasattr(dataset, "select") else [dataset[int(i)] for i in rows]
+        loader = torch.utils.data.DataLoader(subset, batch_size=self.args.per_device_eval_batch_size,
+                                             collate_fn=self.data_collator)
+        model, was_training = self.model, self.model.training
+        model.eval()
+        audio, text, labels = [], [], []
+        with torch.no_grad():
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                labels.append(batch.pop("labels").cpu())
+                outputs = model(**batch)
+                audio.append(outputs.shared_audio.float().cpu())
+                text.append(outputs.shared_text.float().cpu())
+        model.train(was_training)
+        return torch.cat(audio).numpy(), torch.cat(text).numpy(), torch.cat(labels).numpy()
 
     @property
     def fdrl_model(self):
@@ -277,6 +342,51 @@ class DynamicFactorCallback(TrainerCallback):
         checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(checkpoint_dir):
             self.trainer.save_epoch_statistics(checkpoint_dir)
+
+
+class DivergenceGuard(TrainerCallback):
+    """Warns once when the mean norm of the shared vectors S_a, S_t has grown by more than `factor` since the first
+    evaluation (`eval_alignment_norm_growth`): the adversarial game is diverging (docs/design.md)."""
+
+    def __init__(self, factor=50.0):
+        self.factor = float(factor)
+        self.fired = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.fired = False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        growth = (metrics or {}).get("eval_alignment_norm_growth")
+        if self.fired or growth is None or growth <= self.factor:  # NaN and inf fire too
+            return
+        self.fired = True
+        logger.warning(
+            f"epoch {state.epoch:g}: the shared vectors S_a, S_t have grown {growth:.3g}x in mean norm since the "
+            f"first evaluation (more than --divergence_factor {self.factor:g}): the adversarial alignment is "
+            f"diverging, and S_a, S_t are likely drifting apart. Use --adversarial_objective confusion, a smaller "
+            f"--adversarial_learning_rate or --learning_rate, or --shared_normalization layer_norm."
+        )
+
+
+class LastEpochTest(TrainerCallback):
+    """When training ends, before the kept model is restored: tests the last epoch's model on the trainer's
+    `last_epoch_dataset` (metrics prefixed `last_test_`), and records the largest mean norm of S_a, S_t and its
+    growth over the evaluations (`max_eval_alignment_norm`, `max_eval_alignment_norm_growth`)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_end(self, args, state, control, **kwargs):
+        trainer, results = self.trainer, {}
+        for key in ("eval_alignment_norm", "eval_alignment_norm_growth"):
+            values = [entry[key] for entry in state.log_history if key in entry]
+            if values:
+                results[f"max_{key}"] = float(max(values))
+        if trainer.last_epoch_dataset is not None:
+            output = trainer.predict(trainer.last_epoch_dataset, metric_key_prefix="last_test")
+            results.update({k: v for k, v in output.metrics.items() if k.startswith("last_test_")
+                            and not k.endswith(("_runtime", "_per_second"))})
+        trainer.last_epoch_metrics = results
 
 
 class KeepBestTrainable(TrainerCallback):
