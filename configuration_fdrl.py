@@ -152,10 +152,23 @@ class FDRLConfig(PretrainedConfig):
     model_type = "fdrl"
     sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
     keys_to_ignore_at_inference = [
-        "loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor",
+        "loss_task",
+        "loss_global",
+        "loss_local",
+        "loss_modality",
+        "loss_orthogonal",
+        "loss_predictor",
         "loss_confusion",
-        "shared_audio", "shared_text", "private_audio", "private_text",
-        "global_errors", "global_count", "global_loss_sum", "local_errors", "local_counts", "local_loss_sums",
+        "shared_audio",
+        "shared_text",
+        "private_audio",
+        "private_text",
+        "global_errors",
+        "global_count",
+        "global_loss_sum",
+        "local_errors",
+        "local_counts",
+        "local_loss_sums",
     ]
 
     def __init__(
@@ -273,8 +286,14 @@ class FDRLConfig(PretrainedConfig):
             raise ValueError(f"`initializer_range` must be positive, got {self.initializer_range!r}")
         if self.num_labels < 2:
             raise ValueError(f"`num_labels` must be at least 2, got {self.num_labels}")
-        for name in ("use_global_discriminator", "use_local_discriminators", "use_modality_discriminator",
-                     "use_orthogonality", "use_predictor", "freeze_feature_encoder"):
+        for name in (
+            "use_global_discriminator",
+            "use_local_discriminators",
+            "use_modality_discriminator",
+            "use_orthogonality",
+            "use_predictor",
+            "freeze_feature_encoder",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}")
 

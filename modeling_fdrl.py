@@ -231,8 +231,9 @@ def _whisper_encoder(model):
 
 
 def _wav2vec2_feature_extractor(audio_config, sampling_rate, **kwargs):
-    return Wav2Vec2FeatureExtractor(sampling_rate=sampling_rate,
-                                    **{"do_normalize": True, "return_attention_mask": True, **kwargs})
+    return Wav2Vec2FeatureExtractor(
+        sampling_rate=sampling_rate, **{"do_normalize": True, "return_attention_mask": True, **kwargs}
+    )
 
 
 def _whisper_feature_extractor(audio_config, sampling_rate, **kwargs):
@@ -260,14 +261,22 @@ class SpeechBackbone:
 
 
 # The wav2vec2 family (wav2vec2, HuBERT, WavLM, ...): AutoModel as it is, raw waveform in.
-WAVEFORM_BACKBONE = SpeechBackbone(build=AutoModel.from_config, from_loaded=lambda model: model,
-                                   input_name="input_values", feature_extractor=_wav2vec2_feature_extractor,
-                                   minimum_samples=conv_receptive_field)
+WAVEFORM_BACKBONE = SpeechBackbone(
+    build=AutoModel.from_config,
+    from_loaded=lambda model: model,
+    input_name="input_values",
+    feature_extractor=_wav2vec2_feature_extractor,
+    minimum_samples=conv_receptive_field,
+)
 # Backbones that need more than AutoModel, by `model_type`; a new backbone is one entry.
 SPEECH_BACKBONES = {
-    "whisper": SpeechBackbone(build=FDRLWhisperEncoder, from_loaded=_whisper_encoder, input_name="input_features",
-                              feature_extractor=_whisper_feature_extractor,
-                              minimum_samples=lambda config: int(0.02 * SAMPLING_RATE)),  # one 20 ms encoder frame
+    "whisper": SpeechBackbone(
+        build=FDRLWhisperEncoder,
+        from_loaded=_whisper_encoder,
+        input_name="input_features",
+        feature_extractor=_whisper_feature_extractor,
+        minimum_samples=lambda config: int(0.02 * SAMPLING_RATE),
+    ),  # one 20 ms encoder frame
 }
 
 
@@ -321,12 +330,14 @@ def modality_cross_entropy(discriminator, audio, text, sample_weights=None):
     `sample_weights` (shape `(2 * batch,)`, speech first), the two sums weight each sample (the loss does not).
     """
     logits = discriminator(torch.cat([audio, text]))  # (2 * batch, 2)
-    targets = torch.cat([
-        torch.full((audio.shape[0],), AUDIO_LABEL, device=logits.device),
-        torch.full((text.shape[0],), TEXT_LABEL, device=logits.device),
-    ])
+    targets = torch.cat(
+        [
+            torch.full((audio.shape[0],), AUDIO_LABEL, device=logits.device),
+            torch.full((text.shape[0],), TEXT_LABEL, device=logits.device),
+        ]
+    )
     per_sample = F.cross_entropy(logits.float(), targets, reduction="none")  # (2 * batch,)
-    loss = per_sample[: audio.shape[0]].mean() + per_sample[audio.shape[0]:].mean()
+    loss = per_sample[: audio.shape[0]].mean() + per_sample[audio.shape[0] :].mean()
     errors = (logits.argmax(-1) != targets).float()  # (2 * batch,)
     if sample_weights is None:
         return loss, per_sample.sum().detach(), errors.sum()
@@ -343,7 +354,7 @@ def modality_confusion(discriminator, audio, text):
     frozen = {name: parameter.detach() for name, parameter in discriminator.named_parameters()}
     log_probs = functional_call(discriminator, frozen, (torch.cat([audio, text]),)).float().log_softmax(-1)
     per_sample = -log_probs.mean(-1)  # (2 * batch,): CE against (1/2, 1/2)
-    return per_sample[: audio.shape[0]].mean() + per_sample[audio.shape[0]:].mean()
+    return per_sample[: audio.shape[0]].mean() + per_sample[audio.shape[0] :].mean()
 
 
 def orthogonality_loss(shared, private, mode="normalized"):
@@ -481,7 +492,8 @@ class FDRLModel(FDRLPreTrainedModel):
         self.global_discriminator = FDRLDiscriminator(config, dropout) if config.use_global_discriminator else None
         self.local_discriminators = (
             nn.ModuleList(FDRLDiscriminator(config, dropout) for _ in range(config.num_labels))
-            if config.use_local_discriminators else None
+            if config.use_local_discriminators
+            else None
         )
         self.modality_discriminator = FDRLDiscriminator(config) if config.use_modality_discriminator else None
         # FP serves L_f and, unless the labels do, gives the class weights of the local discriminators' inputs.
@@ -521,7 +533,10 @@ class FDRLModel(FDRLPreTrainedModel):
         """Update mu (eq. 8) from one epoch's summed discriminator statistics; returns the new value."""
         config = self.config
         mu = dynamic_factor_from_statistics(
-            stats, config.dynamic_factor_mode, config.a_distance_proxy, float(self.dynamic_factor),
+            stats,
+            config.dynamic_factor_mode,
+            config.a_distance_proxy,
+            float(self.dynamic_factor),
             config.dynamic_factor_bounds,
         )
         self.dynamic_factor.fill_(mu)
@@ -607,8 +622,11 @@ class FDRLModel(FDRLPreTrainedModel):
         zero = shared_audio.new_zeros((), dtype=torch.float32)
         num_labels = self.config.num_labels
         stats = {
-            "global_errors": zero, "global_count": zero, "global_loss_sum": zero,
-            "local_errors": zero.new_zeros(num_labels), "local_counts": zero.new_zeros(num_labels),
+            "global_errors": zero,
+            "global_count": zero,
+            "global_loss_sum": zero,
+            "local_errors": zero.new_zeros(num_labels),
+            "local_counts": zero.new_zeros(num_labels),
             "local_loss_sums": zero.new_zeros(num_labels),
         }
         confusion = self.config.adversarial_objective == "confusion"
@@ -692,8 +710,9 @@ class FDRLModel(FDRLPreTrainedModel):
         if pooled_audio is not None or pooled_text is not None:  # cached outputs of frozen backbones
             _check_pooled(self.config, pooled_audio, pooled_text, labels)
         else:
-            speech = _check_inputs(self.config.audio_config, input_values, input_features, input_ids, labels,
-                                   self.config.num_labels)
+            speech = _check_inputs(
+                self.config.audio_config, input_values, input_features, input_ids, labels, self.config.num_labels
+            )
             pooled_audio = self.encode_audio(speech, audio_attention_mask)
             pooled_text = self.encode_text(input_ids, text_attention_mask, token_type_ids)
         hidden_audio = self.audio_projection(pooled_audio.to(self.dtype))
@@ -726,9 +745,17 @@ class FDRLModel(FDRLPreTrainedModel):
             + config.gamma * loss_predictor
         )
         return FDRLOutput(
-            loss=loss, logits=logits, loss_task=loss_task, loss_global=loss_global, loss_local=loss_local,
-            loss_modality=loss_modality, loss_orthogonal=loss_orthogonal, loss_predictor=loss_predictor,
-            loss_confusion=loss_confusion, **representations, **stats,
+            loss=loss,
+            logits=logits,
+            loss_task=loss_task,
+            loss_global=loss_global,
+            loss_local=loss_local,
+            loss_modality=loss_modality,
+            loss_orthogonal=loss_orthogonal,
+            loss_predictor=loss_predictor,
+            loss_confusion=loss_confusion,
+            **representations,
+            **stats,
         )
 
     # ----- construction from pretrained backbones ------------------------------------------------------------------
@@ -806,15 +833,19 @@ def _check_inputs(audio_config, input_values, input_features, input_ids, labels,
 def _check_pooled(config, pooled_audio, pooled_text, labels):
     if pooled_audio is None or pooled_text is None:
         raise ValueError("give both `pooled_audio` and `pooled_text` (cached backbone outputs), or neither")
-    for name, tensor, width in (("pooled_audio", pooled_audio, config.audio_config.hidden_size),
-                                ("pooled_text", pooled_text, config.text_config.hidden_size)):
+    for name, tensor, width in (
+        ("pooled_audio", pooled_audio, config.audio_config.hidden_size),
+        ("pooled_text", pooled_text, config.text_config.hidden_size),
+    ):
         if tensor.dim() != 2 or tensor.shape[1] != width:
             raise ValueError(f"`{name}` must be (batch, {width}), got shape {tuple(tensor.shape)}")
     batch = pooled_audio.shape[0]
     if pooled_text.shape[0] != batch or (labels is not None and labels.shape != (batch,)):
-        raise ValueError(f"`pooled_audio`, `pooled_text` and `labels` must hold the same batch, got "
-                         f"{pooled_audio.shape[0]}, {pooled_text.shape[0]} and "
-                         f"{None if labels is None else tuple(labels.shape)}")
+        raise ValueError(
+            f"`pooled_audio`, `pooled_text` and `labels` must hold the same batch, got "
+            f"{pooled_audio.shape[0]}, {pooled_text.shape[0]} and "
+            f"{None if labels is None else tuple(labels.shape)}"
+        )
 
 
 def safetensors_problem(path) -> Optional[str]:
@@ -850,10 +881,25 @@ def check_weight_files(folder):
 FDRLModel.register_for_auto_class("AutoModel")
 
 __all__ = [
-    "FDRLModel", "FDRLOutput", "FDRLPreTrainedModel", "FDRLWhisperEncoder", "GradientReversal", "modality_confusion",
+    "FDRLModel",
+    "FDRLOutput",
+    "FDRLPreTrainedModel",
+    "FDRLWhisperEncoder",
+    "GradientReversal",
+    "modality_confusion",
     "check_weight_files",
-    "discriminator_error_rates", "dynamic_factor_from_statistics", "grl_coefficient_at", "load_backbones",
+    "discriminator_error_rates",
+    "dynamic_factor_from_statistics",
+    "grl_coefficient_at",
+    "load_backbones",
     "local_weight_source",
-    "pool_audio", "pool_text", "safetensors_problem", "speech_backbone_from_config", "SPEECH_BACKBONES",
-    "SpeechBackbone", "speech_backbone", "drop_pooler", "conv_receptive_field",
+    "pool_audio",
+    "pool_text",
+    "safetensors_problem",
+    "speech_backbone_from_config",
+    "SPEECH_BACKBONES",
+    "SpeechBackbone",
+    "speech_backbone",
+    "drop_pooler",
+    "conv_receptive_field",
 ]

@@ -41,12 +41,20 @@ from transformers.utils import logging
 try:
     from .modeling_fdrl import check_weight_files
     from .processing_fdrl import (
-        to_mono_waveform, audio_problem, minimum_samples, transcript_problem, wav_truncation_problem
+        audio_problem,
+        minimum_samples,
+        to_mono_waveform,
+        transcript_problem,
+        wav_truncation_problem,
     )
 except ImportError:
     from modeling_fdrl import check_weight_files
     from processing_fdrl import (
-        to_mono_waveform, audio_problem, minimum_samples, transcript_problem, wav_truncation_problem
+        audio_problem,
+        minimum_samples,
+        to_mono_waveform,
+        transcript_problem,
+        wav_truncation_problem,
     )
 
 try:  # optional: without it, files are decoded by torchcodec alone
@@ -139,13 +147,16 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         model_type = getattr(self.model.config, "model_type", None)
         if model_type != "fdrl":
-            raise ValueError(f"{getattr(self.model, 'name_or_path', '') or 'the model'} is not an FDRL model "
-                             f"(model_type {model_type})")
+            raise ValueError(
+                f"{getattr(self.model, 'name_or_path', '') or 'the model'} is not an FDRL model "
+                f"(model_type {model_type})"
+            )
         if self.processor is None:
             raise ValueError(f"{type(self).__name__} needs the model's FDRLProcessor: pass processor=...")
         # the fewest samples the speech backbone reads: the rule training's audio check applies
-        self.min_samples = minimum_samples(self.model.config.audio_config,
-                                           self.processor.feature_extractor.sampling_rate)
+        self.min_samples = minimum_samples(
+            self.model.config.audio_config, self.processor.feature_extractor.sampling_rate
+        )
         self.asr_pipeline = self._load_asr_pipeline(asr_model)
 
     def _load_asr_pipeline(self, asr_model):
@@ -215,8 +226,16 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         return preprocess_params, {}, postprocess_params
 
     # ----- a long recording: one prediction per recognised sentence ------------------------------------------------
-    def timeline(self, audio, recognizer=None, sampling_rate=None, batch_size=8, min_duration=0.5,
-                 max_text_length=None, progress=None):
+    def timeline(
+        self,
+        audio,
+        recognizer=None,
+        sampling_rate=None,
+        batch_size=8,
+        min_duration=0.5,
+        max_text_length=None,
+        progress=None,
+    ):
         """
         The emotion of every sentence of a recording of any length (`pipe(audio, timeline=True, recognizer=...)`
         is the same call). A speech recogniser cuts the recording into timed sentences and gives their text; each
@@ -239,8 +258,10 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
             "reason"}` in its place: no sentence is dropped.
         """
         if recognizer is None:
-            raise ValueError("timeline needs a recognizer (a CTranslate2 Whisper folder, a faster_whisper.WhisperModel "
-                             "or fdrl.inference.recognizer.load_recognizer())")
+            raise ValueError(
+                "timeline needs a recognizer (a CTranslate2 Whisper folder, a faster_whisper.WhisperModel "
+                "or fdrl.inference.recognizer.load_recognizer())"
+            )
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if sampling_rate is not None:
@@ -263,8 +284,9 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
                 segment["reason"] = f"too short ({end - start:.2f} s, under {min_duration:g} s)"
             else:
                 positions.append(len(segments))
-                inputs.append({"audio": waveform[round(start * rate) : round(end * rate)], "sampling_rate": rate,
-                               "text": text})
+                inputs.append(
+                    {"audio": waveform[round(start * rate) : round(end * rate)], "sampling_rate": rate, "text": text}
+                )
             segments.append(segment)
         class_names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         chunk = 8 * batch_size
@@ -301,7 +323,10 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
                 raise ValueError(f"the audio is unusable: {problem}")
             transcript, source = self._resolve_transcript(text, waveform, rate)
             features = self.processor(
-                audio=waveform, text=transcript, sampling_rate=rate, truncation=True,
+                audio=waveform,
+                text=transcript,
+                sampling_rate=rate,
+                truncation=True,
                 max_length=max_text_length or self._text_length_limit(),
             )
         except ValueError as error:
@@ -339,8 +364,10 @@ class MultimodalEmotionRecognitionPipeline(Pipeline):
         if not transcript:
             raise ValueError("the speech-recognition model returned an empty transcript; pass 'text' for this input")
         if transcript_problem(tokenizer, transcript):
-            raise ValueError(f"the speech-recognition model returned {transcript!r}, which has no word the model can "
-                             "read; pass 'text' for this input")
+            raise ValueError(
+                f"the speech-recognition model returned {transcript!r}, which has no word the model can "
+                "read; pass 'text' for this input"
+            )
         return transcript, "asr"
 
     def _text_length_limit(self):
@@ -537,8 +564,13 @@ def _recognised_segments(recognizer, waveform, sampling_rate, progress):
     if isinstance(recognizer, (str, os.PathLike)):
         from faster_whisper import WhisperModel  # optional: only this use of the pipeline needs it
 
-        recognizer = WhisperModel(os.fspath(recognizer), device="cpu", compute_type="int8",
-                                  cpu_threads=torch.get_num_threads(), local_files_only=True)
+        recognizer = WhisperModel(
+            os.fspath(recognizer),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=torch.get_num_threads(),
+            local_files_only=True,
+        )
     if hasattr(recognizer, "segments"):  # fdrl.inference.recognizer
         found = recognizer.segments(waveform.numpy(), sampling_rate, progress=progress)
     elif hasattr(recognizer, "transcribe") and hasattr(recognizer, "feature_extractor"):  # faster_whisper.WhisperModel
@@ -548,8 +580,10 @@ def _recognised_segments(recognizer, waveform, sampling_rate, progress):
             waveform = torchaudio.functional.resample(waveform, orig_freq=sampling_rate, new_freq=16000)
         found, _ = recognizer.transcribe(waveform.numpy(), beam_size=1, condition_on_previous_text=False)
     else:
-        raise ValueError(f"recognizer must be a CTranslate2 Whisper folder, a faster_whisper.WhisperModel or an "
-                         f"object with segments(samples, sampling_rate), got {type(recognizer).__name__}")
+        raise ValueError(
+            f"recognizer must be a CTranslate2 Whisper folder, a faster_whisper.WhisperModel or an "
+            f"object with segments(samples, sampling_rate), got {type(recognizer).__name__}"
+        )
     items = [s if isinstance(s, dict) else {"start": s.start, "end": s.end, "text": s.text} for s in found]
     return sorted(items, key=lambda s: (s["start"], s["end"]))
 
@@ -583,8 +617,9 @@ def save_pipeline(model, processor, folder) -> Path:
 
 
 def _check_saved_folder(folder):
-    missing = [name for name in ("config.json", "processor_config.json", *REMOTE_CODE_FILES)
-               if not (folder / name).is_file()]
+    missing = [
+        name for name in ("config.json", "processor_config.json", *REMOTE_CODE_FILES) if not (folder / name).is_file()
+    ]
     if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         missing.append("model.safetensors")
     if missing:

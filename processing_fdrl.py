@@ -96,8 +96,10 @@ def audio_problem(samples, sampling_rate, min_samples, target_rate=SAMPLING_RATE
         return f"holds {int((~np.isfinite(samples)).sum())} NaN or infinite sample(s)"
     length = samples.shape[-1]
     if math.floor(length * target_rate / sampling_rate) < min_samples:
-        return (f"too short: {1000 * length / sampling_rate:.1f} ms, the speech backbone needs at least "
-                f"{1000 * min_samples / target_rate:.1f} ms for one frame")
+        return (
+            f"too short: {1000 * length / sampling_rate:.1f} ms, the speech backbone needs at least "
+            f"{1000 * min_samples / target_rate:.1f} ms for one frame"
+        )
     return None
 
 
@@ -148,8 +150,10 @@ def transcript_problem(tokenizer, text) -> str | None:
         return "the transcript is empty"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if tokenizer.unk_token_id is not None and all(token == tokenizer.unk_token_id for token in ids):
-        return (f"the transcript {text.strip()!r} has no word the model can read (its tokenizer reads it as "
-                f"{tokenizer.unk_token} only; emoji and symbols are not words)")
+        return (
+            f"the transcript {text.strip()!r} has no word the model can read (its tokenizer reads it as "
+            f"{tokenizer.unk_token} only; emoji and symbols are not words)"
+        )
     return None
 
 
@@ -394,7 +398,10 @@ class FDRLProcessor(ProcessorMixin):
 
     def _waveform_features(self, items, padding, return_tensors):
         return self.feature_extractor(
-            items, sampling_rate=self.feature_extractor.sampling_rate, padding=padding, return_attention_mask=True,
+            items,
+            sampling_rate=self.feature_extractor.sampling_rate,
+            padding=padding,
+            return_attention_mask=True,
             return_tensors=return_tensors,
         )
 
@@ -406,12 +413,21 @@ class FDRLProcessor(ProcessorMixin):
         margin = 2 * extractor.hop_length + extractor.n_fft // 2 + 1
 
         def window(num_samples):  # whole seconds, at most the 30 s Whisper was trained on
-            return min(math.ceil((num_samples + margin) / extractor.sampling_rate) * extractor.sampling_rate,
-                       extractor.n_samples)
+            return min(
+                math.ceil((num_samples + margin) / extractor.sampling_rate) * extractor.sampling_rate,
+                extractor.n_samples,
+            )
 
         def extract(batch, length, tensors):
-            return extractor(batch, sampling_rate=extractor.sampling_rate, padding="max_length", max_length=length,
-                             truncation=True, return_attention_mask=True, return_tensors=tensors)
+            return extractor(
+                batch,
+                sampling_rate=extractor.sampling_rate,
+                padding="max_length",
+                max_length=length,
+                truncation=True,
+                return_attention_mask=True,
+                return_tensors=tensors,
+            )
 
         if padding in (True, "longest"):
             return extract(items, window(max(len(item) for item in items)), return_tensors)
@@ -443,10 +459,18 @@ class FDRLProcessor(ProcessorMixin):
 
 def _saved_text_config(pretrained_model_name_or_path, kwargs):
     """The text backbone's config in a saved FDRL `config.json`, or None (a processor saved on its own has none)."""
-    lookup = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
-              if kwargs.get(key) is not None}
-    path = cached_file(pretrained_model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False,
-                       _raise_exceptions_for_connection_errors=False, **lookup)
+    lookup = {
+        key: kwargs[key]
+        for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+        if kwargs.get(key) is not None
+    }
+    path = cached_file(
+        pretrained_model_name_or_path,
+        "config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **lookup,
+    )
     if path is None:
         return None
     try:

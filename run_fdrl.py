@@ -27,8 +27,11 @@ def main(argv=None):
     model_args, data_args, training_args = parse_arguments(argv)
 
     # Logging
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     level = training_args.get_process_log_level()
     logger.setLevel(level)
     logging.getLogger("fdrl").setLevel(level)

@@ -22,10 +22,15 @@ transcript without words) a message for the user. The page shows either; nothing
 
 import os
 
+
 # Before gradio, huggingface_hub and transformers are imported: they read these once. No Hub call at start-up
 # or per request, no analytics. A Space that must download its model sets HF_HUB_OFFLINE=0 in its variables.
-for _name, _value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-                      "TOKENIZERS_PARALLELISM": "false"}.items():
+for _name, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
     os.environ.setdefault(_name, _value)
 
 import argparse  # noqa: E402
@@ -39,6 +44,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+
 logger = logging.getLogger("fdrl.app")
 
 APP_DIR = Path(__file__).resolve().parent
@@ -48,8 +54,18 @@ DEFAULT_ASR_MODEL = "pretrained/whisper-base"
 MIN_DURATION = 0.5  # seconds; IEMOCAP's shortest utterances last about 0.6 s
 SILENCE_PEAK = 1e-4  # a peak below this (full scale 1.0) is a muted microphone, not speech
 MAX_UPLOAD = "100mb"  # a 10-minute 16-bit 48 kHz stereo WAV is 115 MB; 16 kHz mono is 19 MB
-EMOTION_NAMES = {"ang": "anger", "hap": "happiness", "neu": "neutral", "sad": "sadness", "exc": "excitement",
-                 "fru": "frustration", "sur": "surprise", "fea": "fear", "dis": "disgust", "oth": "other"}
+EMOTION_NAMES = {
+    "ang": "anger",
+    "hap": "happiness",
+    "neu": "neutral",
+    "sad": "sadness",
+    "exc": "excitement",
+    "fru": "frustration",
+    "sur": "surprise",
+    "fea": "fear",
+    "dis": "disgust",
+    "oth": "other",
+}
 # (pair shown on the page, the two vectors' names in the pipeline's "representations")
 SIMILARITY_PAIRS = (
     ("shared speech · shared text", "shared_audio", "shared_text"),
@@ -105,8 +121,9 @@ class EmotionDemo:
         self.min_duration = min_duration
         self.max_duration = classifier.processor.max_duration  # the processor cuts longer audio (None: never)
         asr = classifier.asr_pipeline
-        self.asr_name = None if asr is None else (
-            getattr(asr, "name", None) or Path(str(asr.model.name_or_path).rstrip("/")).name)
+        self.asr_name = (
+            None if asr is None else (getattr(asr, "name", None) or Path(str(asr.model.name_or_path).rstrip("/")).name)
+        )
 
     def timeline(self, audio):
         """
@@ -118,12 +135,20 @@ class EmotionDemo:
 
         recognizer = self.classifier.asr_pipeline
         if recognizer is None or not hasattr(recognizer, "segments"):
-            return ("The whole-recording mode needs a speech recogniser that times sentences: start the app from a "
-                    "clone of the repository, with pretrained/whisper-base (`make pretrained`) or --asr_model.")
+            return (
+                "The whole-recording mode needs a speech recogniser that times sentences: start the app from a "
+                "clone of the repository, with pretrained/whisper-base (`make pretrained`) or --asr_model."
+            )
         try:
             waveform, rate, _ = self._read(audio, cut=False)
-            return recording_timeline(waveform, self.classifier, recognizer, sampling_rate=rate, progress=False,
-                                      name=Path(audio).name if isinstance(audio, (str, os.PathLike)) else None)
+            return recording_timeline(
+                waveform,
+                self.classifier,
+                recognizer,
+                sampling_rate=rate,
+                progress=False,
+                name=Path(audio).name if isinstance(audio, (str, os.PathLike)) else None,
+            )
         except InputError as error:
             return str(error)
         except ValueError as error:
@@ -143,11 +168,17 @@ class EmotionDemo:
         try:
             waveform, rate, notes = self._read(audio)
             text = self._check_transcript(transcript)
-            output = self.classifier({"audio": waveform, "sampling_rate": rate, "text": text},
-                                     return_representations=True, return_transcript=True)
+            output = self.classifier(
+                {"audio": waveform, "sampling_rate": rate, "text": text},
+                return_representations=True,
+                return_transcript=True,
+            )
             if output["transcript_source"] == "asr":
-                self._check_words(output["transcript"], f"The speech recogniser ({self.asr_name}) heard no words "
-                                  f"(it returned {output['transcript']!r}): type the transcript in the box.")
+                self._check_words(
+                    output["transcript"],
+                    f"The speech recogniser ({self.asr_name}) heard no words "
+                    f"(it returned {output['transcript']!r}): type the transcript in the box.",
+                )
         except InputError as error:
             return str(error)
         except ValueError as error:  # the pipeline's own checks (and its speech recogniser's) name the problem
@@ -172,8 +203,7 @@ class EmotionDemo:
         if array.size == 0:
             raise InputError(f"{recording} is empty: record or upload some speech.")
         if seconds < self.min_duration:
-            raise InputError(f"{recording} is too short ({seconds:.2f} s): speak for at least "
-                             f"{self.min_duration:g} s.")
+            raise InputError(f"{recording} is too short ({seconds:.2f} s): speak for at least {self.min_duration:g} s.")
         if not np.isfinite(array).all():
             raise InputError(f"{recording} is damaged: it contains NaN or infinite samples.")
         if np.abs(array).max() < SILENCE_PEAK:
@@ -182,20 +212,27 @@ class EmotionDemo:
         if cut and self.max_duration is not None and seconds > self.max_duration:
             # cut here, as the processor would, so that the speech recogniser hears what the model hears
             array = array[:, : round(self.max_duration * rate)]
-            notes.append(f"The recording lasts {seconds:.1f} s: FDRL hears only its first {self.max_duration:g} s "
-                         "(the processor's max_duration), and so does the speech recogniser.")
+            notes.append(
+                f"The recording lasts {seconds:.1f} s: FDRL hears only its first {self.max_duration:g} s "
+                "(the processor's max_duration), and so does the speech recogniser."
+            )
         return array, rate, notes
 
     def _check_transcript(self, transcript):
         """The typed transcript, or None to have the speech recognised."""
         if transcript is None or not transcript.strip():
             if self.asr_name is None:
-                raise InputError("No transcript: type what is said. This app runs without a speech recogniser "
-                                 "(start it with --asr_model to have the speech transcribed).")
+                raise InputError(
+                    "No transcript: type what is said. This app runs without a speech recogniser "
+                    "(start it with --asr_model to have the speech transcribed)."
+                )
             return None
-        self._check_words(transcript, f"The transcript {transcript.strip()!r} has no word the model can read "
-                          "(emoji and symbols are not words): type the words spoken, or clear the box to have "
-                          "them recognised.")
+        self._check_words(
+            transcript,
+            f"The transcript {transcript.strip()!r} has no word the model can read "
+            "(emoji and symbols are not words): type the words spoken, or clear the box to have "
+            "them recognised.",
+        )
         return transcript.strip()
 
     def _check_words(self, text, message):
@@ -216,8 +253,9 @@ def _decode(audio):
             array, rate = read_audio(audio)
         except ValueError as error:
             logger.info(f"cannot decode {audio}: {error}")
-            raise InputError(f"Cannot read {name} as audio: it is not a WAV, FLAC, MP3 or OGG recording, or it is "
-                             "damaged.") from None
+            raise InputError(
+                f"Cannot read {name} as audio: it is not a WAV, FLAC, MP3 or OGG recording, or it is damaged."
+            ) from None
         return np.asarray(array, dtype=np.float32), rate, f"The recording {name}"
     if isinstance(audio, (tuple, list)) and len(audio) == 2:
         from processing_fdrl import scale_integer_samples
@@ -238,8 +276,10 @@ def _decode(audio):
 def cosine_similarities(representations):
     """The page's pairs of FDRL vectors (S_a, S_t, P_a, P_t) -> their cosine similarity."""
     vectors = {name: torch.tensor(values) for name, values in representations.items()}
-    return {pair: float(torch.nn.functional.cosine_similarity(vectors[a], vectors[b], dim=0))
-            for pair, a, b in SIMILARITY_PAIRS}
+    return {
+        pair: float(torch.nn.functional.cosine_similarity(vectors[a], vectors[b], dim=0))
+        for pair, a, b in SIMILARITY_PAIRS
+    }
 
 
 # ----- loading -------------------------------------------------------------------------------------------------------
@@ -252,8 +292,10 @@ def find_model_folder(model):
     try:
         return Path(snapshot_download(model))
     except Exception as error:  # not a folder, and neither cached nor downloadable (offline, unknown id)
-        raise SystemExit(f"--model {model}: not a model folder, and not found on the Hub ({error}). Pass the folder "
-                         f"`make demo` writes ({DEFAULT_MODEL}), or set HF_HUB_OFFLINE=0 to download a Hub model.") from error
+        raise SystemExit(
+            f"--model {model}: not a model folder, and not found on the Hub ({error}). Pass the folder "
+            f"`make demo` writes ({DEFAULT_MODEL}), or set HF_HUB_OFFLINE=0 to download a Hub model."
+        ) from error
 
 
 def add_fdrl_modules_to_path(model_folder):
@@ -282,10 +324,8 @@ def load_classifier(model_folder, asr_model=None, device="cpu"):
     """The FDRL pipeline on a model folder (the flat modules must be importable: see add_fdrl_modules_to_path).
     `asr_model`: a folder or Hub id (transformers' pipeline), or a recogniser from `load_recognizer`."""
     from modeling_fdrl import FDRLModel
-    from pipeline_fdrl import MultimodalEmotionRecognitionPipeline
+    from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, check_model_folder
     from processing_fdrl import FDRLProcessor
-
-    from pipeline_fdrl import check_model_folder
 
     check_model_folder(model_folder)  # not an FDRL model, a damaged weights file: a ValueError naming it
     model = FDRLModel.from_pretrained(model_folder).eval()
@@ -295,18 +335,27 @@ def load_classifier(model_folder, asr_model=None, device="cpu"):
 
 def example_rows():
     """[[clip, transcript], ...] from app/examples/<name>.wav + <name>.txt."""
-    return [[str(wav), wav.with_suffix(".txt").read_text(encoding="utf-8").strip()]
-            for wav in sorted(EXAMPLES_DIR.glob("*.wav")) if wav.with_suffix(".txt").is_file()]
+    return [
+        [str(wav), wav.with_suffix(".txt").read_text(encoding="utf-8").strip()]
+        for wav in sorted(EXAMPLES_DIR.glob("*.wav"))
+        if wav.with_suffix(".txt").is_file()
+    ]
 
 
 # ----- the page ------------------------------------------------------------------------------------------------------
 def build_page(predictor, model_name):
     """The Gradio Blocks page around `predictor.predict` (an `EmotionDemo`)."""
     labels = ", ".join(display_name(label) for label in predictor.classifier.model.config.id2label.values())
-    recogniser = (f"an empty transcript box is filled by the speech recogniser **{predictor.asr_name}**"
-                  if predictor.asr_name else "no speech recogniser is loaded, so type the transcript")
-    cut = (f"the first {predictor.max_duration:g} s of longer recordings" if predictor.max_duration
-           else "the whole recording")
+    recogniser = (
+        f"an empty transcript box is filled by the speech recogniser **{predictor.asr_name}**"
+        if predictor.asr_name
+        else "no speech recogniser is loaded, so type the transcript"
+    )
+    cut = (
+        f"the first {predictor.max_duration:g} s of longer recordings"
+        if predictor.max_duration
+        else "the whole recording"
+    )
     with gr.Blocks(title="FDRL: emotion from speech and text") as page:
         gr.Markdown(
             "# FDRL: emotion from speech and its transcript\n"
@@ -315,24 +364,36 @@ def build_page(predictor, model_name):
         )
         with gr.Row():
             with gr.Column():
-                audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech",
-                                 elem_id="audio")
+                audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech", elem_id="audio")
                 transcript = gr.Textbox(
-                    label="Transcript", lines=2, elem_id="transcript",
-                    placeholder=("Leave empty to have it recognised, or type what is said" if predictor.asr_name
-                                 else "Type what is said"),
+                    label="Transcript",
+                    lines=2,
+                    elem_id="transcript",
+                    placeholder=(
+                        "Leave empty to have it recognised, or type what is said"
+                        if predictor.asr_name
+                        else "Type what is said"
+                    ),
                 )
                 submit = gr.Button("Recognise the emotion", variant="primary", elem_id="submit")
                 if example_rows():
-                    gr.Examples(example_rows(), inputs=[audio, transcript], cache_examples=False,
-                                label="Examples (espeak-ng speech in the demo corpus's style)")
+                    gr.Examples(
+                        example_rows(),
+                        inputs=[audio, transcript],
+                        cache_examples=False,
+                        label="Examples (espeak-ng speech in the demo corpus's style)",
+                    )
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
                 scores = gr.Label(label="Emotion", elem_id="scores")
                 source = gr.Markdown(elem_id="source")
-                similarities = gr.Dataframe(headers=["FDRL vectors", "cosine similarity"], datatype=["str", "number"],
-                                            label="What each modality contributes", interactive=False,
-                                            elem_id="similarities")
+                similarities = gr.Dataframe(
+                    headers=["FDRL vectors", "cosine similarity"],
+                    datatype=["str", "number"],
+                    label="What each modality contributes",
+                    interactive=False,
+                    elem_id="similarities",
+                )
                 gr.Markdown(SIMILARITY_EXPLANATION)
 
         def on_submit(audio_value, transcript_value):
@@ -347,15 +408,29 @@ def build_page(predictor, model_name):
                 return None, gr.skip(), "", None, f"**Could not predict.** {result}"
             rows = [[pair, round(value, 3)] for pair, value in result.similarities.items()]
             message = " ".join([f"Predicted in {time.perf_counter() - start:.1f} s.", *result.notes])
-            heard = (f"**Transcript** {result.transcript_source}: “{result.transcript}”"
-                     + (" (correct it in the box and run again)" if result.transcript_source != "typed" else ""))
-            return ({display_name(label): score for label, score in result.scores.items()}, result.transcript,
-                    heard, rows, message)
+            heard = f"**Transcript** {result.transcript_source}: “{result.transcript}”" + (
+                " (correct it in the box and run again)" if result.transcript_source != "typed" else ""
+            )
+            return (
+                {display_name(label): score for label, score in result.scores.items()},
+                result.transcript,
+                heard,
+                rows,
+                message,
+            )
 
-        submit.click(on_submit, inputs=[audio, transcript],
-                     outputs=[scores, transcript, source, similarities, status], api_name="predict")
-        transcript.submit(on_submit, inputs=[audio, transcript],
-                          outputs=[scores, transcript, source, similarities, status], api_name=False)
+        submit.click(
+            on_submit,
+            inputs=[audio, transcript],
+            outputs=[scores, transcript, source, similarities, status],
+            api_name="predict",
+        )
+        transcript.submit(
+            on_submit,
+            inputs=[audio, transcript],
+            outputs=[scores, transcript, source, similarities, status],
+            api_name=False,
+        )
         add_timeline_section(predictor)
     return page
 
@@ -363,10 +438,16 @@ def build_page(predictor, model_name):
 def timeline_table(timeline):
     """The page's segment table: start and end (m:ss.s), emotion (or why there is none), its probability, words."""
     clock = lambda seconds: f"{int(seconds // 60)}:{seconds % 60:04.1f}"  # noqa: E731
-    return [[clock(s["start"]), clock(s["end"]),
-             display_name(s["label"]) if "label" in s else f"none: {s['reason']}",
-             round(s["scores"][s["label"]], 3) if "label" in s else None, s["transcript"]]
-            for s in timeline["segments"]]
+    return [
+        [
+            clock(s["start"]),
+            clock(s["end"]),
+            display_name(s["label"]) if "label" in s else f"none: {s['reason']}",
+            round(s["scores"][s["label"]], 3) if "label" in s else None,
+            s["transcript"],
+        ]
+        for s in timeline["segments"]
+    ]
 
 
 def add_timeline_section(predictor):
@@ -376,8 +457,10 @@ def add_timeline_section(predictor):
     except ImportError:  # a Space without the fdrl package: the single-clip part only
         return
 
-    gr.Markdown("## Whole recording\nUpload a long recording (minutes): the speech recogniser cuts it into "
-                "sentences and FDRL labels each one from its speech and its words.")
+    gr.Markdown(
+        "## Whole recording\nUpload a long recording (minutes): the speech recogniser cuts it into "
+        "sentences and FDRL labels each one from its speech and its words."
+    )
     with gr.Row():
         with gr.Column(scale=1):
             long_audio = gr.Audio(sources=["upload"], type="filepath", label="Recording", elem_id="long_audio")
@@ -385,9 +468,14 @@ def add_timeline_section(predictor):
         with gr.Column(scale=3):
             long_status = gr.Markdown(elem_id="timeline_status")
             plot = gr.Plot(label="Emotion over time", elem_id="timeline_plot")
-            table = gr.Dataframe(headers=["start", "end", "emotion", "probability", "transcript"],
-                                 datatype=["str", "str", "str", "number", "str"], label="Sentences",
-                                 interactive=False, wrap=True, elem_id="timeline_table")
+            table = gr.Dataframe(
+                headers=["start", "end", "emotion", "probability", "transcript"],
+                datatype=["str", "str", "str", "number", "str"],
+                label="Sentences",
+                interactive=False,
+                wrap=True,
+                elem_id="timeline_table",
+            )
 
     def on_run(audio_value):
         start = time.perf_counter()
@@ -400,8 +488,10 @@ def add_timeline_section(predictor):
             gr.Warning(result)
             return None, None, f"**Could not predict.** {result}"
         labelled = sum("label" in s for s in result["segments"])
-        message = (f"{len(result['segments'])} sentence(s), {labelled} labelled, over {result['duration']:.1f} s; "
-                   f"done in {time.perf_counter() - start:.1f} s.")
+        message = (
+            f"{len(result['segments'])} sentence(s), {labelled} labelled, over {result['duration']:.1f} s; "
+            f"done in {time.perf_counter() - start:.1f} s."
+        )
         return plot_timeline(result), timeline_table(result), message
 
     run.click(on_run, inputs=[long_audio], outputs=[plot, table, long_status], api_name="timeline")
@@ -409,15 +499,21 @@ def add_timeline_section(predictor):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                        help="FDRL model folder or Hub id (default: $MODEL, else demo_output/model).")
-    parser.add_argument("--asr_model", default=os.environ.get("ASR_MODEL"),
-                        help="Speech recogniser (folder or Hub id) for an empty transcript box; 'none' for none "
-                             "(default: $ASR_MODEL, else pretrained/whisper-base when that folder exists).")
-    parser.add_argument("--host", default=None, help="Address to serve on (default: gradio's, 127.0.0.1 or "
-                                                     "$GRADIO_SERVER_NAME).")
-    parser.add_argument("--port", type=int, default=None, help="Port (default: gradio's, 7860 or "
-                                                               "$GRADIO_SERVER_PORT).")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("MODEL", DEFAULT_MODEL),
+        help="FDRL model folder or Hub id (default: $MODEL, else demo_output/model).",
+    )
+    parser.add_argument(
+        "--asr_model",
+        default=os.environ.get("ASR_MODEL"),
+        help="Speech recogniser (folder or Hub id) for an empty transcript box; 'none' for none "
+        "(default: $ASR_MODEL, else pretrained/whisper-base when that folder exists).",
+    )
+    parser.add_argument(
+        "--host", default=None, help="Address to serve on (default: gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME)."
+    )
+    parser.add_argument("--port", type=int, default=None, help="Port (default: gradio's, 7860 or $GRADIO_SERVER_PORT).")
     parser.add_argument("--device", default="cpu", help="torch device of the models, e.g. cpu or cuda.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
     return parser.parse_args(argv)
@@ -448,11 +544,15 @@ def main(argv=None):
         raise SystemExit(f"--model {args.model}: {error}") from None
 
     # Page: system fonts, so that the browser fetches no web font either
-    theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                           font_mono=["ui-monospace", "monospace"])
+    theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     build_page(predictor, args.model).queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, allowed_paths=[str(EXAMPLES_DIR)],
-        ssr_mode=False, theme=theme, footer_links=[],
+        server_name=args.host,
+        server_port=args.port,
+        max_file_size=MAX_UPLOAD,
+        allowed_paths=[str(EXAMPLES_DIR)],
+        ssr_mode=False,
+        theme=theme,
+        footer_links=[],
     )
 
 

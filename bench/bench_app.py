@@ -26,11 +26,11 @@ import torch
 
 import common
 from common import logger
-
 from configuration_fdrl import FDRLConfig
 from modeling_fdrl import FDRLModel
 from pipeline_fdrl import save_pipeline
 from processing_fdrl import FDRLProcessor
+
 
 CLIP, CLIP_SECONDS = common.REPO / "app" / "examples" / "sad.wav", 3.0
 DEFAULT_MODEL = common.REPO / "demo_output" / "model"
@@ -40,17 +40,25 @@ DEFAULT_ASR_MODEL = common.REPO / "pretrained" / "whisper-base"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="FDRL model folder (default: demo_output/model if it exists).")
-    parser.add_argument("--preset", default="demo", choices=["tiny", "demo", "base"],
-                        help="Shapes of the random model used when there is no --model folder (fdrl.presets.PRESETS).")
-    parser.add_argument("--asr_model", default=None,
-                        help="Speech recogniser; 'none' to time typed transcripts only (default: "
-                             "pretrained/whisper-base if it exists).")
+    parser.add_argument(
+        "--preset",
+        default="demo",
+        choices=["tiny", "demo", "base"],
+        help="Shapes of the random model used when there is no --model folder (fdrl.presets.PRESETS).",
+    )
+    parser.add_argument(
+        "--asr_model",
+        default=None,
+        help="Speech recogniser; 'none' to time typed transcripts only (default: "
+        "pretrained/whisper-base if it exists).",
+    )
     parser.add_argument("--repeats", type=int, default=10, help="Timed calls of each kind.")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where the models run.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random model.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
-    parser.add_argument("--tiny", action="store_true",
-                        help="Smoke test: a tiny random model and a tiny random CTC speech recogniser.")
+    parser.add_argument(
+        "--tiny", action="store_true", help="Smoke test: a tiny random model and a tiny random CTC speech recogniser."
+    )
     parser.add_argument("--output", default=None, help="JSON path (default: bench/results/app_<device>.json).")
     parser.set_defaults(dtype="fp32")  # the pipeline runs the model in float32
     return parser.parse_args(argv)
@@ -71,8 +79,7 @@ def random_model_folder(preset, folder, texts):
     processor = FDRLProcessor.from_texts(texts, vocab_size=1000)
     audio_config, text_config = preset_backbone_configs(preset, len(processor.tokenizer))
     labels = {0: "ang", 1: "hap", 2: "neu", 3: "sad"}
-    config = FDRLConfig(audio_config=audio_config, text_config=text_config, id2label=labels,
-                        **PRESETS[preset]["fdrl"])
+    config = FDRLConfig(audio_config=audio_config, text_config=text_config, id2label=labels, **PRESETS[preset]["fdrl"])
     return save_pipeline(FDRLModel(config).eval(), processor, folder)
 
 
@@ -82,17 +89,31 @@ def tiny_asr_pipeline(folder):
 
     vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}}
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    config = Wav2Vec2Config(vocab_size=len(vocab), pad_token_id=0, hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=37, conv_dim=(32, 32, 32),
-                            conv_stride=(4, 4, 4), conv_kernel=(8, 8, 8), num_conv_pos_embeddings=16,
-                            num_conv_pos_embedding_groups=2)
+    config = Wav2Vec2Config(
+        vocab_size=len(vocab),
+        pad_token_id=0,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        conv_dim=(32, 32, 32),
+        conv_stride=(4, 4, 4),
+        conv_kernel=(8, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     model = Wav2Vec2ForCTC(config).eval()
     with torch.no_grad():
         model.lm_head.bias[0] = -5.0  # never blank: a non-empty transcript
     tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>")
     feature_extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
-    return pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
-                    feature_extractor=feature_extractor, device="cpu")
+    return pipeline(
+        "automatic-speech-recognition",
+        model=model,
+        tokenizer=tokenizer,
+        feature_extractor=feature_extractor,
+        device="cpu",
+    )
 
 
 def write_clip(path):
@@ -108,8 +129,12 @@ def resolve(args, app, scratch):
     """(model folder, what it is, speech recogniser or None, what it is)."""
     texts = [text for _, text in app.example_rows()]
     if args.tiny:
-        return random_model_folder("tiny", scratch / "model", texts), "random, tiny", tiny_asr_pipeline(scratch), \
-            "random tiny wav2vec2 CTC"
+        return (
+            random_model_folder("tiny", scratch / "model", texts),
+            "random, tiny",
+            tiny_asr_pipeline(scratch),
+            "random tiny wav2vec2 CTC",
+        )
     if args.model:
         model, described = Path(args.model), str(args.model)
     elif DEFAULT_MODEL.is_dir():
@@ -163,15 +188,24 @@ def main(argv=None):
 
     results = {"load_s": load_s}
     for kind in kinds:
-        results[kind] = {"latency_s": common.summarize(times[kind]), "transcript": outputs[kind].transcript,
-                         "transcript_source": outputs[kind].transcript_source}
-        logger.info(f"{kind}: median {results[kind]['latency_s']['median']:.3f} s, "
-                    f"p90 {results[kind]['latency_s']['p90']:.3f} s ({outputs[kind].transcript!r})")
+        results[kind] = {
+            "latency_s": common.summarize(times[kind]),
+            "transcript": outputs[kind].transcript,
+            "transcript_source": outputs[kind].transcript_source,
+        }
+        logger.info(
+            f"{kind}: median {results[kind]['latency_s']['median']:.3f} s, "
+            f"p90 {results[kind]['latency_s']['p90']:.3f} s ({outputs[kind].transcript!r})"
+        )
     if asr is None:
         results["with_asr"] = None
     settings = {
-        "model": model_described, "asr_model": asr_described, "clip": f"app/examples/{CLIP.name} padded with "
-        f"silence to {CLIP_SECONDS} s", "clip_s": CLIP_SECONDS, "repeats": args.repeats, "seed": args.seed,
+        "model": model_described,
+        "asr_model": asr_described,
+        "clip": f"app/examples/{CLIP.name} padded with silence to {CLIP_SECONDS} s",
+        "clip_s": CLIP_SECONDS,
+        "repeats": args.repeats,
+        "seed": args.seed,
         "mode": "EmotionDemo.predict(path, transcript): decode + (ASR) + processor + FDRL, in one process",
     }
     output = args.output or common.RESULTS_DIR / f"app_{device.type}.json"

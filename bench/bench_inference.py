@@ -16,9 +16,9 @@ import torch
 
 import common
 from common import logger
-
 from configuration_fdrl import FDRLConfig
 from modeling_fdrl import FDRLModel
+
 
 LATENCY_SECONDS, LATENCY_TOKENS = 4.5, 20
 
@@ -27,13 +27,25 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latency_repeats", type=int, default=10, help="Timed single-utterance forwards.")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4, 8], help="Throughput batch sizes.")
-    parser.add_argument("--throughput_repeats", type=int, default=2,
-                        help="Batches of the largest batch size; smaller sizes time the same utterances.")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="Untimed forwards before the latency repeats; each batch size gets one more.")
+    parser.add_argument(
+        "--throughput_repeats",
+        type=int,
+        default=2,
+        help="Batches of the largest batch size; smaller sizes time the same utterances.",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="Untimed forwards before the latency repeats; each batch size gets one more.",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where to run.")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="bf16 runs under torch.autocast; auto: bf16 on cuda, fp32 on cpu.")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="bf16 runs under torch.autocast; auto: bf16 on cuda, fp32 on cpu.",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the durations and inputs.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
     parser.add_argument("--tiny", action="store_true", help="Tiny backbones (smoke test), not base shapes.")
@@ -97,16 +109,22 @@ def main(argv=None):
             "audio_seconds_per_s": float(durations.sum()) / sum(times),
             "mean_padded_batch_s": float(durations.max(axis=1).mean()),
         }
-        logger.info(f"batch {batch_size}: {results['throughput'][str(batch_size)]['utterances_per_s']:.3g} "
-                    f"utterances/s (median batch {stats['median']:.2f} s)")
+        logger.info(
+            f"batch {batch_size}: {results['throughput'][str(batch_size)]['utterances_per_s']:.3g} "
+            f"utterances/s (median batch {stats['median']:.2f} s)"
+        )
     if device.type == "cuda":
         results["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 
     settings = {
         "shapes": "tiny" if args.tiny else "wav2vec2-base + bert-base-uncased (random init)",
         "latency_input": {"audio_s": LATENCY_SECONDS, "tokens": LATENCY_TOKENS},
-        "latency_repeats": args.latency_repeats, "batch_sizes": args.batch_sizes,
-        "throughput_repeats": args.throughput_repeats, "warmup": args.warmup, "dtype": dtype, "seed": args.seed,
+        "latency_repeats": args.latency_repeats,
+        "batch_sizes": args.batch_sizes,
+        "throughput_repeats": args.throughput_repeats,
+        "warmup": args.warmup,
+        "dtype": dtype,
+        "seed": args.seed,
         "mode": "model.eval() under torch.inference_mode(), no labels",
     }
     output = args.output or common.RESULTS_DIR / f"inference_{device.type}.json"
@@ -117,12 +135,16 @@ def main(argv=None):
 
 def print_table(results):
     latency = results["latency_s"]
-    print(f"latency, 1 x {LATENCY_SECONDS} s + {LATENCY_TOKENS} tokens: median {latency['median'] * 1e3:.1f} ms, "
-          f"p90 {latency['p90'] * 1e3:.1f} ms (n={latency['n']})")
+    print(
+        f"latency, 1 x {LATENCY_SECONDS} s + {LATENCY_TOKENS} tokens: median {latency['median'] * 1e3:.1f} ms, "
+        f"p90 {latency['p90'] * 1e3:.1f} ms (n={latency['n']})"
+    )
     print(f"{'batch':>6}{'utterances/s':>14}{'audio s/s':>11}{'median batch s':>16}")
     for batch_size, row in results["throughput"].items():
-        print(f"{batch_size:>6}{row['utterances_per_s']:>14.3g}{row['audio_seconds_per_s']:>11.3g}"
-              f"{row['batch_s']['median']:>16.3g}")
+        print(
+            f"{batch_size:>6}{row['utterances_per_s']:>14.3g}{row['audio_seconds_per_s']:>11.3g}"
+            f"{row['batch_s']['median']:>16.3g}"
+        )
 
 
 if __name__ == "__main__":

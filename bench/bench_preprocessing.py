@@ -11,6 +11,7 @@ Wav2Vec2FeatureExtractor and WordPiece tokenizer, called on batches; the last st
 
 import os
 
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core: no Rust thread pool
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
@@ -26,8 +27,8 @@ import torchaudio  # noqa: E402
 
 import common  # noqa: E402
 from common import logger  # noqa: E402
-
 from processing_fdrl import FDRLProcessor  # noqa: E402 (common puts the repository root on the path)
+
 
 # Transcript words: frequent words of conversational English, so WordPiece keeps most of them whole.
 WORDS = (
@@ -44,8 +45,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_utterances", type=int, default=300, help="IEMOCAP-like utterances per pass.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed passes over all utterances, per stage.")
-    parser.add_argument("--batch_size", type=int, default=8,
-                        help="Utterances per call of the feature extractor, the tokenizer and the processor.")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=8,
+        help="Utterances per call of the feature extractor, the tokenizer and the processor.",
+    )
     parser.add_argument("--vocab_size", type=int, default=8000, help="WordPiece vocabulary to train.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the durations, signals and transcripts.")
     parser.add_argument("--tiny", action="store_true", help="A few utterances, one pass (smoke test).")
@@ -100,8 +105,9 @@ def stage_calls(processor, paths, texts, waveforms, batch_size):
         "resample_44100_to_16000": [lambda w=w: resample(w, 44100, 16000) for w in waveforms[44100]],
         "resample_22050_to_16000": [lambda w=w: resample(w, 22050, 16000) for w in waveforms[22050]],
         "feature_extraction": [
-            lambda b=b: feature_extractor(b, sampling_rate=16000, padding=True, return_attention_mask=True,
-                                          return_tensors="pt")
+            lambda b=b: feature_extractor(
+                b, sampling_rate=16000, padding=True, return_attention_mask=True, return_tensors="pt"
+            )
             for b in audio_batches
         ],
         "tokenization": [lambda b=b: tokenizer(b, padding=True, return_tensors="pt") for b in text_batches],
@@ -125,8 +131,9 @@ def main(argv=None):
         # Corpus: WAVs at 16 kHz on disk; the same durations at 44.1 and 22.05 kHz in memory
         durations, paths, texts = make_corpus(rng, args.num_utterances, folder)
         waveforms = {
-            rate: [torch.from_numpy(0.1 * rng.standard_normal(int(round(s * rate))).astype(np.float32))
-                   for s in durations]
+            rate: [
+                torch.from_numpy(0.1 * rng.standard_normal(int(round(s * rate))).astype(np.float32)) for s in durations
+            ]
             for rate in (44100, 22050)
         }
         processor = FDRLProcessor.from_texts(texts, vocab_size=args.vocab_size)
@@ -134,8 +141,14 @@ def main(argv=None):
 
         # Stages, one at a time
         calls = stage_calls(processor, paths, texts, waveforms, args.batch_size)
-        audio_stages = {"decode_soundfile", "decode_torchaudio", "resample_44100_to_16000",
-                        "resample_22050_to_16000", "feature_extraction", "processor_16k_audio_and_text"}
+        audio_stages = {
+            "decode_soundfile",
+            "decode_torchaudio",
+            "resample_44100_to_16000",
+            "resample_22050_to_16000",
+            "feature_extraction",
+            "processor_16k_audio_and_text",
+        }
         results = {"stages": {}}
         for name, stage in calls.items():
             for call in stage[:1]:  # warm-up: imports, kernel caches
@@ -151,12 +164,19 @@ def main(argv=None):
         pipeline_ms + stages["resample_44100_to_16000"]["ms_per_utterance"]
     )
     settings = {
-        "num_utterances": args.num_utterances, "repeats": args.repeats, "batch_size": args.batch_size,
-        "vocab_size": len(processor.tokenizer), "seed": args.seed, "torch_threads": 1,
+        "num_utterances": args.num_utterances,
+        "repeats": args.repeats,
+        "batch_size": args.batch_size,
+        "vocab_size": len(processor.tokenizer),
+        "seed": args.seed,
+        "torch_threads": 1,
         "tokenizers_parallelism": os.environ["TOKENIZERS_PARALLELISM"],
-        "wav_format": "16 kHz mono PCM_16", "total_audio_s": float(durations.sum()),
-        "mean_duration_s": float(durations.mean()), "mean_tokens": float(np.mean(tokens)),
-        "torchaudio": torchaudio.__version__, "soundfile": soundfile.__version__,
+        "wav_format": "16 kHz mono PCM_16",
+        "total_audio_s": float(durations.sum()),
+        "mean_duration_s": float(durations.mean()),
+        "mean_tokens": float(np.mean(tokens)),
+        "torchaudio": torchaudio.__version__,
+        "soundfile": soundfile.__version__,
     }
     output = args.output or common.RESULTS_DIR / "preprocessing_cpu.json"
     payload = common.write_result(output, "bench_preprocessing.py", machine, settings, results)
@@ -169,8 +189,10 @@ def print_table(results):
     for name, row in results["stages"].items():
         rates = row["utterances_per_s"]
         print(f"{name:32}{rates['median']:>14.4g}{rates['iqr']:>10.3g}{row['ms_per_utterance']:>10.3g}")
-    print(f"decode + processor at 16 kHz: {results['pipeline_16k_utterances_per_s_per_core']:.4g} utterances/s "
-          f"per core; with resampling from 44.1 kHz: {results['pipeline_44k_utterances_per_s_per_core']:.4g}")
+    print(
+        f"decode + processor at 16 kHz: {results['pipeline_16k_utterances_per_s_per_core']:.4g} utterances/s "
+        f"per core; with resampling from 44.1 kHz: {results['pipeline_44k_utterances_per_s_per_core']:.4g}"
+    )
 
 
 if __name__ == "__main__":

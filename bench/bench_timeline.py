@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from bench_app import DEFAULT_MODEL, load_app, random_model_folder, timed, write_clip
 
 import common
-from bench_app import DEFAULT_MODEL, load_app, random_model_folder, timed, write_clip
 from common import logger
+
 
 PRETRAINED = common.REPO / "pretrained"
 
@@ -33,13 +34,20 @@ PRETRAINED = common.REPO / "pretrained"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="FDRL model folder (default: demo_output/model if it exists).")
-    parser.add_argument("--pretrained_dir", default=str(PRETRAINED),
-                        help="Folder with whisper-base/ and whisper-base-ct2/ (`make pretrained`).")
+    parser.add_argument(
+        "--pretrained_dir",
+        default=str(PRETRAINED),
+        help="Folder with whisper-base/ and whisper-base-ct2/ (`make pretrained`).",
+    )
     parser.add_argument("--data_dir", default=str(common.REPO / "demo_data" / "IEMOCAP_demo"))
     parser.add_argument("--repeats", type=int, default=5, help="Timed clip calls of each recogniser.")
     parser.add_argument("--duration", type=float, default=600.0, help="Long recording's length in seconds.")
-    parser.add_argument("--old_duration", type=float, default=None,
-                        help="Time the old recogniser on only the first this many seconds (default: all).")
+    parser.add_argument(
+        "--old_duration",
+        type=float,
+        default=None,
+        help="Time the old recogniser on only the first this many seconds (default: all).",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON path (default: bench/results/timeline_cpu.json).")
@@ -85,8 +93,10 @@ def main(argv=None):
         load = {}
         load["old_s"], old = timed(TransformersRecognizer, pretrained / "whisper-base", "cpu")
         load["new_s"], new = timed(FasterWhisperRecognizer, pretrained / "whisper-base-ct2")
-        demos = {"old": app.EmotionDemo(app.load_classifier(model, asr_model=old)),
-                 "new": app.EmotionDemo(app.load_classifier(model, asr_model=new))}
+        demos = {
+            "old": app.EmotionDemo(app.load_classifier(model, asr_model=old)),
+            "new": app.EmotionDemo(app.load_classifier(model, asr_model=new)),
+        }
 
         # 1. the app's 3 s clip, transcript box empty: one untimed call each, then interleaved
         clip = write_clip(scratch / "clip.wav")
@@ -99,11 +109,13 @@ def main(argv=None):
         for _ in range(args.repeats):
             for name, demo in demos.items():
                 times[name].append(timed(demo.predict, clip, "")[0])
-        clip_results = {name: {"latency_s": common.summarize(times[name]), "transcript": transcripts[name]}
-                        for name in demos}
+        clip_results = {
+            name: {"latency_s": common.summarize(times[name]), "transcript": transcripts[name]} for name in demos
+        }
         for name in demos:
-            logger.info(f"3 s clip, {name}: median {clip_results[name]['latency_s']['median']:.2f} s "
-                        f"({transcripts[name]!r})")
+            logger.info(
+                f"3 s clip, {name}: median {clip_results[name]['latency_s']['median']:.2f} s ({transcripts[name]!r})"
+            )
 
         # 2. the long recording's timeline
         samples, utterances, source = long_recording(args.data_dir, args.duration)
@@ -112,27 +124,34 @@ def main(argv=None):
             seconds = args.duration if name == "new" or args.old_duration is None else args.old_duration
             part = samples[: int(seconds * 16000)]
             start = time.perf_counter()
-            timeline = recording_timeline(part, demos[name].classifier, recognizer, sampling_rate=16000,
-                                          progress=False)
+            timeline = recording_timeline(part, demos[name].classifier, recognizer, sampling_rate=16000, progress=False)
             wall = time.perf_counter() - start
             segments = timeline["segments"]
             long_results[name] = {
-                "recording_s": round(len(part) / 16000, 1), "wall_s": round(wall, 2),
-                "real_time_factor": round(wall / (len(part) / 16000), 4), "segments": len(segments),
+                "recording_s": round(len(part) / 16000, 1),
+                "wall_s": round(wall, 2),
+                "real_time_factor": round(wall / (len(part) / 16000), 4),
+                "segments": len(segments),
                 "labelled_segments": sum("label" in s for s in segments),
                 "longest_segment_s": round(max((s["end"] - s["start"] for s in segments), default=0.0), 2),
             }
             logger.info(f"timeline, {name}: {long_results[name]}")
-    results = {"load_s": load, "clip_with_recognition": clip_results, "long_recording_timeline": long_results,
-               "clip_speedup_median": clip_results["old"]["latency_s"]["median"]
-               / clip_results["new"]["latency_s"]["median"],
-               "timeline_speedup_rtf": long_results["old"]["real_time_factor"]
-               / long_results["new"]["real_time_factor"]}
-    settings = {"model": described, "old": "transformers ASR pipeline, pretrained/whisper-base (float32)",
-                "new": "faster-whisper 1.2.1 int8, pretrained/whisper-base-ct2 (greedy, word timestamps)",
-                "clip": "app/examples/sad.wav padded with silence to 3.0 s, EmotionDemo.predict(path, '')",
-                "long_recording": f"{source}: {utterances} utterances with 0.6 s pauses, cut to {args.duration} s",
-                "repeats": args.repeats, "seed": args.seed}
+    results = {
+        "load_s": load,
+        "clip_with_recognition": clip_results,
+        "long_recording_timeline": long_results,
+        "clip_speedup_median": clip_results["old"]["latency_s"]["median"] / clip_results["new"]["latency_s"]["median"],
+        "timeline_speedup_rtf": long_results["old"]["real_time_factor"] / long_results["new"]["real_time_factor"],
+    }
+    settings = {
+        "model": described,
+        "old": "transformers ASR pipeline, pretrained/whisper-base (float32)",
+        "new": "faster-whisper 1.2.1 int8, pretrained/whisper-base-ct2 (greedy, word timestamps)",
+        "clip": "app/examples/sad.wav padded with silence to 3.0 s, EmotionDemo.predict(path, '')",
+        "long_recording": f"{source}: {utterances} utterances with 0.6 s pauses, cut to {args.duration} s",
+        "repeats": args.repeats,
+        "seed": args.seed,
+    }
     output = args.output or common.RESULTS_DIR / "timeline_cpu.json"
     return common.write_result(output, "bench_timeline.py", machine, settings, results)
 

@@ -19,10 +19,10 @@ import torch
 
 import common
 from common import logger
-
 from configuration_fdrl import FDRLConfig
 from fdrl.training.systems import BackboneClassifier
 from modeling_fdrl import FDRLModel
+
 
 TARGET_OVERHEAD_PERCENT = 5.0
 
@@ -30,23 +30,45 @@ TARGET_OVERHEAD_PERCENT = 5.0
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=2, help="Utterances per training step.")
-    parser.add_argument("--repeats", type=int, default=10,
-                        help="Timed (FDRL, baseline) pairs after warm-up (fewer if --time_budget_s runs out).")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=10,
+        help="Timed (FDRL, baseline) pairs after warm-up (fewer if --time_budget_s runs out).",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="Untimed pairs first (allocator, AdamW state).")
     parser.add_argument("--head_repeats", type=int, default=200, help="Timed pairs of the heads-only steps.")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where to run.")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="bf16 runs under torch.autocast; auto: bf16 on cuda, fp32 on cpu.")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="bf16 runs under torch.autocast; auto: bf16 on cuda, fp32 on cpu.",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the durations, inputs and dropout draws.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
-    parser.add_argument("--group_by_length", action="store_true",
-                        help="Batch utterances of similar duration (less padding), as a length-grouped sampler.")
-    parser.add_argument("--freeze_feature_encoder", action="store_true",
-                        help="Freeze wav2vec2's convolutional feature encoder in both models.")
-    parser.add_argument("--time_budget_s", type=float, default=360.0,
-                        help="Start no full-step pair that would end past this many seconds (count recorded).")
-    parser.add_argument("--head_time_budget_s", type=float, default=30.0,
-                        help="Stop the heads-only pairs after this many seconds (at least 20 pairs).")
+    parser.add_argument(
+        "--group_by_length",
+        action="store_true",
+        help="Batch utterances of similar duration (less padding), as a length-grouped sampler.",
+    )
+    parser.add_argument(
+        "--freeze_feature_encoder",
+        action="store_true",
+        help="Freeze wav2vec2's convolutional feature encoder in both models.",
+    )
+    parser.add_argument(
+        "--time_budget_s",
+        type=float,
+        default=360.0,
+        help="Start no full-step pair that would end past this many seconds (count recorded).",
+    )
+    parser.add_argument(
+        "--head_time_budget_s",
+        type=float,
+        default=30.0,
+        help="Stop the heads-only pairs after this many seconds (at least 20 pairs).",
+    )
     parser.add_argument("--tiny", action="store_true", help="Tiny backbones (smoke test), not base shapes.")
     parser.add_argument("--output", default=None, help="JSON path (default: bench/results/train_step_<device>.json).")
     return parser.parse_args(argv)
@@ -106,8 +128,10 @@ def time_full_steps(models, optimizers, batches, args, device, dtype):
         last_pair_s = sum(pair.values())
         padded = batch["input_values"].shape[1] / common.SAMPLING_RATE
         label = "pair" if timed else "warm-up"
-        logger.info(f"{label} {index}: fdrl {pair['fdrl']:.2f} s, backbones {pair['baseline']:.2f} s "
-                    f"(padded to {padded:.1f} s, {next(iter(pair))} first)")
+        logger.info(
+            f"{label} {index}: fdrl {pair['fdrl']:.2f} s, backbones {pair['baseline']:.2f} s "
+            f"(padded to {padded:.1f} s, {next(iter(pair))} first)"
+        )
         if timed:
             for name in models:
                 times[name].append(pair[name])
@@ -122,8 +146,11 @@ def time_head_steps(models, batch_size, args, device, dtype):
     pooled_audio = torch.randn(batch_size, config.audio_config.hidden_size, generator=generator)
     pooled_text = torch.randn(batch_size, config.text_config.hidden_size, generator=generator)
     pooled_audio, pooled_text = (x.to(device).requires_grad_() for x in (pooled_audio, pooled_text))
-    batch = {"pooled_audio": pooled_audio, "pooled_text": pooled_text,  # both models skip their backbones
-             "labels": torch.arange(batch_size, device=device) % config.num_labels}
+    batch = {
+        "pooled_audio": pooled_audio,
+        "pooled_text": pooled_text,  # both models skip their backbones
+        "labels": torch.arange(batch_size, device=device) % config.num_labels,
+    }
     optimizers = {name: torch.optim.AdamW(head_parameters(model), lr=1e-5) for name, model in models.items()}
     times = {name: [] for name in models}
     start = time.perf_counter()
@@ -148,8 +175,10 @@ def main(argv=None):
     fdrl, baseline = build_models(config, device)
     models = {"fdrl": fdrl, "baseline": baseline}
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
-    logger.info(f"parameters: fdrl {sum(p.numel() for p in fdrl.parameters()) / 1e6:.1f} M, "
-                f"baseline {sum(p.numel() for p in baseline.parameters()) / 1e6:.1f} M")
+    logger.info(
+        f"parameters: fdrl {sum(p.numel() for p in fdrl.parameters()) / 1e6:.1f} M, "
+        f"baseline {sum(p.numel() for p in baseline.parameters()) / 1e6:.1f} M"
+    )
 
     # Inputs: IEMOCAP-like durations and ~20-token transcripts, one batch per pair
     rng = np.random.default_rng(args.seed)
@@ -167,22 +196,33 @@ def main(argv=None):
     heads = time_head_steps(models, args.batch_size, args, device, dtype)
 
     # Figures
-    results = summarize(full, heads, args.batch_size, durations[args.warmup:args.warmup + len(full["fdrl"])])
+    results = summarize(full, heads, args.batch_size, durations[args.warmup : args.warmup + len(full["fdrl"])])
     if device.type == "cuda":
         results["max_memory_allocated_gib"] = {name: value / 2**30 for name, value in peak_memory.items()}
     settings = {
         "shapes": "tiny" if args.tiny else "wav2vec2-base + bert-base-uncased (random init)",
-        "batch_size": args.batch_size, "repeats": args.repeats, "repeats_done": len(full["fdrl"]),
-        "warmup": args.warmup, "head_repeats": args.head_repeats, "dtype": dtype, "seed": args.seed,
-        "order": "alternating: FDRL first in even pairs", "group_by_length": args.group_by_length,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "repeats_done": len(full["fdrl"]),
+        "warmup": args.warmup,
+        "head_repeats": args.head_repeats,
+        "dtype": dtype,
+        "seed": args.seed,
+        "order": "alternating: FDRL first in even pairs",
+        "group_by_length": args.group_by_length,
         "freeze_feature_encoder": args.freeze_feature_encoder,
-        "optimizer": "AdamW (torch defaults, lr 1e-5)", "time_budget_s": args.time_budget_s,
+        "optimizer": "AdamW (torch defaults, lr 1e-5)",
+        "time_budget_s": args.time_budget_s,
         "head_time_budget_s": args.head_time_budget_s,
         "wav2vec2_layerdrop": config.audio_config.layerdrop,
         "wav2vec2_mask_time_prob": config.audio_config.mask_time_prob,
-        "duration_distribution": {"lognormal_mu": common.DURATION_MU, "lognormal_sigma": common.DURATION_SIGMA,
-                                  "clip_s": [common.MIN_DURATION, common.MAX_DURATION]},
-        "batch_durations_s": durations.round(2).tolist(), "batch_tokens": tokens.tolist(),
+        "duration_distribution": {
+            "lognormal_mu": common.DURATION_MU,
+            "lognormal_sigma": common.DURATION_SIGMA,
+            "clip_s": [common.MIN_DURATION, common.MAX_DURATION],
+        },
+        "batch_durations_s": durations.round(2).tolist(),
+        "batch_tokens": tokens.tolist(),
     }
     output = args.output or common.RESULTS_DIR / f"train_step_{device.type}.json"
     payload = common.write_result(output, "bench_train_step.py", machine, settings, results)
@@ -206,7 +246,9 @@ def summarize(full, heads, batch_size, timed_durations):
     return {
         "step_s": {"fdrl": fdrl, "baseline": baseline},
         "ratio_fdrl_over_baseline": {
-            "of_medians": fdrl["median"] / baseline["median"], "paired": ratios, "paired_median_by_order": by_order,
+            "of_medians": fdrl["median"] / baseline["median"],
+            "paired": ratios,
+            "paired_median_by_order": by_order,
         },
         "heads_step_s": {"fdrl": fdrl_heads, "baseline": baseline_head},
         "overhead_percent": {
@@ -233,17 +275,27 @@ def print_table(results):
     step, heads = results["step_s"], results["heads_step_s"]
     overhead, projection = results["overhead_percent"], results["protocol_projection_fdrl"]
     print(f"{'':28}{'median':>11}{'IQR':>11}{'n':>5}")
-    for label, stats in [("FDRL step (s)", step["fdrl"]), ("backbones-only step (s)", step["baseline"]),
-                         ("FDRL heads step (s)", heads["fdrl"]), ("baseline head step (s)", heads["baseline"])]:
+    for label, stats in [
+        ("FDRL step (s)", step["fdrl"]),
+        ("backbones-only step (s)", step["baseline"]),
+        ("FDRL heads step (s)", heads["fdrl"]),
+        ("baseline head step (s)", heads["baseline"]),
+    ]:
         print(f"{label:28}{stats['median']:>11.4g}{stats['iqr']:>11.3g}{stats['n']:>5}")
-    print(f"ratio FDRL / backbones: {results['ratio_fdrl_over_baseline']['of_medians']:.3f} "
-          f"(paired median {results['ratio_fdrl_over_baseline']['paired']['median']:.3f}, "
-          f"IQR {results['ratio_fdrl_over_baseline']['paired']['iqr']:.3f})")
-    print(f"overhead: end-to-end {overhead['end_to_end']:+.2f}%, from heads {overhead['from_heads']:+.3f}% "
-          f"(target <= {results['target']['max_overhead_percent']}%: met from heads "
-          f"{results['target']['met_from_heads']}, end-to-end {results['target']['met_end_to_end']})")
-    print(f"FDRL: {results['throughput']['utterances_per_s']['fdrl']:.3g} utterances/s; paper protocol "
-          f"({projection['utterances']:,} utterances) ~ {projection['hours']:.4g} h = {projection['days']:.3g} days")
+    print(
+        f"ratio FDRL / backbones: {results['ratio_fdrl_over_baseline']['of_medians']:.3f} "
+        f"(paired median {results['ratio_fdrl_over_baseline']['paired']['median']:.3f}, "
+        f"IQR {results['ratio_fdrl_over_baseline']['paired']['iqr']:.3f})"
+    )
+    print(
+        f"overhead: end-to-end {overhead['end_to_end']:+.2f}%, from heads {overhead['from_heads']:+.3f}% "
+        f"(target <= {results['target']['max_overhead_percent']}%: met from heads "
+        f"{results['target']['met_from_heads']}, end-to-end {results['target']['met_end_to_end']})"
+    )
+    print(
+        f"FDRL: {results['throughput']['utterances_per_s']['fdrl']:.3g} utterances/s; paper protocol "
+        f"({projection['utterances']:,} utterances) ~ {projection['hours']:.4g} h = {projection['days']:.3g} days"
+    )
 
 
 if __name__ == "__main__":

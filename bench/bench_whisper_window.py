@@ -28,9 +28,9 @@ import torchaudio
 
 import common
 from common import logger
-
 from modeling_fdrl import FDRLWhisperEncoder, pool_audio
 from processing_fdrl import FDRLProcessor
+
 
 SENTENCES = [
     "I can't believe you did that.",
@@ -47,8 +47,11 @@ VOICES = ["en-us", "en-us+f3"]
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(common.REPO / "pretrained" / "whisper-base"),
-                        help="A Whisper folder or Hub id (`make pretrained` writes pretrained/whisper-base).")
+    parser.add_argument(
+        "--model",
+        default=str(common.REPO / "pretrained" / "whisper-base"),
+        help="A Whisper folder or Hub id (`make pretrained` writes pretrained/whisper-base).",
+    )
     parser.add_argument("--voices", nargs="+", default=VOICES, help="espeak-ng voices; each speaks every sentence.")
     parser.add_argument("--warmup", type=int, default=1, help="Untimed passes of the first clip on each path.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
@@ -65,16 +68,31 @@ def load_models(args):
     from transformers import AutoFeatureExtractor, AutoTokenizer, WhisperConfig, WhisperModel
 
     if args.tiny:
-        config = WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=37,
-                               decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=37, vocab_size=100,
-                               pad_token_id=1, bos_token_id=1, eos_token_id=1, decoder_start_token_id=2)
+        config = WhisperConfig(
+            d_model=32,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=37,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=37,
+            vocab_size=100,
+            pad_token_id=1,
+            bos_token_id=1,
+            eos_token_id=1,
+            decoder_start_token_id=2,
+        )
         whisper = WhisperModel(config)
-        processor = FDRLProcessor.from_texts(["a tiny vocabulary"], vocab_size=30, audio_config=config,
-                                             max_duration=30.0)
+        processor = FDRLProcessor.from_texts(
+            ["a tiny vocabulary"], vocab_size=30, audio_config=config, max_duration=30.0
+        )
     else:
         whisper = WhisperModel.from_pretrained(args.model)
-        processor = FDRLProcessor(AutoFeatureExtractor.from_pretrained(args.model),
-                                  AutoTokenizer.from_pretrained(args.model), max_duration=30.0)
+        processor = FDRLProcessor(
+            AutoFeatureExtractor.from_pretrained(args.model),
+            AutoTokenizer.from_pretrained(args.model),
+            max_duration=30.0,
+        )
     standard = whisper.encoder.eval()
     own_length = FDRLWhisperEncoder(whisper.config).eval()
     own_length.load_state_dict(standard.state_dict())
@@ -85,8 +103,7 @@ def clips(args):
     """[(name, 16 kHz float32 waveform)]: espeak-ng speech, or noise bursts of fixed lengths with --tiny."""
     if args.tiny:
         rng = np.random.default_rng(args.seed)
-        return [(f"noise {n / 16000:.1f} s", (0.1 * rng.standard_normal(n)).astype(np.float32))
-                for n in (8000, 24000)]
+        return [(f"noise {n / 16000:.1f} s", (0.1 * rng.standard_normal(n)).astype(np.float32)) for n in (8000, 24000)]
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
     found = []
@@ -129,12 +146,17 @@ def measure_clip(standard, own_length, processor, waveform):
         unmasked = own_length(own["input_features"]).last_hidden_state[0, :frames].mean(0)
     cosine = torch.nn.functional.cosine_similarity
     return {
-        "duration_s": len(waveform) / 16000, "own_window_s": own["input_features"].shape[-1] / 100,
+        "duration_s": len(waveform) / 16000,
+        "own_window_s": own["input_features"].shape[-1] / 100,
         "speech_frames": frames,
         "cosine_masked": float(cosine(pooled_masked[0], pooled_30s, dim=0)),
         "cosine_unmasked": float(cosine(unmasked, pooled_30s, dim=0)),
-        "seconds": {"features_30s": extract_30s, "encoder_30s": encode_30s, "features_own": extract_own,
-                    "encoder_own": encode_own},
+        "seconds": {
+            "features_30s": extract_30s,
+            "encoder_30s": encode_30s,
+            "features_own": extract_own,
+            "encoder_own": encode_own,
+        },
     }
 
 
@@ -150,15 +172,18 @@ def main(argv=None):
     for name, waveform in inputs:
         per_clip[name] = measure_clip(standard, own_length, processor, waveform)
         row = per_clip[name]
-        logger.info(f"{row['duration_s']:.2f} s: cosine {row['cosine_masked']:.4f} (unmasked "
-                    f"{row['cosine_unmasked']:.4f}), encoder {row['seconds']['encoder_30s']:.2f} s -> "
-                    f"{row['seconds']['encoder_own']:.2f} s  {name}")
+        logger.info(
+            f"{row['duration_s']:.2f} s: cosine {row['cosine_masked']:.4f} (unmasked "
+            f"{row['cosine_unmasked']:.4f}), encoder {row['seconds']['encoder_30s']:.2f} s -> "
+            f"{row['seconds']['encoder_own']:.2f} s  {name}"
+        )
     rows = list(per_clip.values())
     results = {
         "cosine_masked": common.summarize([r["cosine_masked"] for r in rows]),
         "cosine_unmasked": common.summarize([r["cosine_unmasked"] for r in rows]),
-        "seconds_per_utterance": {key: common.summarize([r["seconds"][key] for r in rows])
-                                  for key in rows[0]["seconds"]},
+        "seconds_per_utterance": {
+            key: common.summarize([r["seconds"][key] for r in rows]) for key in rows[0]["seconds"]
+        },
         "duration_s": common.summarize([r["duration_s"] for r in rows]),
         "per_clip": per_clip,
     }
@@ -166,19 +191,32 @@ def main(argv=None):
     results["speedup_encoder_median"] = timing["encoder_30s"]["median"] / timing["encoder_own"]["median"]
     model = Path(args.model).resolve()
     model = str(model.relative_to(common.REPO)) if model.is_relative_to(common.REPO) else args.model
-    settings = {"model": "tiny random Whisper" if args.tiny else model, "voices": args.voices,
-                "sentences": len(SENTENCES), "warmup": args.warmup, "seed": args.seed, "batch_size": 1,
-                "pooling": "mean over the encoder frames covering the speech"}
-    common.write_result(args.output or common.RESULTS_DIR / "whisper_window_cpu.json", "bench_whisper_window.py",
-                        machine, settings, results)
+    settings = {
+        "model": "tiny random Whisper" if args.tiny else model,
+        "voices": args.voices,
+        "sentences": len(SENTENCES),
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "batch_size": 1,
+        "pooling": "mean over the encoder frames covering the speech",
+    }
+    common.write_result(
+        args.output or common.RESULTS_DIR / "whisper_window_cpu.json",
+        "bench_whisper_window.py",
+        machine,
+        settings,
+        results,
+    )
     print_table(results)
     return results
 
 
 def print_table(results):
     masked, unmasked, timing = results["cosine_masked"], results["cosine_unmasked"], results["seconds_per_utterance"]
-    print(f"cosine to the 30 s window: own length, masked: mean {masked['mean']:.4f}, min {masked['min']:.4f}; "
-          f"unmasked: mean {unmasked['mean']:.4f}, min {unmasked['min']:.4f} (n={masked['n']})")
+    print(
+        f"cosine to the 30 s window: own length, masked: mean {masked['mean']:.4f}, min {masked['min']:.4f}; "
+        f"unmasked: mean {unmasked['mean']:.4f}, min {unmasked['min']:.4f} (n={masked['n']})"
+    )
     for key in ("features_30s", "encoder_30s", "features_own", "encoder_own"):
         print(f"{key:>13}: median {timing[key]['median']:.3f} s per utterance")
     print(f"encoder speed-up (medians): {results['speedup_encoder_median']:.1f}x")

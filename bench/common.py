@@ -84,8 +84,11 @@ def make_batch(durations, tokens, vocab_size, num_labels, generator):
         input_ids[i, :n_tokens] = torch.randint(5, vocab_size, (int(n_tokens),), generator=generator)
         text_attention_mask[i, :n_tokens] = 1
     return {
-        "input_values": input_values, "audio_attention_mask": audio_attention_mask, "input_ids": input_ids,
-        "text_attention_mask": text_attention_mask, "token_type_ids": torch.zeros_like(input_ids),
+        "input_values": input_values,
+        "audio_attention_mask": audio_attention_mask,
+        "input_ids": input_ids,
+        "text_attention_mask": text_attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
         "labels": torch.randint(0, num_labels, (batch_size,), generator=generator),
     }
 
@@ -123,9 +126,16 @@ def summarize(values):
     values = [float(v) for v in values]
     q1, median, q3 = np.percentile(values, [25, 50, 75])
     return {
-        "median": float(median), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1),
-        "p90": float(np.percentile(values, 90)), "mean": float(np.mean(values)),
-        "min": min(values), "max": max(values), "n": len(values), "values": values,
+        "median": float(median),
+        "q1": float(q1),
+        "q3": float(q3),
+        "iqr": float(q3 - q1),
+        "p90": float(np.percentile(values, 90)),
+        "mean": float(np.mean(values)),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "values": values,
     }
 
 
@@ -133,9 +143,11 @@ def protocol_projection(utterances_per_second):
     """Wall time of the paper's full protocol at this training throughput."""
     seconds = PROTOCOL_UTTERANCES / utterances_per_second
     return {
-        **PROTOCOL, "utterances": PROTOCOL_UTTERANCES,
+        **PROTOCOL,
+        "utterances": PROTOCOL_UTTERANCES,
         "epoch_hours": PROTOCOL["train_utterances_per_fold"] / utterances_per_second / 3600,
-        "hours": seconds / 3600, "days": seconds / 86400,
+        "hours": seconds / 3600,
+        "days": seconds / 86400,
     }
 
 

@@ -1,39 +1,46 @@
 """Markdown tables of every benchmark JSON in a folder, for bench/README.md.
 
-    .venv/bin/python bench/results_table.py                  # bench/results
+.venv/bin/python bench/results_table.py                  # bench/results
 """
 
 import argparse
 import json
 from pathlib import Path
 
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def run_label(payload, path):
     machine = payload["machine"]
-    return (f"`{path.name}`: {machine['device']}, {machine['torch_threads']} thread(s), "
-            f"load {machine['load_average_1m_at_start']:.1f}-{machine['load_average_1m_at_end']:.1f}, "
-            f"{payload['date'][:10]}")
+    return (
+        f"`{path.name}`: {machine['device']}, {machine['torch_threads']} thread(s), "
+        f"load {machine['load_average_1m_at_start']:.1f}-{machine['load_average_1m_at_end']:.1f}, "
+        f"{payload['date'][:10]}"
+    )
 
 
 def train_step_rows(payload, path):
     r, s = payload["results"], payload["settings"]
     step, heads, ratio = r["step_s"], r["heads_step_s"], r["ratio_fdrl_over_baseline"]
-    yield (f"| {run_label(payload, path)}, batch {s['batch_size']}, {s['dtype']} | {s['repeats_done']} "
-           f"| {step['fdrl']['median']:.2f} ({step['fdrl']['iqr']:.2f}) "
-           f"| {step['baseline']['median']:.2f} ({step['baseline']['iqr']:.2f}) "
-           f"| {ratio['paired']['median']:.3f} ({ratio['paired']['iqr']:.3f}) "
-           f"| {heads['fdrl']['median'] * 1e3:.1f} | {heads['baseline']['median'] * 1e3:.2f} "
-           f"| {r['overhead_percent']['from_heads']:+.2f}% | {r['throughput']['utterances_per_s']['fdrl']:.3g} "
-           f"| {r['protocol_projection_fdrl']['hours']:,.0f} h ({r['protocol_projection_fdrl']['days']:,.0f} d) |")
+    yield (
+        f"| {run_label(payload, path)}, batch {s['batch_size']}, {s['dtype']} | {s['repeats_done']} "
+        f"| {step['fdrl']['median']:.2f} ({step['fdrl']['iqr']:.2f}) "
+        f"| {step['baseline']['median']:.2f} ({step['baseline']['iqr']:.2f}) "
+        f"| {ratio['paired']['median']:.3f} ({ratio['paired']['iqr']:.3f}) "
+        f"| {heads['fdrl']['median'] * 1e3:.1f} | {heads['baseline']['median'] * 1e3:.2f} "
+        f"| {r['overhead_percent']['from_heads']:+.2f}% | {r['throughput']['utterances_per_s']['fdrl']:.3g} "
+        f"| {r['protocol_projection_fdrl']['hours']:,.0f} h ({r['protocol_projection_fdrl']['days']:,.0f} d) |"
+    )
 
 
 def inference_rows(payload, path):
     r = payload["results"]
     throughput = ", ".join(f"{size}: {row['utterances_per_s']:.3g}" for size, row in r["throughput"].items())
-    yield (f"| {run_label(payload, path)} | {r['latency_s']['median'] * 1e3:,.0f} | {r['latency_s']['p90'] * 1e3:,.0f} "
-           f"| {throughput} |")
+    yield (
+        f"| {run_label(payload, path)} | {r['latency_s']['median'] * 1e3:,.0f} | {r['latency_s']['p90'] * 1e3:,.0f} "
+        f"| {throughput} |"
+    )
 
 
 def preprocessing_rows(payload, path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fdrl.data import demo_corpus as corpus
 
+
 logger = logging.getLogger(__name__)
 
 # name -> (class whose prosody it takes, voice, transcript from that class's bank in the demo corpus)
@@ -33,8 +34,11 @@ def prosody_of(label):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=str(Path(__file__).resolve().parents[1] / "app" / "examples"),
-                        help="Where the .wav and .txt files go.")
+    parser.add_argument(
+        "--output_dir",
+        default=str(Path(__file__).resolve().parents[1] / "app" / "examples"),
+        help="Where the .wav and .txt files go.",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output_dir = Path(args.output_dir)

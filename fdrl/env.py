@@ -11,6 +11,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+
 LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 TORCH_SET = ("torch", "torchaudio", "torchcodec")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
@@ -55,15 +56,27 @@ def main(argv=None):
     torch_set = mismatches(pins, [n for n in TORCH_SET if n in pins])
     others = [m for m in mismatches(pins) if m[0] not in TORCH_SET]
     if not torch_set and not others:
-        print(f"environment matches {LOCK.name}: {len(pins)} packages, "
-              + ", ".join(f"{n} {pins[n]}" for n in TORCH_SET if n in pins))
+        print(
+            f"environment matches {LOCK.name}: {len(pins)} packages, "
+            + ", ".join(f"{n} {pins[n]}" for n in TORCH_SET if n in pins)
+        )
         return 0
-    lines = [f"{name}: locked {locked}, installed {installed or 'nothing'}" for name, locked, installed in torch_set + others]
-    head = ("torch, torchaudio and torchcodec do not match requirements.lock (a mismatched torchaudio fails to load "
-            "inside `import transformers`)" if torch_set else "installed packages do not match requirements.lock")
-    print(f"ERROR: {head}:\n  " + "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
-          + "\nFix: `make clean-venv setup` rebuilds .venv from the lock (or `make lock` if you meant to move the lock).",
-          file=sys.stderr)
+    lines = [
+        f"{name}: locked {locked}, installed {installed or 'nothing'}" for name, locked, installed in torch_set + others
+    ]
+    head = (
+        "torch, torchaudio and torchcodec do not match requirements.lock (a mismatched torchaudio fails to load "
+        "inside `import transformers`)"
+        if torch_set
+        else "installed packages do not match requirements.lock"
+    )
+    print(
+        f"ERROR: {head}:\n  "
+        + "\n  ".join(lines[:20])
+        + ("\n  ..." if len(lines) > 20 else "")
+        + "\nFix: `make clean-venv setup` rebuilds .venv from the lock (or `make lock` if you meant to move the lock).",
+        file=sys.stderr,
+    )
     return 2
 
 

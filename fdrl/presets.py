@@ -10,18 +10,34 @@ from transformers import BertConfig, Wav2Vec2Config
 
 
 TINY = dict(
-    audio=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-               conv_dim=(32, 32, 32), conv_kernel=(40, 8, 4), conv_stride=(20, 4, 4),
-               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2),
+    audio=dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32),
+        conv_kernel=(40, 8, 4),
+        conv_stride=(20, 4, 4),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    ),
     text=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
     fdrl=dict(hidden_size=16, fusion_num_heads=2, initializer_range=0.1),
 )
 PRESETS = {
     "tiny": TINY,
     "demo": dict(
-        audio=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                   conv_dim=(64, 64, 64), conv_kernel=(40, 8, 4), conv_stride=(20, 4, 4),
-                   num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4),
+        audio=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            conv_dim=(64, 64, 64),
+            conv_kernel=(40, 8, 4),
+            conv_stride=(20, 4, 4),
+            num_conv_pos_embeddings=32,
+            num_conv_pos_embedding_groups=4,
+        ),
         text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
         fdrl=dict(hidden_size=64, fusion_num_heads=4, initializer_range=0.1),
     ),

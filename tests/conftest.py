@@ -49,8 +49,12 @@ def make_batch(batch_size=4, seed=0, num_labels=4, vocab_size=99, with_labels=Tr
         audio_attention_mask[i, :n_audio] = 1
         input_ids[i, :n_text] = torch.randint(5, vocab_size, (n_text,), generator=generator)
         text_attention_mask[i, :n_text] = 1
-    batch = dict(input_values=input_values, audio_attention_mask=audio_attention_mask, input_ids=input_ids,
-                 text_attention_mask=text_attention_mask)
+    batch = dict(
+        input_values=input_values,
+        audio_attention_mask=audio_attention_mask,
+        input_ids=input_ids,
+        text_attention_mask=text_attention_mask,
+    )
     if with_labels:
         batch["labels"] = torch.arange(batch_size) % num_labels
     return batch

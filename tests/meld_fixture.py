@@ -25,11 +25,30 @@ import shutil
 import subprocess
 from pathlib import Path
 
+
 EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
-SENTIMENT_OF = {"neutral": "neutral", "joy": "positive", "surprise": "positive", "anger": "negative",
-                "sadness": "negative", "disgust": "negative", "fear": "negative"}
-COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
-           "Episode", "StartTime", "EndTime")
+SENTIMENT_OF = {
+    "neutral": "neutral",
+    "joy": "positive",
+    "surprise": "positive",
+    "anger": "negative",
+    "sadness": "negative",
+    "disgust": "negative",
+    "fear": "negative",
+}
+COLUMNS = (
+    "Sr No.",
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+    "Season",
+    "Episode",
+    "StartTime",
+    "EndTime",
+)
 SPEAKERS = ("Chandler", "Joey", "Monica", "Rachel")
 SENTENCES = (
     "Oh my God!",
@@ -62,8 +81,17 @@ def have_ffmpeg():
 
 
 def _ffmpeg(output, duration, frequency, audio=True):
-    command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
-               "-i", f"color=c=black:s=16x16:d={duration}:r=10"]
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"color=c=black:s=16x16:d={duration}:r=10",
+    ]
     if audio:
         tone = f"sine=frequency={frequency}:duration={duration}:sample_rate={SAMPLING_RATE_IN_VIDEO}"
         command += ["-f", "lavfi", "-i", tone, "-ac", "2", "-c:a", "aac", "-b:a", "48k", "-shortest"]
@@ -73,8 +101,10 @@ def _ffmpeg(output, duration, frequency, audio=True):
 
 def _timestamp(seconds):
     milliseconds = round(seconds * 1000)
-    return f"{milliseconds // 3600000:02d}:{milliseconds // 60000 % 60:02d}:{milliseconds // 1000 % 60:02d}," \
-           f"{milliseconds % 1000:03d}"
+    return (
+        f"{milliseconds // 3600000:02d}:{milliseconds // 60000 % 60:02d}:{milliseconds // 1000 % 60:02d},"
+        f"{milliseconds % 1000:03d}"
+    )
 
 
 def _csv_field(value):
@@ -102,18 +132,40 @@ def make_meld_fixture(root):
                 if uid == EMPTY_TEXT:
                     text = ""
                 duration, frequency = round(0.4 + 0.05 * (index % 8), 2), 200 + 25 * index
-                utterances[uid] = {"text": text, "emotion": emotion, "speaker": SPEAKERS[index % len(SPEAKERS)],
-                                   "sentiment": SENTIMENT_OF[emotion], "dialogue_id": dialogue,
-                                   "utterance_id": utterance, "duration": duration, "frequency": frequency}
+                utterances[uid] = {
+                    "text": text,
+                    "emotion": emotion,
+                    "speaker": SPEAKERS[index % len(SPEAKERS)],
+                    "sentiment": SENTIMENT_OF[emotion],
+                    "dialogue_id": dialogue,
+                    "utterance_id": utterance,
+                    "duration": duration,
+                    "frequency": frequency,
+                }
                 written = text
                 if uid == CP1252_BYTE_ROW:
                     written, utterances[uid]["text"] = "I don\x92t know.", "I don’t know."
                 if uid == C1_CHARACTER_ROW:
                     written, utterances[uid]["text"] = "I don\u0092t know.", "I don’t know."
                 start = 10.0 + 4 * index
-                lines.append(",".join(_csv_field(v) for v in (
-                    index + 1, written, utterances[uid]["speaker"], emotion, SENTIMENT_OF[emotion], dialogue,
-                    utterance, 3, 7, _timestamp(start), _timestamp(start + duration))))
+                lines.append(
+                    ",".join(
+                        _csv_field(v)
+                        for v in (
+                            index + 1,
+                            written,
+                            utterances[uid]["speaker"],
+                            emotion,
+                            SENTIMENT_OF[emotion],
+                            dialogue,
+                            utterance,
+                            3,
+                            7,
+                            _timestamp(start),
+                            _timestamp(start + duration),
+                        )
+                    )
+                )
                 index += 1
                 video = folder / f"dia{dialogue}_utt{utterance}.mp4"
                 if uid == DEV_MISSING_VIDEO:
@@ -125,8 +177,7 @@ def make_meld_fixture(root):
                     kept[split].append(uid)
         csv_rows[split] = len(lines) - 1
         content = "\r\n".join(lines) + "\r\n"
-        raw = content.encode("utf-8").replace("\x92".encode(), b"\x92") if split == "train" else \
-            content.encode("utf-8")
+        raw = content.encode("utf-8").replace("\x92".encode(), b"\x92") if split == "train" else content.encode("utf-8")
         (data_dir / CSV_NAMES[split]).write_bytes(raw)
     # files in the video folders that are not utterances of the CSVs
     _ffmpeg(data_dir / FOLDERS["dev"] / "dia66_utt9.mp4", 0.4, 1000)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+
 REPO = Path(__file__).resolve().parents[1]
 pretrained = pytest.mark.pretrained  # deselect with `-m "not pretrained"`
 
@@ -32,6 +33,7 @@ def speak(text, path, voice=None):
     """espeak-ng's speech of `text` (22.05 kHz WAV); skips the test without espeak-ng."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    subprocess.run(["espeak-ng", *(["-v", voice] if voice else []), "-w", str(path), text], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["espeak-ng", *(["-v", voice] if voice else []), "-w", str(path), text], check=True, capture_output=True
+    )
     return Path(path)

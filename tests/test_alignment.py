@@ -11,6 +11,7 @@ from fdrl.evaluation.alignment import (
     retrieval_at_1,
 )
 
+
 ID2LABEL = {0: "ang", 1: "hap", 2: "neu", 3: "sad"}
 
 
@@ -80,10 +81,16 @@ def test_shifted_spaces_are_seen_apart():
 def test_scaling_both_spaces_leaves_the_scale_free_numbers_unchanged():
     train, held_out = _reference(shift=0.5)
     metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
-    scaled = alignment_metrics(*(1000 * x for x in held_out[:2]), held_out[2], ID2LABEL,
-                               reference=(1000 * train[0], 1000 * train[1], train[2]))
-    for key in ("relative_centroid_distance", "transfer_audio_to_text", "transfer_text_to_audio", "retrieval_r1",
-                "relative_centroid_distance_sad"):
+    scaled = alignment_metrics(
+        *(1000 * x for x in held_out[:2]), held_out[2], ID2LABEL, reference=(1000 * train[0], 1000 * train[1], train[2])
+    )
+    for key in (
+        "relative_centroid_distance",
+        "transfer_audio_to_text",
+        "transfer_text_to_audio",
+        "retrieval_r1",
+        "relative_centroid_distance_sad",
+    ):
         assert scaled[f"alignment_{key}"] == pytest.approx(metrics[f"alignment_{key}"], abs=1e-6), key
     for key in ("norm_audio", "norm_text", "centroid_distance"):
         assert scaled[f"alignment_{key}"] == pytest.approx(1000 * metrics[f"alignment_{key}"], rel=1e-9), key
@@ -92,11 +99,23 @@ def test_scaling_both_spaces_leaves_the_scale_free_numbers_unchanged():
 def test_keys_and_means():
     train, held_out = _reference()
     metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)
-    expected = {f"alignment_{k}" for k in ("norm_audio", "norm_text", "relative_centroid_distance",
-                                            "centroid_distance", "retrieval_r1", "transfer_audio_to_text",
-                                            "transfer_text_to_audio")}
-    expected |= {f"alignment_{kind}_{label}" for kind in ("relative_centroid_distance", "centroid_distance")
-                 for label in ID2LABEL.values()}
+    expected = {
+        f"alignment_{k}"
+        for k in (
+            "norm_audio",
+            "norm_text",
+            "relative_centroid_distance",
+            "centroid_distance",
+            "retrieval_r1",
+            "transfer_audio_to_text",
+            "transfer_text_to_audio",
+        )
+    }
+    expected |= {
+        f"alignment_{kind}_{label}"
+        for kind in ("relative_centroid_distance", "centroid_distance")
+        for label in ID2LABEL.values()
+    }
     assert set(metrics) == expected
     per_class = [metrics[f"alignment_relative_centroid_distance_{label}"] for label in ID2LABEL.values()]
     assert metrics["alignment_relative_centroid_distance"] == pytest.approx(np.mean(per_class))
@@ -138,8 +157,8 @@ def test_a_short_training_run_logs_mu_rates_and_alignment_without_nan():
     """What the trainer wires together, on a tiny FDRLModel: every epoch ends with mu, the raw error rates of each
     discriminator and the alignment diagnostics of the validation split, all finite."""
     import torch
-    from conftest import make_batch, tiny_fdrl_config
 
+    from conftest import make_batch, tiny_fdrl_config
     from modeling_fdrl import FDRLModel
 
     torch.manual_seed(0)
@@ -163,10 +182,22 @@ def test_a_short_training_run_logs_mu_rates_and_alignment_without_nan():
             out = model(**validation)
             train = model(**make_batch(batch_size=12, seed=5))
         reference = (train.shared_audio.numpy(), train.shared_text.numpy(), make_batch(batch_size=12, seed=5)["labels"])
-        log.update(alignment_metrics(out.shared_audio.float().numpy(), out.shared_text.float().numpy(),
-                                     validation["labels"].numpy(), model.config.id2label, reference=reference))
+        log.update(
+            alignment_metrics(
+                out.shared_audio.float().numpy(),
+                out.shared_text.float().numpy(),
+                validation["labels"].numpy(),
+                model.config.id2label,
+                reference=reference,
+            )
+        )
         assert "global_discriminator_error" not in log
-        assert {"dynamic_factor", "local_discriminator_error_ang",
-                "alignment_relative_centroid_distance_sad", "alignment_transfer_audio_to_text",
-                "alignment_retrieval_r1", "alignment_norm_audio"} <= set(log)
+        assert {
+            "dynamic_factor",
+            "local_discriminator_error_ang",
+            "alignment_relative_centroid_distance_sad",
+            "alignment_transfer_audio_to_text",
+            "alignment_retrieval_r1",
+            "alignment_norm_audio",
+        } <= set(log)
         assert all(math.isfinite(value) for value in log.values()), log

@@ -25,6 +25,7 @@ from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, save_pipeline
 from processing_fdrl import FDRLProcessor
 from test_pipeline_fdrl import ID2LABEL, TEXTS, save_tiny_asr, tiny_asr, write_audio
 
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TOLERANCE = 1e-6
 
@@ -48,8 +49,13 @@ def blank_asr_pipeline(folder):
     (folder / "vocab.json").write_text(json.dumps(vocab))
     tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>")
     feature_extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
-    return load_pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
-                         feature_extractor=feature_extractor, device="cpu")
+    return load_pipeline(
+        "automatic-speech-recognition",
+        model=model,
+        tokenizer=tokenizer,
+        feature_extractor=feature_extractor,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +69,24 @@ def saved(tmp_path_factory):
     folder = save_pipeline(FDRLModel(config).eval(), processor, root / "model")
     asr = save_tiny_asr(root / "asr")
     reference = MultimodalEmotionRecognitionPipeline(
-        model=FDRLModel.from_pretrained(folder).eval(), processor=FDRLProcessor.from_pretrained(folder),
-        device="cpu", asr_model=asr,
+        model=FDRLModel.from_pretrained(folder).eval(),
+        processor=FDRLProcessor.from_pretrained(folder),
+        device="cpu",
+        asr_model=asr,
     )
     with_asr = app.EmotionDemo(app.load_classifier(folder, asr_model=asr))
     without_asr = app.EmotionDemo(app.load_classifier(folder))
     blank_asr = app.EmotionDemo(app.load_classifier(folder, asr_model=blank_asr_pipeline(root / "blank_asr")))
-    return SimpleNamespace(root=root, folder=folder, asr=asr, reference=reference, examples=examples,
-                           with_asr=with_asr, without_asr=without_asr, blank_asr=blank_asr)
+    return SimpleNamespace(
+        root=root,
+        folder=folder,
+        asr=asr,
+        reference=reference,
+        examples=examples,
+        with_asr=with_asr,
+        without_asr=without_asr,
+        blank_asr=blank_asr,
+    )
 
 
 def reference_scores(saved, audio, text=None):
@@ -146,18 +162,33 @@ def write_bytes(path, data):
 BAD_INPUTS = {
     "no audio": (lambda tmp: None, TEXTS[0], "with_asr", "No audio"),
     "empty recording": (lambda tmp: write_audio(tmp / "empty.wav", 0, 16000), TEXTS[0], "with_asr", "is empty"),
-    "0.1 s recording": (lambda tmp: write_audio(tmp / "short.wav", 0.1, 16000), TEXTS[0], "with_asr",
-                        "too short (0.10 s)"),
+    "0.1 s recording": (
+        lambda tmp: write_audio(tmp / "short.wav", 0.1, 16000),
+        TEXTS[0],
+        "with_asr",
+        "too short (0.10 s)",
+    ),
     "silent recording": (lambda tmp: (16000, np.zeros(16000, dtype=np.int16)), TEXTS[0], "with_asr", "silent"),
     "NaN samples": (lambda tmp: (16000, np.full(16000, np.nan, dtype=np.float32)), TEXTS[0], "with_asr", "NaN"),
-    "not audio, renamed .wav": (lambda tmp: write_bytes(tmp / "notes.wav", b"these are my notes\n" * 200), TEXTS[0],
-                                "with_asr", "Cannot read notes.wav as audio"),
-    "emoji-only transcript": (lambda tmp: write_audio(tmp / "a.wav", 1.0, 16000), "😀🎉😡", "with_asr",
-                              "no word the model can read"),
-    "no transcript, no ASR model": (lambda tmp: write_audio(tmp / "a.wav", 1.0, 16000), "", "without_asr",
-                                    "No transcript"),
-    "ASR hears nothing": (lambda tmp: write_audio(tmp / "a.wav", 1.0, 16000), None, "blank_asr",
-                          "empty transcript"),
+    "not audio, renamed .wav": (
+        lambda tmp: write_bytes(tmp / "notes.wav", b"these are my notes\n" * 200),
+        TEXTS[0],
+        "with_asr",
+        "Cannot read notes.wav as audio",
+    ),
+    "emoji-only transcript": (
+        lambda tmp: write_audio(tmp / "a.wav", 1.0, 16000),
+        "😀🎉😡",
+        "with_asr",
+        "no word the model can read",
+    ),
+    "no transcript, no ASR model": (
+        lambda tmp: write_audio(tmp / "a.wav", 1.0, 16000),
+        "",
+        "without_asr",
+        "No transcript",
+    ),
+    "ASR hears nothing": (lambda tmp: write_audio(tmp / "a.wav", 1.0, 16000), None, "blank_asr", "empty transcript"),
 }
 
 
@@ -176,8 +207,10 @@ def test_an_empty_or_rateless_microphone_recording_gives_a_message(saved):
     cases = [
         ((16000, np.zeros(0, dtype=np.int16)), empty),
         ((16000, np.zeros((0, 2), dtype=np.int16)), empty),
-        ((0, np.ones(16000, dtype=np.int16)), "The recording has no usable sampling rate (0): record it again or "
-                                              "upload a file."),
+        (
+            (0, np.ones(16000, dtype=np.int16)),
+            "The recording has no usable sampling rate (0): record it again or upload a file.",
+        ),
     ]
     for audio, message in cases:
         assert saved.with_asr.predict(audio, TEXTS[0]) == message
@@ -220,8 +253,11 @@ def test_bench_app_runs(tmp_path):
 def test_space_folder_pins_the_lock():
     """app/ is uploaded as a Space as it is: its requirements are the lock's versions, its README the Space card."""
     lock = (REPO / "requirements.lock").read_text()
-    pins = [line.strip() for line in (REPO / "app" / "requirements.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    pins = [
+        line.strip()
+        for line in (REPO / "app" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert {pin.split("==")[0] for pin in pins} >= {"gradio", "torch", "torchaudio", "transformers", "soundfile"}
     for pin in pins:
         assert f"\n{pin} " in lock, f"{pin} is not the version in requirements.lock"
@@ -256,12 +292,34 @@ def wait_for_server(process, url, timeout):
 def server(saved, tmp_path):
     """`python app/app.py` on the tiny model, on a free port of 127.0.0.1; killed at the end."""
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", GRADIO_TEMP_DIR=str(tmp_path / "gradio"), MPLCONFIGDIR=str(tmp_path))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        GRADIO_TEMP_DIR=str(tmp_path / "gradio"),
+        MPLCONFIGDIR=str(tmp_path),
+    )
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "app" / "app.py"), "--model", str(saved.folder), "--asr_model", saved.asr,
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            str(REPO / "app" / "app.py"),
+            "--model",
+            str(saved.folder),
+            "--asr_model",
+            saved.asr,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     try:
         yield SimpleNamespace(process=process, url=f"http://127.0.0.1:{port}/")
@@ -282,9 +340,18 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1280,900",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
@@ -318,9 +385,11 @@ def submit_and_read(driver, wait, css, predicate):
     return wait.until(text_when_ready)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
-                    reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
-                           "`make system-deps` installs them")
+@pytest.mark.skipif(
+    not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
+    reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
+    "`make system-deps` installs them",
+)
 def test_page_in_a_browser(saved, server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -25,19 +25,29 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("wer")
     rows = []
     for session, text in enumerate(TEXTS[:3], start=1):
-        rows.append({"id": f"good{session}", "audio": write_audio(root / f"good{session}.wav", 0.5, 16000, seed=session),
-                     "text": text, "label": "neu", "session": session})
+        rows.append(
+            {
+                "id": f"good{session}",
+                "audio": write_audio(root / f"good{session}.wav", 0.5, 16000, seed=session),
+                "text": text,
+                "label": "neu",
+                "session": session,
+            }
+        )
     nan = 0.1 * np.ones(8000, dtype=np.float32)
     nan[100:103] = np.nan
     sf.write(root / "nan.wav", nan, 16000, subtype="FLOAT")
     (root / "junk.wav").write_bytes(b"these are my notes\n" * 100)
-    rows += [{"id": "nan", "audio": str(root / "nan.wav"), "text": TEXTS[3], "label": "neu", "session": 1},
-             {"id": "junk", "audio": str(root / "junk.wav"), "text": TEXTS[3], "label": "neu", "session": 2}]
+    rows += [
+        {"id": "nan", "audio": str(root / "nan.wav"), "text": TEXTS[3], "label": "neu", "session": 1},
+        {"id": "junk", "audio": str(root / "junk.wav"), "text": TEXTS[3], "label": "neu", "session": 2},
+    ]
     manifest = root / "corpus.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     torch.manual_seed(0)
-    fdrl = save_pipeline(FDRLModel(tiny_fdrl_config()).eval(), FDRLProcessor.from_texts(TEXTS, vocab_size=99),
-                         root / "fdrl")
+    fdrl = save_pipeline(
+        FDRLModel(tiny_fdrl_config()).eval(), FDRLProcessor.from_texts(TEXTS, vocab_size=99), root / "fdrl"
+    )
     return root, manifest, save_tiny_asr(root / "asr"), fdrl
 
 
@@ -61,8 +71,10 @@ def test_bad_audio_is_skipped_and_counted_not_transcribed(corpus, caplog):
     assert result["reference_words"] == sum(len(normalize_text(text).split()) for text in TEXTS[:3])  # 6 + 4 + 3
     assert result["reference_words"] == 13
     skipped = {item["id"]: item["problem"] for item in result["skipped"]}
-    assert skipped == {"nan": "holds 3 NaN or infinite sample(s)",
-                       "junk": "cannot be decoded (Error opening the file: Format not recognised.)"}
+    assert skipped == {
+        "nan": "holds 3 NaN or infinite sample(s)",
+        "junk": "cannot be decoded (Error opening the file: Format not recognised.)",
+    }
     assert "skipped 2 utterance(s) with unusable audio" in caplog.text
 
 
@@ -77,11 +89,15 @@ def test_arguments_are_checked_before_the_first_utterance(corpus, caplog, tmp_pa
         (["--limit", "-1"], "fdrl-wer: --limit must be a positive number of utterances, got -1"),
         (["--limit", "0"], "fdrl-wer: --limit must be a positive number of utterances, got 0"),
         (["--sessions", "9", "2"], "fdrl-wer: --sessions 9: the corpus has no such session (its sessions: 1, 2, 3)"),
-        (["--output", str(tmp_path)], f"fdrl-wer: --output {tmp_path} is a folder: give a file name such as "
-                                      f"{tmp_path / 'wer.json'}"),
+        (
+            ["--output", str(tmp_path)],
+            f"fdrl-wer: --output {tmp_path} is a folder: give a file name such as {tmp_path / 'wer.json'}",
+        ),
         (["--model", str(missing)], f"fdrl-wer: --model {missing}: the model folder {missing} does not exist"),
-        (["--model", str(fdrl)], f"fdrl-wer: --model {fdrl}: {fdrl} is an FDRL emotion model (model_type fdrl), not "
-                                 "a speech recogniser"),
+        (
+            ["--model", str(fdrl)],
+            f"fdrl-wer: --model {fdrl}: {fdrl} is an FDRL emotion model (model_type fdrl), not a speech recogniser",
+        ),
     ]
     for extra, message in cases:
         argv = ["--model", recogniser, "--manifest", manifest, "--output", output, *extra]
@@ -93,8 +109,20 @@ def test_arguments_are_checked_before_the_first_utterance(corpus, caplog, tmp_pa
 def test_limit_and_sessions_select_what_they_say(corpus, caplog, tmp_path):
     root, manifest, recogniser, _ = corpus
     output = tmp_path / "wer.json"
-    assert run(caplog, "--model", recogniser, "--manifest", manifest, "--sessions", "2", "3", "--limit", "1",
-               "--output", output) == (0, [])
+    assert run(
+        caplog,
+        "--model",
+        recogniser,
+        "--manifest",
+        manifest,
+        "--sessions",
+        "2",
+        "3",
+        "--limit",
+        "1",
+        "--output",
+        output,
+    ) == (0, [])
     result = json.loads(output.read_text())
     assert [item["id"] for item in result["items"]] == ["good2"]
     assert [item["id"] for item in result["skipped"]] == ["junk"]  # session 2's bad row; the NaN clip is session 1

@@ -11,6 +11,7 @@ import torch
 
 from conftest import REPO, tiny_fdrl_config
 
+
 sys.path.insert(0, str(REPO / "bench"))
 
 
@@ -59,8 +60,19 @@ def test_train_step(tmp_path):
 
 def test_inference(tmp_path):
     results = run_script(
-        "bench_inference", tmp_path, "--latency_repeats", "3", "--batch_sizes", "1", "2",
-        "--throughput_repeats", "1", "--warmup", "1", "--threads", "1",
+        "bench_inference",
+        tmp_path,
+        "--latency_repeats",
+        "3",
+        "--batch_sizes",
+        "1",
+        "2",
+        "--throughput_repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
     )
     assert positive(results["latency_s"])
     assert set(results["throughput"]) == {"1", "2"}
@@ -71,8 +83,13 @@ def test_inference(tmp_path):
 def test_preprocessing(tmp_path):
     results = run_script("bench_preprocessing", tmp_path)
     assert set(results["stages"]) == {
-        "decode_soundfile", "decode_torchaudio", "resample_44100_to_16000", "resample_22050_to_16000",
-        "feature_extraction", "tokenization", "processor_16k_audio_and_text",
+        "decode_soundfile",
+        "decode_torchaudio",
+        "resample_44100_to_16000",
+        "resample_22050_to_16000",
+        "feature_extraction",
+        "tokenization",
+        "processor_16k_audio_and_text",
     }
     for row in results["stages"].values():
         assert positive(row["utterances_per_s"]) and row["ms_per_utterance"] > 0

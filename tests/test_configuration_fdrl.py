@@ -1,10 +1,10 @@
 import json
 
 import pytest
-from conftest import tiny_audio_config, tiny_fdrl_config, tiny_text_config
 from transformers import BertConfig, HubertConfig, RobertaConfig, Wav2Vec2Config
 
 from configuration_fdrl import FDRLConfig
+from conftest import tiny_audio_config, tiny_fdrl_config, tiny_text_config
 
 
 def test_defaults_are_the_paper_and_the_base_backbones():
@@ -18,13 +18,19 @@ def test_defaults_are_the_paper_and_the_base_backbones():
     assert config.audio_config.feat_extract_norm == "group"
     assert (config.text_config.hidden_size, config.text_config.vocab_size) == (768, 30522)
     assert (config.dynamic_factor_mode, config.a_distance_proxy, config.grl_schedule, config.orthogonality) == (
-        "daan", "error", "dann", "normalized"
+        "daan",
+        "error",
+        "dann",
+        "normalized",
     )
     assert config.dynamic_factor_bounds == [0.05, 0.95]
     assert (config.local_error_rate, config.local_weights) == ("weighted", "auto")
     # the alignment study's choice (docs/design.md): the paper's reversal, its adversarial path at the paper's 1e-5
     assert (config.adversarial_objective, config.shared_normalization, config.adversarial_learning_rate) == (
-        "reversal", "none", 1e-5)
+        "reversal",
+        "none",
+        1e-5,
+    )
 
 
 def test_dynamic_factor_bounds_survive_the_round_trip(tmp_path):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-
 from fdrl.data import demo_corpus as demo
 
 
@@ -122,7 +121,12 @@ def test_plan_is_stratified_at_demo_size():
     for session in (1, 2):
         plan = demo.plan_session(session, 100, seed=0)
         assert Counter(demo.FOUR_CLASS.get(u.label, u.label) for u in plan) == {
-            "ang": 25, "hap": 25, "neu": 25, "sad": 25, "fru": 5, "xxx": 5
+            "ang": 25,
+            "hap": 25,
+            "neu": 25,
+            "sad": 25,
+            "fru": 5,
+            "xxx": 5,
         }
         assert Counter(u.label for u in plan)["exc"] == 5
         for label in demo.CLASSES:

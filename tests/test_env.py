@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 from conftest import REPO
-
 from fdrl import env
 
 
@@ -35,7 +34,6 @@ def test_a_missing_package_is_named(tmp_path, monkeypatch):
 
 def test_the_check_runs_as_a_command_without_importing_torch():
     code = "import runpy, sys; runpy.run_module('fdrl.env', run_name='__main__')"
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                            cwd=REPO)
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "environment matches requirements.lock" in result.stdout
     assert "| torch\n" not in result.stderr and " torch\n" not in result.stderr  # torch was never imported

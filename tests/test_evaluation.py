@@ -5,6 +5,7 @@ import pytest
 from fdrl.evaluation.metrics import classification_metrics, load_metric
 from fdrl.evaluation.reporting import markdown_report, paired_difference, summarize_runs
 
+
 LABELS = ["ang", "hap", "neu", "sad"]
 
 
@@ -43,13 +44,20 @@ def test_a_class_absent_from_the_test_session_has_no_recall():
 
 
 def _metrics(uar, war=0.5):
-    return {"war": war, "uar": uar, "macro_f1": uar, "weighted_f1": war,
-            "recall": {"ang": uar, "hap": None, "neu": 0.5, "sad": 0.5}}
+    return {
+        "war": war,
+        "uar": uar,
+        "macro_f1": uar,
+        "weighted_f1": war,
+        "recall": {"ang": uar, "hap": None, "neu": 0.5, "sad": 0.5},
+    }
 
 
 def test_paired_differences_wins_ties_losses_by_hand():
-    runs = [{"seed": 0, "fold": f, "systems": {"S0": _metrics(s0), "speech": _metrics(sp), "S1": _metrics(s1)}}
-            for f, s0, sp, s1 in ((1, 0.60, 0.50, 0.60), (2, 0.70, 0.75, 0.65), (3, 0.50, 0.40, 0.55))]
+    runs = [
+        {"seed": 0, "fold": f, "systems": {"S0": _metrics(s0), "speech": _metrics(sp), "S1": _metrics(s1)}}
+        for f, s0, sp, s1 in ((1, 0.60, 0.50, 0.60), (2, 0.70, 0.75, 0.65), (3, 0.50, 0.40, 0.55))
+    ]
     summary = summarize_runs(runs, LABELS)
     speech = summary["systems"]["speech"]
     assert speech["mean"]["uar"] == pytest.approx(0.55)
@@ -61,8 +69,12 @@ def test_paired_differences_wins_ties_losses_by_hand():
     s1 = summary["systems"]["S1"]["paired"]["uar"]
     assert (s1["wins"], s1["ties"], s1["losses"]) == (1, 1, 1) and s1["mean"] == pytest.approx(0.0)
     assert "paired" not in summary["systems"]["S0"]
-    assert summary["systems"]["speech"]["recall_mean"] == {"ang": pytest.approx(0.55), "hap": None, "neu": 0.5,
-                                                           "sad": 0.5}
+    assert summary["systems"]["speech"]["recall_mean"] == {
+        "ang": pytest.approx(0.55),
+        "hap": None,
+        "neu": 0.5,
+        "sad": 0.5,
+    }
     table = markdown_report(summary, {"speech": "speech only"})
     # WAR, UAR, macro F1 (= UAR in _metrics), weighted F1 (= WAR in _metrics)
     assert "| speech: speech only | 3 | 50.00 ± 0.00 | 55.00 ± 18.03 | 55.00 ± 18.03 | 50.00 ± 0.00 |" in table
@@ -73,7 +85,13 @@ def test_paired_differences_wins_ties_losses_by_hand():
 
 def test_paired_difference_skips_runs_missing_a_side():
     assert paired_difference([0.5, None, 0.7], [0.4, 0.6, None]) == {
-        "mean": pytest.approx(0.1), "std": 0.0, "n": 1, "wins": 1, "ties": 0, "losses": 0}
+        "mean": pytest.approx(0.1),
+        "std": 0.0,
+        "n": 1,
+        "wins": 1,
+        "ties": 0,
+        "losses": 0,
+    }
     assert paired_difference([None], [0.5]) is None
     with pytest.raises(ValueError, match="no finished runs"):
         summarize_runs([], LABELS)
@@ -86,13 +104,18 @@ def test_fig3_like_figure_and_training_curves_are_drawn(tmp_path):
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 10)
-    reps = {name: rng.normal(size=(40, 8)) + shift for name, shift in
-            (("shared_audio", 0.0), ("shared_text", 1.0), ("private_audio", 3.0), ("private_text", -3.0))}
+    reps = {
+        name: rng.normal(size=(40, 8)) + shift
+        for name, shift in (("shared_audio", 0.0), ("shared_text", 1.0), ("private_audio", 3.0), ("private_text", -3.0))
+    }
     plot_representations(reps, labels, LABELS, tmp_path / "fig3.png", title="test")
     assert (tmp_path / "fig3.png").stat().st_size > 20000
     history = [{"epoch": e, "loss": 1.0 / e, "dynamic_factor": 0.5} for e in (1, 2, 3)]
-    plot_training({"log_history": history}, tmp_path / "curves.png", [("loss", ["loss"]), ("mu", ["dynamic_factor"]),
-                                                                      ("never logged", ["eval_uar"])])
+    plot_training(
+        {"log_history": history},
+        tmp_path / "curves.png",
+        [("loss", ["loss"]), ("mu", ["dynamic_factor"]), ("never logged", ["eval_uar"])],
+    )
     assert (tmp_path / "curves.png").stat().st_size > 10000
     with pytest.raises(ValueError, match="none of the keys"):
         plot_training({"log_history": history}, tmp_path / "none.png", [("x", ["eval_uar"])])
@@ -111,7 +134,7 @@ def test_side_by_side_figure_has_one_row_per_model_and_diverging_norms_get_a_log
     plot_representation_rows([("S1", reps, labels), ("S0", reps, labels)], LABELS, tmp_path / "two.png")
     one, two = imread(tmp_path / "one.png"), imread(tmp_path / "two.png")
     assert one.shape[1] == two.shape[1] and two.shape[0] == 2 * one.shape[0]  # 4.6 inches per row, same width
-    history = [{"epoch": e, "eval_alignment_norm_audio": 10.0 ** e} for e in (0, 1, 2, 3, 4)]
+    history = [{"epoch": e, "eval_alignment_norm_audio": 10.0**e} for e in (0, 1, 2, 3, 4)]
     from matplotlib.figure import Figure
 
     drawn = {}

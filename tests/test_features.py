@@ -31,8 +31,11 @@ def fold(tmp_path_factory):
 
 def _context(tmp_path):
     args = SimpleNamespace(feature_cache_dir=str(tmp_path / "features"), per_device_eval_batch_size=3, should_save=True)
-    return SimpleNamespace(training_args=args, data_args=SimpleNamespace(max_text_length=64),
-                           config_kwargs=dict(hidden_size=16, fusion_num_heads=2, initializer_range=0.1))
+    return SimpleNamespace(
+        training_args=args,
+        data_args=SimpleNamespace(max_text_length=64),
+        config_kwargs=dict(hidden_size=16, fusion_num_heads=2, initializer_range=0.1),
+    )
 
 
 def _model(processor, seed=0):
@@ -78,8 +81,9 @@ def test_a_second_fold_and_seed_read_the_cache(tmp_path):
     total = sum(len(split) for split in first.values())
     assert (len(audio_calls), len(text_calls)) == (total, total)  # one forward per utterance and modality
     for fold, seed in ((2, 0), (1, 1), (2, 3)):  # other orders of the same utterances: nothing recomputed
-        cached = cached_pooled_features(model.audio_model, model.text_model, processor,
-                                        fold_splits(data, fold, 0.3, seed=seed), context)
+        cached = cached_pooled_features(
+            model.audio_model, model.text_model, processor, fold_splits(data, fold, 0.3, seed=seed), context
+        )
         assert (len(audio_calls), len(text_calls)) == (total, total)
         assert sum(len(rows) for rows in cached.values()) == total
     assert len(os.listdir(tmp_path / "features")) == 2

@@ -32,34 +32,49 @@ def test_explicit_labels_win_then_the_corpus_set_then_the_sorted_labels(caplog):
     caplog.set_level(logging.INFO, logger="fdrl.data.labels")
     found = ["sad", "neu", "sad", "ang"]
     assert resolve_labels(found, labels="sad,neu,ang,hap", corpus_labels=("ang", "hap", "neu", "sad")) == (
-        "sad", "neu", "ang", "hap")
+        "sad",
+        "neu",
+        "ang",
+        "hap",
+    )
     assert resolve_labels(found, corpus_labels=("ang", "hap", "neu", "sad")) == ("ang", "hap", "neu", "sad")
     assert resolve_labels(found, source="m.csv") == ("ang", "neu", "sad")
     messages = [r.getMessage() for r in caplog.records]
-    assert messages == ["classes (4, from --labels): sad, neu, ang, hap",
-                        "classes (4, from the classes of the data): ang, hap, neu, sad",
-                        "classes (3, from the sorted labels of m.csv): ang, neu, sad"]
+    assert messages == [
+        "classes (4, from --labels): sad, neu, ang, hap",
+        "classes (4, from the classes of the data): ang, hap, neu, sad",
+        "classes (3, from the sorted labels of m.csv): ang, neu, sad",
+    ]
 
 
 def test_a_label_outside_the_classes_is_refused_with_the_known_ones_and_the_flag():
     with pytest.raises(ValueError) as error:
-        resolve_labels(["neu", "fru", "ang", "fru"], labels="neu,ang", source="m.csv",
-                       where=["row 1", "row 2", "row 3", "row 4"])
+        resolve_labels(
+            ["neu", "fru", "ang", "fru"], labels="neu,ang", source="m.csv", where=["row 1", "row 2", "row 3", "row 4"]
+        )
     message = str(error.value)
     assert message.startswith("2 unknown label(s) in m.csv (known: neu, ang, from --labels): 'fru' (2 row(s)). ")
     assert "row 2: 'fru'; row 4: 'fru'" in message and "--labels" in message.split("Fix those rows")[1]
 
 
 def _corpus():
-    features = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["neutral", "joy", "anger"])})
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["neutral", "joy", "anger"]),
+        }
+    )
 
     def split(name, labels):
-        return datasets.Dataset.from_dict({"id": [f"{name}/{i}" for i in range(len(labels))],
-                                           "text": ["x"] * len(labels), "label": labels}, features=features)
+        return datasets.Dataset.from_dict(
+            {"id": [f"{name}/{i}" for i in range(len(labels))], "text": ["x"] * len(labels), "label": labels},
+            features=features,
+        )
 
-    return datasets.DatasetDict({"train": split("train", [0, 1, 2, 0]), "dev": split("dev", [1, 0]),
-                                 "test": split("test", [2, 2, 0])})
+    return datasets.DatasetDict(
+        {"train": split("train", [0, 1, 2, 0]), "dev": split("dev", [1, 0]), "test": split("test", [2, 2, 0])}
+    )
 
 
 def test_apply_labels_reorders_a_builders_classes():
@@ -84,14 +99,17 @@ def test_official_splits_have_the_shape_of_a_fold():
     sessions = corpus["train"].add_column("session", [1, 1, 2, 2])
     fold = leave_one_session_out(sessions, test_session=2, validation_fraction=0.0)
     assert list(fold) == list(splits) and set(fold["train"].column_names) - {"session"} == set(
-        splits["train"].column_names)
+        splits["train"].column_names
+    )
     with pytest.raises(ValueError, match="need a DatasetDict with train, validation"):
         official_splits(datasets.DatasetDict({"train": corpus["train"], "test": corpus["test"]}))
-    leaked = datasets.DatasetDict({"train": corpus["train"], "validation": corpus["dev"],
-                                   "test": corpus["train"].select([3])})
+    leaked = datasets.DatasetDict(
+        {"train": corpus["train"], "validation": corpus["dev"], "test": corpus["train"].select([3])}
+    )
     with pytest.raises(ValueError, match=r"1 id\(s\) are in both the train and the test split: \['train/3'\]"):
         official_splits(leaked)
-    empty = datasets.DatasetDict({"train": corpus["train"], "validation": corpus["dev"].select([]),
-                                  "test": corpus["test"]})
+    empty = datasets.DatasetDict(
+        {"train": corpus["train"], "validation": corpus["dev"].select([]), "test": corpus["test"]}
+    )
     with pytest.raises(ValueError, match="official validation split is empty"):
         official_splits(empty)

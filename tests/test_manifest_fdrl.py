@@ -7,8 +7,8 @@ import re
 import datasets
 import pytest
 
-from iemocap_fixture import make_iemocap_fixture
 from fdrl.data.manifest import DEFAULT_LABEL2ID, leave_one_session_out, load_manifest
+from iemocap_fixture import make_iemocap_fixture
 
 
 @pytest.fixture(scope="module")
@@ -181,23 +181,29 @@ def test_hints_name_what_the_user_can_do(fixture, tmp_path):
     with_ids = write_csv(tmp_path / "ids.csv", rows)
     with pytest.raises(ValueError) as error:
         load_manifest(with_ids, base_dir=fixture["data_dir"])
-    assert str(error.value) == (f"Duplicate ids in {with_ids}, the 'id' column must be unique (a row with an empty id "
-                                f"takes its audio path): {rows[0]['id']}")
+    assert str(error.value) == (
+        f"Duplicate ids in {with_ids}, the 'id' column must be unique (a row with an empty id "
+        f"takes its audio path): {rows[0]['id']}"
+    )
 
     rows[2]["audio"] = rows[0]["audio"]
     without_ids = write_csv(tmp_path / "paths.csv", rows, ["audio", "text", "label", "session"])
     with pytest.raises(ValueError) as error:
         load_manifest(without_ids, base_dir=fixture["data_dir"])
-    assert str(error.value) == (f"Duplicate ids in {without_ids}, without an 'id' column the id is the audio path, so "
-                                f"these files are listed twice; add an 'id' column: {rows[0]['audio']}")
+    assert str(error.value) == (
+        f"Duplicate ids in {without_ids}, without an 'id' column the id is the audio path, so "
+        f"these files are listed twice; add an 'id' column: {rows[0]['audio']}"
+    )
 
     rows = four_class_rows(fixture)[:2]
     rows[1]["text"] = ""
     empty = write_csv(tmp_path / "empty.csv", rows)
     with pytest.raises(ValueError) as error:
         load_manifest(empty, base_dir=fixture["data_dir"])
-    assert str(error.value) == (f"1 empty transcript(s) in {empty}: fill them in or remove those rows (from Python, "
-                                "load_manifest(..., strict=False) keeps them with text ''): row 2 (line 3)")
+    assert str(error.value) == (
+        f"1 empty transcript(s) in {empty}: fill them in or remove those rows (from Python, "
+        "load_manifest(..., strict=False) keeps them with text ''): row 2 (line 3)"
+    )
 
 
 def test_unreadable_manifests_are_named_by_training(fixture, tmp_path):
@@ -219,8 +225,22 @@ def test_unreadable_manifests_are_named_by_training(fixture, tmp_path):
     }
     for manifest, message in cases.items():
         with pytest.raises(ValueError) as error:
-            run_fdrl.main(["--manifest", str(manifest), "--folds", "1", "--output_dir", str(tmp_path / "out"),
-                           "--model_preset", "tiny", "--use_cpu", "true", "--report_to", "none"])
+            run_fdrl.main(
+                [
+                    "--manifest",
+                    str(manifest),
+                    "--folds",
+                    "1",
+                    "--output_dir",
+                    str(tmp_path / "out"),
+                    "--model_preset",
+                    "tiny",
+                    "--use_cpu",
+                    "true",
+                    "--report_to",
+                    "none",
+                ]
+            )
         assert str(error.value) == message
         with pytest.raises(ValueError, match=re.escape(message)):
             load_manifest(manifest)
@@ -232,8 +252,14 @@ SIX_CLASSES = ("ang", "exc", "fru", "hap", "neu", "sad")
 
 def six_class_rows(fixture):
     return [
-        {"id": u["id"], "audio": os.path.relpath(u["wav"], fixture["data_dir"]), "text": u["text"],
-         "label": u["emotion"], "speaker": u["speaker"], "session": u["session"]}
+        {
+            "id": u["id"],
+            "audio": os.path.relpath(u["wav"], fixture["data_dir"]),
+            "text": u["text"],
+            "label": u["emotion"],
+            "speaker": u["speaker"],
+            "session": u["session"],
+        }
         for u in fixture["utterances"].values()
         if u["emotion"] in SIX_CLASSES and os.path.isfile(u["wav"])
     ]
@@ -246,8 +272,11 @@ def test_a_six_class_manifest_gets_its_sorted_labels_and_logs_them(fixture, tmp_
     dataset = load_manifest(write_csv(tmp_path / "six.csv", rows), base_dir=fixture["data_dir"])
     assert dataset.features["label"].names == list(SIX_CLASSES)  # sorted: ang exc fru hap neu sad
     assert dataset["label"][:] == [SIX_CLASSES.index(row["label"]) for row in rows]
-    assert any(r.getMessage() == "classes (6, from the sorted labels of " + str(tmp_path / "six.csv") + "): "
-               "ang, exc, fru, hap, neu, sad" for r in caplog.records)
+    assert any(
+        r.getMessage() == "classes (6, from the sorted labels of " + str(tmp_path / "six.csv") + "): "
+        "ang, exc, fru, hap, neu, sad"
+        for r in caplog.records
+    )
 
 
 def test_explicit_labels_set_the_order_of_six_classes(fixture, tmp_path):

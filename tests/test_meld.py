@@ -24,6 +24,7 @@ from fdrl.data.meld import (
     load_meld,
 )
 
+
 pytestmark = pytest.mark.skipif(not have_ffmpeg(), reason="the MELD fixture's videos are made with the ffmpeg CLI")
 SPLITS = {"train": "train", "validation": "dev", "test": "test"}
 
@@ -106,10 +107,13 @@ def test_every_quirk_is_counted_in_a_warning(built):
     def logged(*parts):
         return any(all(part in message for part in parts) for message in messages)
 
-    assert logged("train: skipped 1 utterance(s) whose video has no usable audio track", f"{CORRUPTED} (cannot be "
-                  "decoded (Could not open input file")
-    assert logged("test: skipped 1 utterance(s) whose video has no usable audio track", f"{NO_AUDIO_TRACK} (has no "
-                  "audio track)")
+    assert logged(
+        "train: skipped 1 utterance(s) whose video has no usable audio track",
+        f"{CORRUPTED} (cannot be decoded (Could not open input file",
+    )
+    assert logged(
+        "test: skipped 1 utterance(s) whose video has no usable audio track", f"{NO_AUDIO_TRACK} (has no audio track)"
+    )
     assert logged("dev: skipped 1 utterance(s) of the CSV without a video", DEV_MISSING_VIDEO)
     assert logged("dev: ignored 1 video(s)", "without a row in the CSV", "dia66_utt9.mp4")
     assert logged("test: ignored 1 video(s)", "without a row in the CSV", "dia108_utt2.mp4")
@@ -120,12 +124,16 @@ def test_every_quirk_is_counted_in_a_warning(built):
     assert logged("dev: repaired the text of 1 row(s) of dev_sent_emo.csv", "dev/dia0_utt1")
     assert logged("test: kept 1 utterance(s) with an empty transcript", "test/dia2_utt2")
     # the published sizes, and the CSV rows the dataset lacks
-    assert logged("MELD train: 12 utterances (-9977 against the published 9989) in 4 dialogues (published 1039), "
-                  "13 rows in train_sent_emo.csv; "
-                  f"not in the dataset: {CORRUPTED}")
-    assert logged("MELD dev: 8 utterances (-1101 against the published 1109) in 3 dialogues (published 114), "
-                  "9 rows in dev_sent_emo.csv; "
-                  f"not in the dataset: {DEV_MISSING_VIDEO}")
+    assert logged(
+        "MELD train: 12 utterances (-9977 against the published 9989) in 4 dialogues (published 1039), "
+        "13 rows in train_sent_emo.csv; "
+        f"not in the dataset: {CORRUPTED}"
+    )
+    assert logged(
+        "MELD dev: 8 utterances (-1101 against the published 1109) in 3 dialogues (published 114), "
+        "9 rows in dev_sent_emo.csv; "
+        f"not in the dataset: {DEV_MISSING_VIDEO}"
+    )
     assert logged("MELD test: 8 utterances (-2602 against the published 2610)", NO_AUDIO_TRACK)
 
 

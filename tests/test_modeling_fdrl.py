@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 import torch
-from conftest import make_batch, tiny_audio_config, tiny_fdrl_config, tiny_text_config
 from transformers import BertModel, Trainer, TrainingArguments, Wav2Vec2Model
 
+from conftest import make_batch, tiny_audio_config, tiny_fdrl_config, tiny_text_config
 from modeling_fdrl import (
     FDRLDiscriminator,
     FDRLModel,
@@ -57,8 +57,12 @@ def test_modality_cross_entropy_eq4_by_hand():
     audio = torch.tensor([[1.0, 0.0], [0.0, 3.0]])  # label 0: right, wrong
     text = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # label 1: wrong, right
     loss, loss_sum, errors = modality_cross_entropy(_identity_discriminator(), audio, text)
-    per_sample = [math.log(1 + math.exp(-1)), math.log(1 + math.exp(3)), math.log(1 + math.exp(2)),
-                  math.log(1 + math.exp(-1))]
+    per_sample = [
+        math.log(1 + math.exp(-1)),
+        math.log(1 + math.exp(3)),
+        math.log(1 + math.exp(2)),
+        math.log(1 + math.exp(-1)),
+    ]
     expected = (per_sample[0] + per_sample[1]) / 2 + (per_sample[2] + per_sample[3]) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-6)  # 1.6809 + 1.2201
     assert loss_sum.item() == pytest.approx(sum(per_sample), abs=1e-6)
@@ -73,7 +77,7 @@ def test_orthogonality_eq10_raw_and_normalized_by_hand():
     # centred, rows normalised: S = [1,-2]/r5, [-2,1]/r5, [1,1]/r2 ; P = [1,3]/r10, [-1,0], [1,-3]/r10
     r5, r10, r20, r50 = map(math.sqrt, (5, 10, 20, 50))
     gram = [[1 / r50 + 2 / r5 + 1 / r20, 3 / r50 - 3 / r20], [-2 / r50 - 1 / r5 + 1 / r20, -6 / r50 - 3 / r20]]
-    expected = sum(g * g for row in gram for g in row) / 2 ** 2
+    expected = sum(g * g for row in gram for g in row) / 2**2
     assert orthogonality_loss(shared, private, "normalized").item() == pytest.approx(expected, abs=1e-5)
     # shrinking the features cannot win the normalised loss (the paper's trivial solution)
     assert orthogonality_loss(shared * 1e-3, private, "normalized").item() == pytest.approx(expected, abs=1e-4)
@@ -81,12 +85,20 @@ def test_orthogonality_eq10_raw_and_normalized_by_hand():
 
 
 ERROR_STATS = dict(  # eps_g = 0.25 -> d_g = 1; eps_l = .5, 0, .75, .125 -> d_l = 0, 2, 1, 1.5 -> mean 1.125
-    global_errors=2.0, global_count=8.0, global_loss_sum=0.0,  # (clamped: d_l = 0, 2, 0, 1.5 -> mean .875)
-    local_errors=[4.0, 0.0, 6.0, 1.0], local_counts=[8.0] * 4, local_loss_sums=[0.0] * 4,
+    global_errors=2.0,
+    global_count=8.0,
+    global_loss_sum=0.0,  # (clamped: d_l = 0, 2, 0, 1.5 -> mean .875)
+    local_errors=[4.0, 0.0, 6.0, 1.0],
+    local_counts=[8.0] * 4,
+    local_loss_sums=[0.0] * 4,
 )
 LOSS_STATS = dict(  # L_g = .25 -> d_g = 1; L_l = .1, .2, .3, .8 -> d_l = 1.6, 1.2, .8, -1.2 -> mean .6
-    global_errors=0.0, global_count=8.0, global_loss_sum=2.0,
-    local_errors=[0.0] * 4, local_counts=[8.0] * 4, local_loss_sums=[0.8, 1.6, 2.4, 6.4],
+    global_errors=0.0,
+    global_count=8.0,
+    global_loss_sum=2.0,
+    local_errors=[0.0] * 4,
+    local_counts=[8.0] * 4,
+    local_loss_sums=[0.8, 1.6, 2.4, 6.4],
 )
 
 
@@ -210,26 +222,37 @@ def test_forward_terms_and_eq15_against_a_computation_by_hand(batch):
         loss_global = _ce(model.global_discriminator(sa), audio_label) + _ce(model.global_discriminator(st), text_label)
         prob_a, prob_t = model.predictor(sa).softmax(-1), model.predictor(st).softmax(-1)
         loss_local = sum(
-            _ce(d(prob_a[:, c:c + 1] * sa), audio_label) + _ce(d(prob_t[:, c:c + 1] * st), text_label)
+            _ce(d(prob_a[:, c : c + 1] * sa), audio_label) + _ce(d(prob_t[:, c : c + 1] * st), text_label)
             for c, d in enumerate(model.local_discriminators)
         )
-        loss_modality = 0.5 * (_ce(model.modality_discriminator(pa), audio_label)
-                               + _ce(model.modality_discriminator(pt), text_label))
+        loss_modality = 0.5 * (
+            _ce(model.modality_discriminator(pa), audio_label) + _ce(model.modality_discriminator(pt), text_label)
+        )
 
         def normalized(x):
             x = x - x.mean(0)
             return x / x.norm(dim=1, keepdim=True)
 
         d = sa.shape[1]
-        loss_orthogonal = sum(((normalized(s).T @ normalized(p)) ** 2).sum() / d ** 2 for s, p in ((sa, pa), (st, pt)))
-        loss_predictor = (_ce(model.predictor(sa + st), labels) + _ce(model.predictor(pa), labels)
-                          + _ce(model.predictor(pt), labels)) / 3
-    for name, value in [("loss_task", loss_task), ("loss_global", loss_global), ("loss_local", loss_local),
-                        ("loss_modality", loss_modality), ("loss_orthogonal", loss_orthogonal),
-                        ("loss_predictor", loss_predictor)]:
+        loss_orthogonal = sum(((normalized(s).T @ normalized(p)) ** 2).sum() / d**2 for s, p in ((sa, pa), (st, pt)))
+        loss_predictor = (
+            _ce(model.predictor(sa + st), labels) + _ce(model.predictor(pa), labels) + _ce(model.predictor(pt), labels)
+        ) / 3
+    for name, value in [
+        ("loss_task", loss_task),
+        ("loss_global", loss_global),
+        ("loss_local", loss_local),
+        ("loss_modality", loss_modality),
+        ("loss_orthogonal", loss_orthogonal),
+        ("loss_predictor", loss_predictor),
+    ]:
         assert getattr(out, name).item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
-    total = loss_task + 1.0 * (0.7 * loss_global + 0.3 * loss_local) + 0.5 * (loss_modality + loss_orthogonal) \
+    total = (
+        loss_task
+        + 1.0 * (0.7 * loss_global + 0.3 * loss_local)
+        + 0.5 * (loss_modality + loss_orthogonal)
         + 1.0 * loss_predictor
+    )
     assert out.loss.item() == pytest.approx(total.item(), rel=1e-5)
     # the statistics the dynamic factor needs
     targets = torch.cat([audio_label, text_label])
@@ -240,9 +263,11 @@ def test_forward_terms_and_eq15_against_a_computation_by_hand(batch):
     torch.testing.assert_close(out.local_counts, weights.sum(0))
     for c, d in enumerate(model.local_discriminators):
         with torch.no_grad():
-            logits = d(weights[:, c:c + 1] * torch.cat([sa, st]))
+            logits = d(weights[:, c : c + 1] * torch.cat([sa, st]))
         per_sample = torch.logsumexp(logits, -1) - logits.gather(-1, targets[:, None]).squeeze(-1)
-        assert out.local_errors[c].item() == pytest.approx((weights[:, c] * (logits.argmax(-1) != targets)).sum().item())
+        assert out.local_errors[c].item() == pytest.approx(
+            (weights[:, c] * (logits.argmax(-1) != targets)).sum().item()
+        )
         assert out.local_loss_sums[c].item() == pytest.approx((weights[:, c] * per_sample).sum().item(), rel=1e-5)
 
 
@@ -286,8 +311,10 @@ def test_local_discriminator_gradient_reversed_on_features_not_on_class_weights(
     # the same loss without reversal, the features (f) and the class probabilities (y) from separate copies
     f_a, f_t, y_a, y_t = (x.detach().clone().requires_grad_() for x in (sa, st, sa, st))
     prob_a, prob_t = model.predictor(y_a).softmax(-1), model.predictor(y_t).softmax(-1)
-    loss = sum(modality_cross_entropy(d, prob_a[:, c:c + 1] * f_a, prob_t[:, c:c + 1] * f_t)[0]
-               for c, d in enumerate(model.local_discriminators))
+    loss = sum(
+        modality_cross_entropy(d, prob_a[:, c : c + 1] * f_a, prob_t[:, c : c + 1] * f_t)[0]
+        for c, d in enumerate(model.local_discriminators)
+    )
     loss.backward()
     if local_weights == "auto":  # detached: only the reversed path reaches S
         torch.testing.assert_close(sa.grad, -0.4 * f_a.grad)
@@ -395,8 +422,15 @@ def test_layer_norm_bounds_the_shared_vectors(batch):
 
 
 # ----- ablations ------------------------------------------------------------------------------------------------
-TERMS = ["loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal", "loss_predictor",
-         "loss_confusion"]
+TERMS = [
+    "loss_task",
+    "loss_global",
+    "loss_local",
+    "loss_modality",
+    "loss_orthogonal",
+    "loss_predictor",
+    "loss_confusion",
+]
 
 
 @pytest.mark.parametrize(
@@ -413,8 +447,11 @@ def test_each_switch_removes_exactly_its_term(batch, switch, removed):
     # without the predictor the labels weigh the local discriminators (S6): compare with a full model that does so
     full = _model(**({"local_weights": "labels"} if switch == "use_predictor" else {}))
     full.dynamic_factor.fill_(0.3)
-    ablated = FDRLModel(tiny_fdrl_config(**{**PAPER, **({"local_weights": "labels"} if switch == "use_predictor"
-                                                        else {}), switch: False})).eval()
+    ablated = FDRLModel(
+        tiny_fdrl_config(
+            **{**PAPER, **({"local_weights": "labels"} if switch == "use_predictor" else {}), switch: False}
+        )
+    ).eval()
     ablated.load_state_dict(full.state_dict(), strict=False)
     with torch.no_grad():
         out_full, out = full(**batch), ablated(**batch)
@@ -430,8 +467,12 @@ def test_each_switch_removes_exactly_its_term(batch, switch, removed):
 
 
 def test_switched_off_parts_are_not_built():
-    model = _model(use_global_discriminator=False, use_local_discriminators=False, use_modality_discriminator=False,
-                   use_predictor=False)
+    model = _model(
+        use_global_discriminator=False,
+        use_local_discriminators=False,
+        use_modality_discriminator=False,
+        use_predictor=False,
+    )
     assert model.global_discriminator is model.local_discriminators is model.modality_discriminator is None
     assert model.predictor is None
 
@@ -442,8 +483,10 @@ def test_zero_weights_leave_the_task_loss(batch):
     assert out.loss_global.item() > 0 and out.loss_predictor.item() > 0  # still reported
 
 
-@pytest.mark.parametrize("fusion_inputs, names", [("shared", ["shared_audio", "shared_text"]),
-                                                  ("private", ["private_audio", "private_text"])])
+@pytest.mark.parametrize(
+    "fusion_inputs, names",
+    [("shared", ["shared_audio", "shared_text"]), ("private", ["private_audio", "private_text"])],
+)
 def test_fusion_inputs_use_only_their_representations(batch, fusion_inputs, names):
     model = _model(fusion_inputs=fusion_inputs)
     seen = {}
@@ -464,10 +507,10 @@ def test_padding_does_not_change_the_result():
         for i in range(3):
             n_audio, n_text = int(batch["audio_attention_mask"][i].sum()), int(batch["text_attention_mask"][i].sum())
             alone = model(
-                input_values=batch["input_values"][i:i + 1, :n_audio],
-                audio_attention_mask=batch["audio_attention_mask"][i:i + 1, :n_audio],
-                input_ids=batch["input_ids"][i:i + 1, :n_text],
-                text_attention_mask=batch["text_attention_mask"][i:i + 1, :n_text],
+                input_values=batch["input_values"][i : i + 1, :n_audio],
+                audio_attention_mask=batch["audio_attention_mask"][i : i + 1, :n_audio],
+                input_ids=batch["input_ids"][i : i + 1, :n_text],
+                text_attention_mask=batch["text_attention_mask"][i : i + 1, :n_text],
             )
             for name in ("logits", "shared_audio", "shared_text", "private_audio", "private_text"):
                 assert _relative_difference(getattr(alone, name)[0], getattr(together, name)[i]) <= 1e-5, (i, name)
@@ -524,8 +567,9 @@ def test_remote_code_loads_in_a_fresh_process(tmp_path, batch):
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("DIFF")][0].split()
     assert float(line[1]) <= 1e-5 and float(line[3]) == 0.25
@@ -537,8 +581,9 @@ def test_from_encoders_pretrained_keeps_the_source_weights(tmp_path):
     text = BertModel(tiny_text_config(hidden_size=24, num_attention_heads=2))
     audio.save_pretrained(tmp_path / "audio")
     text.save_pretrained(tmp_path / "text")
-    model = FDRLModel.from_encoders_pretrained(tmp_path / "audio", str(tmp_path / "text"), hidden_size=16,
-                                               fusion_num_heads=2, freeze_feature_encoder=True)
+    model = FDRLModel.from_encoders_pretrained(
+        tmp_path / "audio", str(tmp_path / "text"), hidden_size=16, fusion_num_heads=2, freeze_feature_encoder=True
+    )
     for source, target in ((audio, model.audio_model), (text, model.text_model)):
         target_state = target.state_dict()
         for name, tensor in source.state_dict().items():
@@ -676,7 +721,7 @@ def test_s6_weighs_the_local_discriminators_with_the_labels(batch, overrides):
         out = model(**batch)
     one_hot = torch.nn.functional.one_hot(batch["labels"], 4).float()  # (4, 4)
     for c in range(4):
-        expected = torch.cat([one_hot[:, c:c + 1] * out.shared_audio, one_hot[:, c:c + 1] * out.shared_text])
+        expected = torch.cat([one_hot[:, c : c + 1] * out.shared_audio, one_hot[:, c : c + 1] * out.shared_text])
         torch.testing.assert_close(inputs[c], expected, rtol=0, atol=0)
     # one-hot weights: each class counts the two representations of its own utterances
     assert out.local_counts.tolist() == (2 * one_hot.sum(0)).tolist()
@@ -686,8 +731,9 @@ def test_s6_weighs_the_local_discriminators_with_the_labels(batch, overrides):
 def _two_class_model(**overrides):
     """hidden 2, two classes "a" and "b", every local discriminator with logits = relu(input)."""
     torch.manual_seed(0)
-    config = tiny_fdrl_config(hidden_size=2, discriminator_hidden_size=2, fusion_num_heads=1,
-                              id2label={0: "a", 1: "b"}, **overrides)
+    config = tiny_fdrl_config(
+        hidden_size=2, discriminator_hidden_size=2, fusion_num_heads=1, id2label={0: "a", 1: "b"}, **overrides
+    )
     model = FDRLModel(config).eval()
     for discriminator in model.local_discriminators:
         with torch.no_grad():
@@ -709,8 +755,12 @@ def test_weighted_local_error_rate_by_hand():
     _, stats = model._local_alignment(SHARED_AUDIO, SHARED_TEXT, WEIGHTS_AUDIO, WEIGHTS_TEXT)
     torch.testing.assert_close(stats["local_errors"], torch.tensor([0.5, 1.5]))
     torch.testing.assert_close(stats["local_counts"], torch.tensor([2.0, 2.0]))
-    ce = [math.log(1 + math.exp(-0.9)), math.log(1 + math.exp(0.9)), math.log(1 + math.exp(0.4)),
-          math.log(1 + math.exp(-0.6))]  # class a, per sample
+    ce = [
+        math.log(1 + math.exp(-0.9)),
+        math.log(1 + math.exp(0.9)),
+        math.log(1 + math.exp(0.4)),
+        math.log(1 + math.exp(-0.6)),
+    ]  # class a, per sample
     assert stats["local_loss_sums"][0].item() == pytest.approx(0.9 * ce[0] + 0.3 * ce[1] + 0.2 * ce[2] + 0.6 * ce[3])
     full = dict(global_errors=0.0, global_count=4.0, global_loss_sum=0.0, **stats)
     rates = model.end_epoch(full)
@@ -732,37 +782,54 @@ def _epoch_stats(model, batch, steps=2):
     with torch.no_grad():
         for _ in range(steps):
             out = model(**batch)
-            for key in ("global_errors", "global_count", "global_loss_sum", "local_errors", "local_counts",
-                        "local_loss_sums"):
+            for key in (
+                "global_errors",
+                "global_count",
+                "global_loss_sum",
+                "local_errors",
+                "local_counts",
+                "local_loss_sums",
+            ):
                 stats[key] = stats.get(key, 0.0) + out[key].double()
     return stats
 
 
 @pytest.mark.parametrize(
     "overrides, has_global, has_local",
-    [({}, True, True), ({"use_global_discriminator": False}, False, True),
-     ({"use_local_discriminators": False}, True, False)],
+    [
+        ({}, True, True),
+        ({"use_global_discriminator": False}, False, True),
+        ({"use_local_discriminators": False}, True, False),
+    ],
 )
-def test_epoch_summary_has_raw_rates_and_no_entry_for_a_disabled_discriminator(batch, overrides, has_global,
-                                                                                has_local):
+def test_epoch_summary_has_raw_rates_and_no_entry_for_a_disabled_discriminator(batch, overrides, has_global, has_local):
     model = _model(**overrides)
     stats = _epoch_stats(model, batch)
     summary = model.end_epoch(stats)
     local_keys = {f"local_discriminator_error_{label}" for label in ("ang", "hap", "neu", "sad")}
-    expected = {"dynamic_factor"} | ({"global_discriminator_error"} if has_global else set()) | (
-        local_keys if has_local else set())
+    expected = (
+        {"dynamic_factor"}
+        | ({"global_discriminator_error"} if has_global else set())
+        | (local_keys if has_local else set())
+    )
     assert set(summary) == expected
     assert all(isinstance(v, float) and math.isfinite(v) for v in summary.values())
     if has_global:
         assert summary["global_discriminator_error"] == pytest.approx(
-            float(stats["global_errors"] / stats["global_count"]))
+            float(stats["global_errors"] / stats["global_count"])
+        )
     if has_local:
         assert summary["local_discriminator_error_neu"] == pytest.approx(
-            float(stats["local_errors"][2] / stats["local_counts"][2]))
+            float(stats["local_errors"][2] / stats["local_counts"][2])
+        )
 
 
 def test_error_rates_name_classes_by_index_without_labels():
     stats = dict(ERROR_STATS, local_counts=[8.0, 8.0, 0.0, 8.0])
     rates = discriminator_error_rates(stats)
-    assert rates == {"global_discriminator_error": 0.25, "local_discriminator_error_0": 0.5,
-                     "local_discriminator_error_1": 0.0, "local_discriminator_error_3": 0.125}
+    assert rates == {
+        "global_discriminator_error": 0.25,
+        "local_discriminator_error_0": 0.5,
+        "local_discriminator_error_1": 0.0,
+        "local_discriminator_error_3": 0.125,
+    }

@@ -29,7 +29,7 @@ from transformers import pipeline as load_pipeline
 
 from conftest import REPO, tiny_audio_config, tiny_fdrl_config
 from modeling_fdrl import FDRLModel
-from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, REMOTE_CODE_FILES, save_pipeline
+from pipeline_fdrl import REMOTE_CODE_FILES, MultimodalEmotionRecognitionPipeline, save_pipeline
 from processing_fdrl import FDRLProcessor
 
 
@@ -37,7 +37,7 @@ TEXTS = ["I can't believe you did that", "that is wonderful news", "leave me alo
 ID2LABEL = {0: "ang", 1: "hap", 2: "neu", 3: "sad"}
 TOLERANCE = 1e-5
 
-REMOTE_SCRIPT = r'''
+REMOTE_SCRIPT = r"""
 import json, sys
 import numpy as np, torch
 from transformers import pipeline
@@ -68,7 +68,7 @@ result["no_text_error"] = pipe([inputs()[0], {"audio": spec["files"][0][0]}])[1]
 with_asr = pipeline(task, model=spec["model"], trust_remote_code=True, device="cpu", asr_model=spec["asr"])
 result["asr"] = with_asr([{"audio": spec["files"][0][0]}, inputs()[1]], batch_size=2)
 json.dump(result, open(spec["out"], "w"))
-'''
+"""
 
 
 # ----- fixtures ------------------------------------------------------------------------------------------------------
@@ -120,9 +120,16 @@ def saved(tmp_path_factory):
     ]
     np.save(audio / "array.npy", 0.1 * np.random.default_rng(4).standard_normal(5600))  # float64, 16 kHz
     np.save(audio / "tensor.npy", 0.1 * np.random.default_rng(5).standard_normal((2, 4000)).astype(np.float32))
-    return SimpleNamespace(root=root, folder=root / "model", model=model, processor=processor, files=files,
-                           array=str(audio / "array.npy"), tensor=str(audio / "tensor.npy"),
-                           asr=save_tiny_asr(root / "asr"))
+    return SimpleNamespace(
+        root=root,
+        folder=root / "model",
+        model=model,
+        processor=processor,
+        files=files,
+        array=str(audio / "array.npy"),
+        tensor=str(audio / "tensor.npy"),
+        asr=save_tiny_asr(root / "asr"),
+    )
 
 
 CLI_GOOD = {"calm": (0.5, 16000), "loud": (0.4, 8000), "short": (0.3, 16000)}
@@ -145,10 +152,27 @@ def cli_run(saved):
     write_audio(clips / "untranscribed.wav", 0.3, 16000, seed=7)  # no .txt
     output = saved.root / "out" / "predictions.csv"
     process = subprocess.Popen(
-        [sys.executable, "-m", "fdrl.cli.predict", "--model", str(saved.folder), "--input", str(clips),
-         "--output", str(output), "--batch_size", "2", "--device", "cpu"],
-        cwd=saved.root, env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fdrl.cli.predict",
+            "--model",
+            str(saved.folder),
+            "--input",
+            str(clips),
+            "--output",
+            str(output),
+            "--batch_size",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        cwd=saved.root,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     yield clips, output, process
     if process.poll() is None:
@@ -161,13 +185,27 @@ def remote(saved, cli_run):
     """Runs REMOTE_SCRIPT in a fresh interpreter and returns what it recorded."""
     script = saved.root / "remote.py"
     script.write_text(REMOTE_SCRIPT)
-    spec = dict(model=str(saved.folder), files=saved.files, texts=TEXTS, array=saved.array, tensor=saved.tensor,
-                asr=saved.asr, out=str(saved.root / "remote.json"))
+    spec = dict(
+        model=str(saved.folder),
+        files=saved.files,
+        texts=TEXTS,
+        array=saved.array,
+        tensor=saved.tensor,
+        asr=saved.asr,
+        out=str(saved.root / "remote.json"),
+    )
     (saved.root / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(saved.root / "modules"),
-               TOKENIZERS_PARALLELISM="false")
-    run = subprocess.run([sys.executable, str(script), str(saved.root / "spec.json")], cwd=saved.root, env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(saved.root / "modules"), TOKENIZERS_PARALLELISM="false"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script), str(saved.root / "spec.json")],
+        cwd=saved.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(Path(spec["out"]).read_text())
 
@@ -210,9 +248,7 @@ def test_save_pipeline_writes_a_complete_hub_folder(saved):
     names = {p.name for p in saved.folder.iterdir()}
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", *REMOTE_CODE_FILES} <= names
     config = json.loads((saved.folder / "config.json").read_text())
-    assert config["auto_map"] == {
-        "AutoConfig": "configuration_fdrl.FDRLConfig", "AutoModel": "modeling_fdrl.FDRLModel"
-    }
+    assert config["auto_map"] == {"AutoConfig": "configuration_fdrl.FDRLConfig", "AutoModel": "modeling_fdrl.FDRLModel"}
     assert config["custom_pipelines"]["multimodal-emotion-recognition"]["impl"] == (
         "pipeline_fdrl.MultimodalEmotionRecognitionPipeline"
     )
@@ -251,8 +287,9 @@ def test_remote_top_k_and_representations(saved, remote):
     batch = saved.processor(audio=audio, text=TEXTS[0], sampling_rate=rate)
     with torch.no_grad():
         shared_text = saved.model(**batch).shared_text[0].tolist()
-    np.testing.assert_allclose(remote["representations"][0]["representations"]["shared_text"], shared_text,
-                               atol=TOLERANCE)
+    np.testing.assert_allclose(
+        remote["representations"][0]["representations"]["shared_text"], shared_text, atol=TOLERANCE
+    )
 
 
 # ----- (b) speech-only inputs ----------------------------------------------------------------------------------------
@@ -279,15 +316,22 @@ def test_empty_asr_transcript_is_an_error_naming_the_item(saved):
     folder = saved.root / "asr_blank_vocab"
     folder.mkdir(exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    asr = load_pipeline("automatic-speech-recognition", model=model, device="cpu",
-                        tokenizer=Wav2Vec2CTCTokenizer(str(folder / "vocab.json")),
-                        feature_extractor=Wav2Vec2FeatureExtractor(return_attention_mask=True))
-    pipe = MultimodalEmotionRecognitionPipeline(model=saved.model, processor=saved.processor, device="cpu",
-                                                asr_model=asr)
+    asr = load_pipeline(
+        "automatic-speech-recognition",
+        model=model,
+        device="cpu",
+        tokenizer=Wav2Vec2CTCTokenizer(str(folder / "vocab.json")),
+        feature_extractor=Wav2Vec2FeatureExtractor(return_attention_mask=True),
+    )
+    pipe = MultimodalEmotionRecognitionPipeline(
+        model=saved.model, processor=saved.processor, device="cpu", asr_model=asr
+    )
     path = saved.files[1][0]
     outputs = pipe([{"audio": saved.files[0][0], "text": TEXTS[0]}, {"audio": path}])
-    assert outputs[1] == {"input": f"input 1 ({path})", "error": "the speech-recognition model returned an empty "
-                          "transcript; pass 'text' for this input"}
+    assert outputs[1] == {
+        "input": f"input 1 ({path})",
+        "error": "the speech-recognition model returned an empty transcript; pass 'text' for this input",
+    }
     with pytest.raises(ValueError, match=rf"^input \({path}\): .*empty transcript"):
         pipe({"audio": path})
 
@@ -344,8 +388,11 @@ def test_a_bad_input_does_not_lose_the_good_ones_after_it(saved, local_pipe, bat
     only_bad = local_pipe([bad, bad], batch_size=batch_size)  # a batch without one good input never reaches the model
     assert only_bad == [{"input": f"input {i} (/no/such.wav)", "error": "no such file"} for i in (0, 1)]
     streamed = list(local_pipe(iter([first, bad, last]), batch_size=batch_size, return_transcript=True))
-    assert [set(output) for output in streamed] == [{"scores", "transcript", "transcript_source"}, {"input", "error"},
-                                                    {"scores", "transcript", "transcript_source"}]
+    assert [set(output) for output in streamed] == [
+        {"scores", "transcript", "transcript_source"},
+        {"input", "error"},
+        {"scores", "transcript", "transcript_source"},
+    ]
 
 
 def test_single_input_errors_and_generators(saved, local_pipe):
@@ -353,8 +400,9 @@ def test_single_input_errors_and_generators(saved, local_pipe):
         local_pipe({"audio": "/no/such.wav", "text": "hi"})
     inputs = [{"audio": path, "text": text} for path, text in saved.files]
     streamed = list(local_pipe(iter(inputs), batch_size=2))
-    np.testing.assert_allclose([by_class(o) for o in streamed], [by_class(o) for o in local_pipe(inputs)],
-                               atol=TOLERANCE)
+    np.testing.assert_allclose(
+        [by_class(o) for o in streamed], [by_class(o) for o in local_pipe(inputs)], atol=TOLERANCE
+    )
     with pytest.raises(ValueError, match="top_k"):
         local_pipe(inputs[0], top_k=0)
 
@@ -386,23 +434,47 @@ def test_cli_manifest_to_jsonl_and_exit_codes(saved, tmp_path):
     from fdrl.cli import predict as predict_fdrl
 
     manifest = tmp_path / "manifest.jsonl"
-    rows = [{"id": "one", "audio": saved.files[0][0], "text": TEXTS[0]},
-            {"id": "two", "audio": "missing.wav", "text": TEXTS[1]},
-            {"audio": saved.files[1][0], "text": TEXTS[1]}]
+    rows = [
+        {"id": "one", "audio": saved.files[0][0], "text": TEXTS[0]},
+        {"id": "two", "audio": "missing.wav", "text": TEXTS[1]},
+        {"audio": saved.files[1][0], "text": TEXTS[1]},
+    ]
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     output = tmp_path / "predictions.jsonl"
-    assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest), "--output", str(output),
-                              "--device", "cpu"]) == 0
+    assert (
+        predict_fdrl.main(
+            ["--model", str(saved.folder), "--input", str(manifest), "--output", str(output), "--device", "cpu"]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert [line["id"] for line in lines] == ["one", saved.files[1][0]]
     assert json.loads(Path(f"{output}.errors.json").read_text())["errors"][0]["id"] == "two"
 
     manifest.write_text(json.dumps(rows[1]) + "\n")
-    assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest), "--output", str(output),
-                              "--device", "cpu", "--overwrite", "true"]) == 1  # nothing predicted
-    assert predict_fdrl.main(["--model", str(saved.folder), "--input", str(manifest),
-                              "--output", str(tmp_path / "predictions.txt")]) == 2  # bad arguments
-
+    assert (
+        predict_fdrl.main(
+            [
+                "--model",
+                str(saved.folder),
+                "--input",
+                str(manifest),
+                "--output",
+                str(output),
+                "--device",
+                "cpu",
+                "--overwrite",
+                "true",
+            ]
+        )
+        == 1
+    )  # nothing predicted
+    assert (
+        predict_fdrl.main(
+            ["--model", str(saved.folder), "--input", str(manifest), "--output", str(tmp_path / "predictions.txt")]
+        )
+        == 2
+    )  # bad arguments
 
 
 # ----- (e) the CLI refuses bad arguments before writing anything ----------------------------------------------------
@@ -418,8 +490,12 @@ def run_cli(caplog, *argv):
 
 def write_manifest(path, saved, text_key="text"):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"id": f"clip{i}", "audio": audio, text_key: text}) + "\n"
-                            for i, (audio, text) in enumerate(saved.files)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"clip{i}", "audio": audio, text_key: text}) + "\n"
+            for i, (audio, text) in enumerate(saved.files)
+        )
+    )
     return path
 
 
@@ -429,15 +505,22 @@ def test_cli_refuses_an_output_that_is_its_input(saved, tmp_path, caplog):
     original = manifest.read_bytes()
     (tmp_path / "link.jsonl").symlink_to(manifest)
     os.link(manifest, tmp_path / "hardlink.jsonl")
-    spellings = [manifest, tmp_path / "data" / ".." / "data" / "manifest.jsonl", tmp_path / "link.jsonl",
-                 tmp_path / "hardlink.jsonl"]
+    spellings = [
+        manifest,
+        tmp_path / "data" / ".." / "data" / "manifest.jsonl",
+        tmp_path / "link.jsonl",
+        tmp_path / "hardlink.jsonl",
+    ]
     for output in spellings:
         for overwrite in ("false", "true"):  # --overwrite never applies to the input
-            status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output,
-                                       "--overwrite", overwrite)
+            status, messages = run_cli(
+                caplog, "--model", saved.folder, "--input", manifest, "--output", output, "--overwrite", overwrite
+            )
             assert status == 2
-            assert messages == [f"--output {output} would overwrite the --input manifest {manifest} (the same file): "
-                                "write the predictions to another file"]
+            assert messages == [
+                f"--output {output} would overwrite the --input manifest {manifest} (the same file): "
+                "write the predictions to another file"
+            ]
     assert manifest.read_bytes() == original
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "hardlink.jsonl", "link.jsonl", "manifest.jsonl"]
 
@@ -448,11 +531,23 @@ def test_cli_keeps_an_existing_output_unless_told(saved, tmp_path, caplog):
     output.write_text("the user's own file\n")
     status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output)
     assert status == 2
-    assert messages == [f"--output {output} already exists: pass --overwrite true to replace it, or choose another "
-                        "file"]
+    assert messages == [
+        f"--output {output} already exists: pass --overwrite true to replace it, or choose another file"
+    ]
     assert output.read_text() == "the user's own file\n" and not Path(f"{output}.errors.json").exists()
-    status, _ = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", output, "--device", "cpu",
-                        "--overwrite", "true")
+    status, _ = run_cli(
+        caplog,
+        "--model",
+        saved.folder,
+        "--input",
+        manifest,
+        "--output",
+        output,
+        "--device",
+        "cpu",
+        "--overwrite",
+        "true",
+    )
     assert status == 0
     with open(output, newline="") as f:
         assert [row["id"] for row in csv.DictReader(f)] == ["clip0", "clip1", "clip2"]
@@ -465,7 +560,7 @@ def test_cli_names_a_misnamed_column(saved, tmp_path, caplog):
     present = "its columns: 'id', 'audio', 'text'"
     cases = {
         ("--text_column", "transcript"): f"{manifest} has no 'transcript' column ({present}); pass --text_column "
-                                         "<name>, or --asr_model to transcribe the speech",
+        "<name>, or --asr_model to transcribe the speech",
         ("--audio_column", "path"): f"{manifest} has no 'path' column ({present}); pass --audio_column <name>",
         ("--id_column", "utterance"): f"{manifest} has no 'utterance' column ({present}); pass --id_column <name>",
     }
@@ -484,9 +579,9 @@ def test_cli_names_a_missing_model_folder(saved, tmp_path, caplog):
     cases = {  # issue 18, cause 10: the folder "does not exist"
         missing: f"--model {missing}: the model folder {missing} does not exist",
         manifest: f"--model {manifest}: {manifest} is a file, not a model folder (give the folder that holds "
-                  "config.json)",
+        "config.json)",
         tmp_path / "no_config": f"--model {tmp_path / 'no_config'}: {tmp_path / 'no_config'} has no config.json: not "
-                                "a saved model folder",
+        "a saved model folder",
     }
     for model, message in cases.items():
         status, messages = run_cli(caplog, "--model", model, "--input", manifest, "--output", output)
@@ -536,8 +631,12 @@ def test_integer_arrays_are_scaled_by_their_range(whisper_saved):
     expected = by_class(unnormalized({"audio": as_float, "sampling_rate": 16000, "text": TEXTS[0]}))
     louder = by_class(unnormalized({"audio": as_float * 32768, "sampling_rate": 16000, "text": TEXTS[0]}))
     assert max(abs(a - b) for a, b in zip(expected, louder)) > 1e-3  # the scale reaches this model
-    integer_inputs = [pcm16, pcm16.astype(np.int32) << 16, torch.from_numpy(pcm16),
-                      ((pcm16.astype(np.int32) >> 8) + 128).astype(np.uint8)]  # 8-bit WAV samples are unsigned
+    integer_inputs = [
+        pcm16,
+        pcm16.astype(np.int32) << 16,
+        torch.from_numpy(pcm16),
+        ((pcm16.astype(np.int32) >> 8) + 128).astype(np.uint8),
+    ]  # 8-bit WAV samples are unsigned
     for samples in integer_inputs:
         scores = by_class(unnormalized({"audio": samples, "sampling_rate": 16000, "text": TEXTS[0]}))
         tolerance = 2e-2 if samples.dtype == np.uint8 else TOLERANCE  # 8 bits keep only the top of each sample
@@ -575,8 +674,9 @@ def test_a_truncated_wav_is_refused(local_pipe, tmp_path):
     path = truncated_wav(tmp_path / "cut.wav")
     with pytest.raises(ValueError) as error:
         local_pipe({"audio": str(path), "text": TEXTS[0]})
-    assert str(error.value) == (f"input ({path}): the file is truncated: the WAV header declares 8000 samples, the "
-                                "file holds 4000")
+    assert str(error.value) == (
+        f"input ({path}): the file is truncated: the WAV header declares 8000 samples, the file holds 4000"
+    )
     with pytest.raises(ValueError, match="^input: the file is truncated"):
         local_pipe({"audio": path.read_bytes(), "text": TEXTS[0]})
 
@@ -584,11 +684,17 @@ def test_a_truncated_wav_is_refused(local_pipe, tmp_path):
 def test_a_transcript_without_a_readable_word_is_refused(saved, local_pipe):
     """Issue 18, cause 6: an emoji-only transcript (all [UNK]) was predicted with confidence 0.91; the app refused
     it. One rule now: processing_fdrl.transcript_problem."""
-    outputs = local_pipe([{"audio": saved.files[0][0], "text": TEXTS[0]}, {"audio": saved.files[0][0], "text": "😀🎉😡"}])
+    outputs = local_pipe(
+        [{"audio": saved.files[0][0], "text": TEXTS[0]}, {"audio": saved.files[0][0], "text": "😀🎉😡"}]
+    )
     assert "error" not in outputs[0][0]
-    assert outputs[1] == {"input": f"input 1 ({saved.files[0][0]})", "error": (
-        "the transcript '😀🎉😡' has no word the model can read (its tokenizer reads it as [UNK] only; emoji and "
-        "symbols are not words): pass the words spoken as 'text'")}
+    assert outputs[1] == {
+        "input": f"input 1 ({saved.files[0][0]})",
+        "error": (
+            "the transcript '😀🎉😡' has no word the model can read (its tokenizer reads it as [UNK] only; emoji and "
+            "symbols are not words): pass the words spoken as 'text'"
+        ),
+    }
 
 
 def damaged_copy(saved, tmp_path):
@@ -604,8 +710,10 @@ def test_a_damaged_weights_file_is_named(saved, tmp_path, caplog):
     folder, weights = damaged_copy(saved, tmp_path)
     header = int.from_bytes(weights.read_bytes()[:8], "little")
     assert header > 5000 - 8  # the cut falls inside the header
-    message = (f"the weights file {weights} is damaged (its header claims {header} bytes, but only 4992 follow): "
-               "copy or save the model again")
+    message = (
+        f"the weights file {weights} is damaged (its header claims {header} bytes, but only 4992 follow): "
+        "copy or save the model again"
+    )
     with pytest.raises(ValueError, match=re.escape(message)):
         load_pipeline("multimodal-emotion-recognition", model=str(folder), trust_remote_code=True, device="cpu")
     manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
@@ -624,8 +732,10 @@ def test_a_folder_that_is_not_an_fdrl_model_is_named(saved, tmp_path, caplog):
     manifest = write_manifest(tmp_path / "manifest.jsonl", saved)
     for folder, model_type in ((whisper, "whisper"), (Path(saved.asr), "wav2vec2")):
         status, messages = run_cli(caplog, "--model", folder, "--input", manifest, "--output", tmp_path / "p.csv")
-        assert (status, messages) == (2, [f"--model {folder}: {folder} is not an FDRL model folder "
-                                          f"(model_type {model_type})"])
+        assert (status, messages) == (
+            2,
+            [f"--model {folder}: {folder} is not an FDRL model folder (model_type {model_type})"],
+        )
     asr_model = load_pipeline("automatic-speech-recognition", model=saved.asr, device="cpu").model
     with pytest.raises(ValueError, match=r"is not an FDRL model \(model_type wav2vec2\)"):
         MultimodalEmotionRecognitionPipeline(model=asr_model, processor=saved.processor, device="cpu")
@@ -638,8 +748,10 @@ def test_cli_refuses_a_manifest_it_cannot_read(saved, tmp_path, caplog):
     header_only = tmp_path / "header.csv"
     header_only.write_text("audio,text\n")
     offset = len(f"audio,text\n{saved.files[0][0]},caf".encode())
-    cases = {latin1: f"{latin1} is not UTF-8 text (line 2: byte 0xe9 at offset {offset}): save it as UTF-8",
-             header_only: f"{header_only} has no rows: a manifest needs a header and one row per utterance"}
+    cases = {
+        latin1: f"{latin1} is not UTF-8 text (line 2: byte 0xe9 at offset {offset}): save it as UTF-8",
+        header_only: f"{header_only} has no rows: a manifest needs a header and one row per utterance",
+    }
     for manifest, message in cases.items():
         status, messages = run_cli(caplog, "--model", saved.folder, "--input", manifest, "--output", tmp_path / "p.csv")
         assert (status, messages) == (2, [message])
@@ -659,8 +771,12 @@ def test_cli_skips_truncated_short_and_unreadable_inputs_like_training(whisper_s
     for name, text in (("good", TEXTS[0]), ("cut", TEXTS[1]), ("blip", TEXTS[2]), ("emoji", "🙂🙃")):
         (clips / f"{name}.txt").write_text(text)
     output = tmp_path / "predictions.csv"
-    assert predict.main(["--model", str(whisper_saved.folder), "--input", str(clips), "--output", str(output),
-                         "--device", "cpu"]) == 0
+    assert (
+        predict.main(
+            ["--model", str(whisper_saved.folder), "--input", str(clips), "--output", str(output), "--device", "cpu"]
+        )
+        == 0
+    )
     with open(output, newline="") as f:
         assert [row["id"] for row in csv.DictReader(f)] == ["good"]
     errors = {e["id"]: e["error"] for e in json.loads(Path(f"{output}.errors.json").read_text())["errors"]}
@@ -668,5 +784,5 @@ def test_cli_skips_truncated_short_and_unreadable_inputs_like_training(whisper_s
         "cut": "the file is truncated: the WAV header declares 8000 samples, the file holds 4000",
         "blip": "the audio is unusable: too short: 10.0 ms, the speech backbone needs at least 20.0 ms for one frame",
         "emoji": "the transcript '🙂🙃' has no word the model can read (its tokenizer reads it as [UNK] only; emoji and "
-                 "symbols are not words): pass the words spoken as 'text'",
+        "symbols are not words): pass the words spoken as 'text'",
     }

@@ -10,10 +10,9 @@ import re
 import pytest
 import soundfile
 import torch
-from conftest import tiny_fdrl_config
-from pretrained_fixture import pretrained, pretrained_dir, speak  # noqa: F401
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, pipeline
 
+from conftest import tiny_fdrl_config
 from fdrl.evaluation.asr import main as asr_main
 from fdrl.evaluation.asr import normalize_text, word_error_rate
 from fdrl.pretrained import materialize as materialize_module
@@ -33,7 +32,9 @@ from fdrl.pretrained.whisper_ctranslate2 import (
 )
 from modeling_fdrl import FDRLModel
 from pipeline_fdrl import MultimodalEmotionRecognitionPipeline
+from pretrained_fixture import pretrained, pretrained_dir, speak  # noqa: F401
 from processing_fdrl import FDRLProcessor
+
 
 SENTENCE = "I can't believe you did that."
 
@@ -132,14 +133,18 @@ def test_every_ctranslate2_variable_is_mapped_and_none_is_left_over(ctranslate2_
     assert all(state[name].shape == expected[name].shape for name in expected)
     torch.testing.assert_close(  # the fused q | k | v rows, split
         state["model.encoder.layers.3.self_attn.k_proj.weight"],
-        model.variables["encoder/layer_3/self_attention/linear_0/weight"][512:1024], rtol=0, atol=0)
+        model.variables["encoder/layer_3/self_attention/linear_0/weight"][512:1024],
+        rtol=0,
+        atol=0,
+    )
     assert state["proj_out.weight"] is state["model.decoder.embed_tokens.weight"]
 
     extra = dataclasses.replace(model, variables={**model.variables, "encoder/layer_0/extra/weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="not mapped.*encoder/layer_0/extra/weight"):
         whisper_state_dict_from_ctranslate2(extra, config)
-    missing = dataclasses.replace(model, variables={k: v for k, v in model.variables.items()
-                                                    if k != "decoder/layer_5/attention/linear_2/bias"})
+    missing = dataclasses.replace(
+        model, variables={k: v for k, v in model.variables.items() if k != "decoder/layer_5/attention/linear_2/bias"}
+    )
     with pytest.raises(ValueError, match="decoder/layer_5/attention/linear_2/bias is missing"):
         whisper_state_dict_from_ctranslate2(missing, config)
     fused = "decoder/layer_1/attention/linear_1/bias"  # k | v: the key's half must be zero
@@ -180,10 +185,25 @@ def test_tokenizer_and_generation_config_cover_whisper_base(pretrained_dir):  # 
     folder = pretrained_dir / "whisper-base"
     tokenizer = WhisperTokenizer.from_pretrained(folder)
     assert len(tokenizer) == 51865
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in
-           ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>", "<|0.00|>")}
-    assert ids == {"<|endoftext|>": 50257, "<|startoftranscript|>": 50258, "<|en|>": 50259, "<|transcribe|>": 50359,
-                   "<|notimestamps|>": 50363, "<|0.00|>": 50364}
+    ids = {
+        token: tokenizer.convert_tokens_to_ids(token)
+        for token in (
+            "<|endoftext|>",
+            "<|startoftranscript|>",
+            "<|en|>",
+            "<|transcribe|>",
+            "<|notimestamps|>",
+            "<|0.00|>",
+        )
+    }
+    assert ids == {
+        "<|endoftext|>": 50257,
+        "<|startoftranscript|>": 50258,
+        "<|en|>": 50259,
+        "<|transcribe|>": 50359,
+        "<|notimestamps|>": 50363,
+        "<|0.00|>": 50364,
+    }
     assert tokenizer.decode(tokenizer(SENTENCE, add_special_tokens=False)["input_ids"]) == SENTENCE
     generation = GenerationConfig.from_pretrained(folder)
     assert generation.task == "transcribe" and generation.no_timestamps_token_id == 50363
@@ -210,7 +230,8 @@ def test_folders_carry_licences_and_provenance(pretrained_dir):  # noqa: F811
     for folder, backbone in ((whisper, BACKBONES["whisper-base"]), (minilm, BACKBONES["all-MiniLM-L6-v2"])):
         provenance = json.loads((folder / "fdrl_provenance.json").read_text())
         assert [(w["name"], w["version"], w["sha256"]) for w in provenance["wheels"]] == [
-            (lock[name].name, lock[name].version, lock[name].sha256) for name in backbone.wheels]
+            (lock[name].name, lock[name].version, lock[name].sha256) for name in backbone.wheels
+        ]
         assert is_complete(folder, backbone, lock)
         assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))  # safetensors only
     assert json.loads((whisper / "fdrl_provenance.json").read_text())["conversion"]["variables"] == 212
@@ -242,7 +263,8 @@ def test_pipeline_transcribes_speech_only_inputs_with_whisper_base(pretrained_di
     model = FDRLModel(tiny_fdrl_config()).eval()
     processor = FDRLProcessor.from_texts(["I can not believe you did that", "what a lovely day"], vocab_size=60)
     classifier = MultimodalEmotionRecognitionPipeline(
-        model=model, processor=processor, asr_model=str(pretrained_dir / "whisper-base"))
+        model=model, processor=processor, asr_model=str(pretrained_dir / "whisper-base")
+    )
     result = classifier({"audio": str(speak(SENTENCE, tmp_path / "sentence.wav"))})
     assert result["transcript"] == SENTENCE and result["transcript_source"] == "asr"
     assert len(result["scores"]) == 4
@@ -263,9 +285,22 @@ def test_word_error_rate_by_hand():
 def test_wer_command_on_a_manifest_with_whisper_base(pretrained_dir, tmp_path):  # noqa: F811
     speak(SENTENCE, tmp_path / "a.wav")
     speak("Please leave me alone.", tmp_path / "b.wav", voice="en-us+f3")
-    (tmp_path / "corpus.csv").write_text(f'audio,text,label\na.wav,"{SENTENCE}",ang\nb.wav,Please leave me alone!,sad\n')
-    assert asr_main(["--model", str(pretrained_dir / "whisper-base"), "--manifest", str(tmp_path / "corpus.csv"),
-                     "--output", str(tmp_path / "wer.json")]) == 0
+    (tmp_path / "corpus.csv").write_text(
+        f'audio,text,label\na.wav,"{SENTENCE}",ang\nb.wav,Please leave me alone!,sad\n'
+    )
+    assert (
+        asr_main(
+            [
+                "--model",
+                str(pretrained_dir / "whisper-base"),
+                "--manifest",
+                str(tmp_path / "corpus.csv"),
+                "--output",
+                str(tmp_path / "wer.json"),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "wer.json").read_text())
     assert result["utterances"] == 2 and result["reference_words"] == 10
     assert result["wer"] == 0.0, result["items"]

@@ -81,7 +81,7 @@ def test_variable_length_batch_pads_to_longest_with_exact_masks(processor, token
     token_counts = [len(tokenizer(text)["input_ids"]) for text in texts]
     assert batch["input_ids"].shape == (3, max(token_counts))
     assert batch["text_attention_mask"].sum(dim=1).tolist() == token_counts
-    assert batch["input_ids"][1, token_counts[1]:].eq(tokenizer.pad_token_id).all()
+    assert batch["input_ids"][1, token_counts[1] :].eq(tokenizer.pad_token_id).all()
     assert batch["token_type_ids"].eq(0).all()
 
 
@@ -288,8 +288,9 @@ def test_trained_vocabulary_is_the_same_in_every_process(tmp_path):
     for hash_seed in ("0", "1"):
         folder = tmp_path / f"hashseed{hash_seed}"
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO_ROOT)}
-        subprocess.run([sys.executable, "-c", TRAIN_IN_FRESH_PROCESS, str(folder)], check=True, cwd=REPO_ROOT, env=env,
-                       timeout=300)
+        subprocess.run(
+            [sys.executable, "-c", TRAIN_IN_FRESH_PROCESS, str(folder)], check=True, cwd=REPO_ROOT, env=env, timeout=300
+        )
         saved.append((folder / "tokenizer.json").read_bytes())
     assert saved[0] == saved[1]
     assert len(json.loads(saved[0])["model"]["vocab"]) == 120
@@ -346,7 +347,11 @@ def test_save_pretrained_then_auto_processor_in_fresh_process_gives_identical_ou
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run(
         [sys.executable, "load.py", str(save_dir), "inputs.npz", "outputs.npz", str(REPO_ROOT)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((tmp_path / "modules").rglob("processing_fdrl.py")), "remote code not loaded from the modules cache"
@@ -364,10 +369,19 @@ def test_loading_a_model_folder_never_prompts_for_remote_code(tmp_path):
     """A model folder's config.json carries an auto_map; FDRLProcessor.from_pretrained must not ask about it."""
     processor = FDRLProcessor.from_texts(["a calm sentence", "an angry sentence"], vocab_size=50)
     processor.save_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"model_type": "fdrl", "auto_map": {"AutoConfig": "configuration_fdrl.FDRLConfig"}}))
-    script = f"from processing_fdrl import FDRLProcessor; FDRLProcessor.from_pretrained({str(tmp_path)!r}); print('LOADED')"
-    result = subprocess.run([sys.executable, "-c", script], stdin=subprocess.DEVNULL, capture_output=True,
-                             text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "fdrl", "auto_map": {"AutoConfig": "configuration_fdrl.FDRLConfig"}})
+    )
+    script = (
+        f"from processing_fdrl import FDRLProcessor; FDRLProcessor.from_pretrained({str(tmp_path)!r}); print('LOADED')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LOADED" in result.stdout and "Do you wish to run the custom code" not in result.stdout + result.stderr

@@ -17,9 +17,26 @@ from conftest import REPO
 from iemocap_fixture import make_iemocap_fixture
 
 
-TINY = ["--model_preset", "tiny", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
-        "--use_cpu", "true", "--logging_steps", "1", "--dataloader_num_workers", "0", "--report_to", "none",
-        "--disable_tqdm", "true", "--validation_fraction", "0.3"]
+TINY = [
+    "--model_preset",
+    "tiny",
+    "--per_device_train_batch_size",
+    "8",
+    "--learning_rate",
+    "1e-3",
+    "--use_cpu",
+    "true",
+    "--logging_steps",
+    "1",
+    "--dataloader_num_workers",
+    "0",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--validation_fraction",
+    "0.3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +47,16 @@ def corpus(tmp_path_factory):
 
 
 def _args(corpus, output_dir, *extra):
-    return ["--data_dir", str(corpus["data_dir"]), "--output_dir", str(output_dir),
-            "--cache_dir", str(corpus["data_dir"].parent / "cache"), *TINY, *extra]
+    return [
+        "--data_dir",
+        str(corpus["data_dir"]),
+        "--output_dir",
+        str(output_dir),
+        "--cache_dir",
+        str(corpus["data_dir"].parent / "cache"),
+        *TINY,
+        *extra,
+    ]
 
 
 SYSTEMS = ["S0", "S1", "speech", "text", "concat", "late_fusion"]
@@ -43,11 +68,25 @@ def protocol_run(corpus, tmp_path_factory):
     import yaml
 
     output_dir = tmp_path_factory.mktemp("run")
-    experiment = {"data_dir": str(corpus["data_dir"]), "cache_dir": str(corpus["data_dir"].parent / "cache"),
-                  "output_dir": "overridden", "model_preset": "tiny", "systems": SYSTEMS, "folds": [1, 3],
-                  "num_train_epochs": 2, "seed": 7, "per_device_train_batch_size": 8, "learning_rate": 1e-3,
-                  "use_cpu": True, "logging_steps": 1, "dataloader_num_workers": 0, "report_to": "none",
-                  "disable_tqdm": True, "validation_fraction": 0.3, "train_sampling_strategy": "group_by_length"}
+    experiment = {
+        "data_dir": str(corpus["data_dir"]),
+        "cache_dir": str(corpus["data_dir"].parent / "cache"),
+        "output_dir": "overridden",
+        "model_preset": "tiny",
+        "systems": SYSTEMS,
+        "folds": [1, 3],
+        "num_train_epochs": 2,
+        "seed": 7,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3,
+        "use_cpu": True,
+        "logging_steps": 1,
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "validation_fraction": 0.3,
+        "train_sampling_strategy": "group_by_length",
+    }
     path = output_dir.parent / f"{output_dir.name}.yaml"
     path.write_text(yaml.safe_dump(experiment))
     summary = run_fdrl.main([str(path), "--output_dir", str(output_dir)])
@@ -98,8 +137,15 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
     assert train_logs
     from fdrl.training.trainer import LOSS_TERMS
 
-    assert LOSS_TERMS == ("loss_task", "loss_global", "loss_local", "loss_modality", "loss_orthogonal",
-                          "loss_predictor", "loss_confusion")
+    assert LOSS_TERMS == (
+        "loss_task",
+        "loss_global",
+        "loss_local",
+        "loss_modality",
+        "loss_orthogonal",
+        "loss_predictor",
+        "loss_confusion",
+    )
     for key in (*LOSS_TERMS, "dynamic_factor", "grl_coefficient"):
         assert all(key in entry for entry in train_logs), key
     epochs = [entry for entry in history if "global_discriminator_error" in entry]
@@ -109,9 +155,20 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
         for label in ("ang", "hap", "neu", "sad"):
             assert 0.0 <= entry[f"local_discriminator_error_{label}"] <= 1.0
     evals = [entry for entry in history if "eval_uar" in entry]
-    diagnostics = {f"eval_alignment_{key}" for key in (
-        "norm_audio", "norm_text", "norm", "norm_growth", "relative_centroid_distance", "centroid_distance",
-        "transfer_audio_to_text", "transfer_text_to_audio", "retrieval_r1")}
+    diagnostics = {
+        f"eval_alignment_{key}"
+        for key in (
+            "norm_audio",
+            "norm_text",
+            "norm",
+            "norm_growth",
+            "relative_centroid_distance",
+            "centroid_distance",
+            "transfer_audio_to_text",
+            "transfer_text_to_audio",
+            "retrieval_r1",
+        )
+    }
     assert len(evals) == 2 and all(diagnostics <= set(entry) for entry in evals)
     assert evals[0]["eval_alignment_norm_growth"] == 1.0  # relative to the first evaluation
     values = [v for entry in epochs + evals for v in entry.values() if isinstance(v, float)]
@@ -141,8 +198,17 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
     output_dir, _ = protocol_run
     hub = output_dir / "model"
     names = {p.name for p in hub.iterdir()}
-    assert {"model.safetensors", "config.json", "configuration_fdrl.py", "modeling_fdrl.py", "processing_fdrl.py",
-            "processor_config.json", "tokenizer.json", "README.md", "results.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "configuration_fdrl.py",
+        "modeling_fdrl.py",
+        "processing_fdrl.py",
+        "processor_config.json",
+        "tokenizer.json",
+        "README.md",
+        "results.json",
+    } <= names
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names)
     card = (hub / "README.md").read_text()
     assert "model-index" in card and "leave-one-session-out" in card and "Intended use" in card
@@ -166,8 +232,9 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
             print("LOGITS", json.dumps(model(**inputs).logits.tolist()))
     """)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = torch.tensor(json.loads(result.stdout.split("LOGITS", 1)[1]))
     import soundfile
@@ -254,14 +321,22 @@ def test_an_output_folder_in_use_by_a_live_run_is_refused(corpus, tmp_path):
     from fdrl.training.protocol import LOCK_FILE
 
     tmp_path.mkdir(exist_ok=True)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from filelock import FileLock
         lock = FileLock({str(tmp_path / LOCK_FILE)!r})
         lock.acquire()
         print("held", flush=True)
         time.sleep(120)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RuntimeError, match=f"--output_dir {tmp_path} is in use by another run"):
@@ -277,9 +352,17 @@ def test_an_output_folder_in_use_by_a_live_run_is_refused(corpus, tmp_path):
 def test_argument_files_json_and_yaml(corpus, tmp_path):
     import yaml
 
-    values = {"data_dir": str(corpus["data_dir"]), "model_preset": "tiny", "use_cpu": True,
-              "output_dir": str(tmp_path / "out"), "alpha": 0.25, "fusion_inputs": "shared", "folds": [1, 2],
-              "systems": ["S0", "speech"], "dynamic_factor_bounds": [0.1, 0.9]}
+    values = {
+        "data_dir": str(corpus["data_dir"]),
+        "model_preset": "tiny",
+        "use_cpu": True,
+        "output_dir": str(tmp_path / "out"),
+        "alpha": 0.25,
+        "fusion_inputs": "shared",
+        "folds": [1, 2],
+        "systems": ["S0", "speech"],
+        "dynamic_factor_bounds": [0.1, 0.9],
+    }
     (tmp_path / "args.json").write_text(json.dumps(values))
     (tmp_path / "args.yaml").write_text(yaml.safe_dump(values))
     for path in ("args.json", "args.yaml"):
@@ -289,8 +372,9 @@ def test_argument_files_json_and_yaml(corpus, tmp_path):
         assert training_args.systems == ["S0", "speech"]
         assert model_args.config_overrides()["dynamic_factor_bounds"] == (0.1, 0.9)
         assert training_args.per_device_train_batch_size == 8 and training_args.num_train_epochs == 100
-    model_args, _, training_args = run_fdrl.parse_arguments([str(tmp_path / "args.yaml"), "--alpha", "0.5",
-                                                             "--folds", "3"])
+    model_args, _, training_args = run_fdrl.parse_arguments(
+        [str(tmp_path / "args.yaml"), "--alpha", "0.5", "--folds", "3"]
+    )
     assert model_args.alpha == 0.5 and training_args.folds == [3]  # flags after the file win
     with pytest.raises(FileNotFoundError, match="argument file .*missing.yaml does not exist"):
         run_fdrl.parse_arguments([str(tmp_path / "missing.yaml")])
@@ -300,8 +384,15 @@ def test_argument_files_stack(corpus, tmp_path):
     """base.yaml, then a file with what differs (it wins), then flags (they win over both)."""
     import yaml
 
-    base = {"data_dir": str(corpus["data_dir"]), "model_preset": "tiny", "use_cpu": True, "output_dir": "base_out",
-            "alpha": 0.25, "folds": [1, 2], "learning_rate": 0.001}
+    base = {
+        "data_dir": str(corpus["data_dir"]),
+        "model_preset": "tiny",
+        "use_cpu": True,
+        "output_dir": "base_out",
+        "alpha": 0.25,
+        "folds": [1, 2],
+        "learning_rate": 0.001,
+    }
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     (tmp_path / "other.json").write_text(json.dumps({"output_dir": "other_out", "folds": [2], "beta": 0.75}))
     files = [str(tmp_path / "base.yaml"), str(tmp_path / "other.json")]
@@ -320,11 +411,16 @@ def test_the_shipped_argument_files_stack_on_the_base(tmp_path, monkeypatch):
     parsed = {}
     for name in ("examples/demo.yaml", "experiments/ablations.yaml", "experiments/asr_transcripts.yaml"):
         model_args, data_args, training_args = run_fdrl.parse_arguments(
-            ["examples/base.yaml", name, "--data_dir", str(tmp_path)])  # the corpus need not exist here
+            ["examples/base.yaml", name, "--data_dir", str(tmp_path)]
+        )  # the corpus need not exist here
         assert (model_args.audio_model, training_args.num_train_epochs) == ("pretrained/whisper-base", 40), name
         assert training_args.freeze_backbones and training_args.folds == [1, 2, 3, 4, 5], name
-        parsed[name] = (training_args.output_dir, training_args.seeds, training_args.systems[0],
-                        data_args.test_transcripts)
+        parsed[name] = (
+            training_args.output_dir,
+            training_args.seeds,
+            training_args.systems[0],
+            data_args.test_transcripts,
+        )
     assert parsed == {
         "examples/demo.yaml": ("demo_output", [0], "S0", None),
         "experiments/ablations.yaml": ("experiments/results", [0, 1, 2], "S0", None),
@@ -353,8 +449,18 @@ def test_bad_arguments_fail_before_anything_is_loaded(corpus, tmp_path, extra, m
 
 def test_missing_data_dir_and_model_source_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data_dir .*nowhere"):
-        run_fdrl.main(["--data_dir", str(tmp_path / "nowhere"), "--model_preset", "tiny", "--folds", "1",
-                       "--output_dir", str(tmp_path)])
+        run_fdrl.main(
+            [
+                "--data_dir",
+                str(tmp_path / "nowhere"),
+                "--model_preset",
+                "tiny",
+                "--folds",
+                "1",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
     with pytest.raises(ValueError, match="exactly one model source"):
         run_fdrl.main(["--data_dir", str(tmp_path), "--folds", "1", "--output_dir", str(tmp_path)])
 
@@ -366,8 +472,9 @@ def test_a_missing_label_in_a_manifest_is_reported_by_row(corpus, tmp_path):
     rows = ["id,audio,text,label,session", f"a,{wav},hello there,ang,1", f"b,{wav},good morning,,2"]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"1 row\(s\) of .*data.csv have no label: row 2 \(line 3\)"):
-        run_fdrl.main(["--manifest", str(tmp_path / "data.csv"), "--folds", "1", "--output_dir",
-                       str(tmp_path / "out"), *TINY])
+        run_fdrl.main(
+            ["--manifest", str(tmp_path / "data.csv"), "--folds", "1", "--output_dir", str(tmp_path / "out"), *TINY]
+        )
     assert not (tmp_path / "out" / "seed42").exists()
 
 
@@ -391,8 +498,9 @@ def test_push_to_hub_uploads_the_model_folder(protocol_run, monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     output_dir, _ = protocol_run
-    args = FDRLTrainingArguments(output_dir=str(output_dir), push_to_hub=True, hub_model_id="someone/fdrl-test",
-                                 use_cpu=True, folds=[1])
+    args = FDRLTrainingArguments(
+        output_dir=str(output_dir), push_to_hub=True, hub_model_id="someone/fdrl-test", use_cpu=True, folds=[1]
+    )
     assert push_folder(output_dir / "model", args) == "someone/fdrl-test"
     assert calls["create_repo"][0] == "someone/fdrl-test" and calls["create_repo"][1]["exist_ok"] is True
     repo_id, files = calls["upload_folder"]
@@ -404,10 +512,33 @@ def test_push_to_hub_uploads_the_model_folder(protocol_run, monkeypatch):
 
 def test_two_processes_train_the_same_model(corpus, tmp_path):
     """`accelerate launch` with two real CPU processes (gloo): both ranks run and end with the same model."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "run_fdrl.py"),
-               *_args(corpus, tmp_path / "ddp", "--folds", "1", "--num_train_epochs", "2",
-                      "--per_device_train_batch_size", "4", "--seed", "5")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "run_fdrl.py"),
+        *_args(
+            corpus,
+            tmp_path / "ddp",
+            "--folds",
+            "1",
+            "--num_train_epochs",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--seed",
+            "5",
+        ),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
@@ -435,7 +566,8 @@ def test_shipped_accelerate_configs_parse(name, kind):
         for layer in config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(","):
             module = "wav2vec2" if layer.startswith("Wav2Vec2") else "roberta"
             assert hasattr(getattr(transformers.models, module), layer) or hasattr(
-                __import__(f"transformers.models.{module}.modeling_{module}", fromlist=[layer]), layer), layer
+                __import__(f"transformers.models.{module}.modeling_{module}", fromlist=[layer]), layer
+            ), layer
 
 
 def _corpus_with_bad_audio(tmp_path):
@@ -453,10 +585,26 @@ def _corpus_with_bad_audio(tmp_path):
 
 def test_bad_audio_in_the_test_split_stops_the_run_before_training(tmp_path):
     info, bad_id, bad_wav = _corpus_with_bad_audio(tmp_path)
-    args = ["--data_dir", str(info["data_dir"]), "--output_dir", str(tmp_path / "out"), "--cache_dir",
-            str(tmp_path / "cache"), *TINY, "--folds", "2", "--num_train_epochs", "1", "--systems", "text"]
-    with pytest.raises(ValueError, match=rf"1 utterance\(s\) have unusable audio:\n  {bad_wav} \(id {bad_id}\): "
-                                         r"holds 1 NaN or infinite sample"):
+    args = [
+        "--data_dir",
+        str(info["data_dir"]),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        *TINY,
+        "--folds",
+        "2",
+        "--num_train_epochs",
+        "1",
+        "--systems",
+        "text",
+    ]
+    with pytest.raises(
+        ValueError,
+        match=rf"1 utterance\(s\) have unusable audio:\n  {bad_wav} \(id {bad_id}\): "
+        r"holds 1 NaN or infinite sample",
+    ):
         run_fdrl.main(args)
     assert not (tmp_path / "out" / "seed42").exists()  # nothing trained
     summary = run_fdrl.main([*args, "--skip_bad_audio", "true"])
@@ -479,8 +627,13 @@ def test_the_test_split_can_read_other_transcripts(corpus, tmp_path):
     assert all(row == log_probs[0] for row in log_probs)  # every test utterance now reads the same words
     (tmp_path / "short.csv").write_text("\n".join(rows[:2]) + "\n")
     with pytest.raises(ValueError, match=rf"has no transcript for {len(test_ids) - 1} test utterance"):
-        run_fdrl.main([*_args(corpus, tmp_path / "out2", "--folds", "1", "--num_train_epochs", "1", "--systems",
-                              "text"), "--test_transcripts", str(tmp_path / "short.csv")])
+        run_fdrl.main(
+            [
+                *_args(corpus, tmp_path / "out2", "--folds", "1", "--num_train_epochs", "1", "--systems", "text"),
+                "--test_transcripts",
+                str(tmp_path / "short.csv"),
+            ]
+        )
 
 
 @pytest.fixture
@@ -488,8 +641,9 @@ def small_disk(tmp_path):
     """A 700 kB tmpfs: room for the run's set-up and the first checkpoint's weights, not for its optimizer state."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root and mount rights): {mounted.stderr.strip()}")
     yield mount_point
@@ -502,12 +656,15 @@ def test_a_full_disk_during_a_checkpoint_is_reported_as_such(corpus, small_disk)
     escaped the ENOSPC handler, which caught only OSError; the README promises "a full disk is reported as such"."""
     output_dir = small_disk / "out"
     with pytest.raises(OSError) as error:
-        run_fdrl.main(_args(corpus, output_dir, "--folds", "2", "--num_train_epochs", "1", "--systems", "S0",
-                            "--seed", "3"))
+        run_fdrl.main(
+            _args(corpus, output_dir, "--folds", "2", "--num_train_epochs", "1", "--systems", "S0", "--seed", "3")
+        )
     system_dir = output_dir / "seed3" / "fold2" / "S0"
     assert error.value.errno == 28
-    assert str(error.value).startswith(f"[Errno 28] the disk is full: could not write under {system_dir} ([Errno 28] "
-                                       f"No space left on device while writing a checkpoint under {system_dir} (")
+    assert str(error.value).startswith(
+        f"[Errno 28] the disk is full: could not write under {system_dir} ([Errno 28] "
+        f"No space left on device while writing a checkpoint under {system_dir} ("
+    )
     assert str(error.value).endswith("free space and rerun with --resume_from_checkpoint true")
     written_by = error.value.__cause__.__cause__  # what the library raised: torch's or safetensors' own error
     assert not isinstance(written_by, OSError) and "inline_container" in str(written_by), repr(written_by)

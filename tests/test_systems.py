@@ -45,8 +45,13 @@ def test_a_new_system_is_one_entry():
     assert speech.classifier.in_features == 32 and speech.classifier.out_features == 3
     ablation = build_system_model(SYSTEMS["S1"], kwargs, audio, text)
     assert isinstance(ablation, FDRLModel) and (ablation.config.alpha, ablation.config.beta) == (0.0, 0.0)
-    text_only = System("text_wide", "text, wider dropout", build=SYSTEMS["text"].build, modalities=("text",),
-                       config_overrides=dict(classifier_dropout=0.5))
+    text_only = System(
+        "text_wide",
+        "text, wider dropout",
+        build=SYSTEMS["text"].build,
+        modalities=("text",),
+        config_overrides=dict(classifier_dropout=0.5),
+    )
     model = build_system_model(text_only, kwargs, audio, text)
     assert model.audio_model is None and model.dropout.p == 0.5
     with pytest.raises(ValueError, match="'late_fusion' is not trained"):

@@ -23,8 +23,12 @@ from pretrained_fixture import pretrained, pretrained_dir, speak  # noqa: F401 (
 from processing_fdrl import FDRLProcessor
 
 
-SENTENCES = ["I can't believe you did that.", "That is wonderful news.", "Please leave me alone.",
-             "Why would you say such a thing?"]
+SENTENCES = [
+    "I can't believe you did that.",
+    "That is wonderful news.",
+    "Please leave me alone.",
+    "Why would you say such a thing?",
+]
 ID2LABEL = {0: "ang", 1: "hap", 2: "neu", 3: "sad"}
 LEAD, PAUSE = 0.5, 1.0  # seconds of silence before the first sentence and after each
 RATE = 16000
@@ -86,8 +90,13 @@ def noise(seconds, seed=0):
 def test_timeline_keeps_every_segment_in_order_with_scores_or_a_reason(tiny):
     _, pipe = tiny
     audio = noise(6.0)
-    cuts = [Segment(3.0, 4.5, "leave me alone"), Segment(0.2, 1.4, "I can't believe you did that"),
-            Segment(1.5, 1.8, "that"), Segment(2.0, 2.9, "  "), Segment(5.0, 9.0, "that is wonderful news")]
+    cuts = [
+        Segment(3.0, 4.5, "leave me alone"),
+        Segment(0.2, 1.4, "I can't believe you did that"),
+        Segment(1.5, 1.8, "that"),
+        Segment(2.0, 2.9, "  "),
+        Segment(5.0, 9.0, "that is wonderful news"),
+    ]
     timeline = recording_timeline(audio, pipe, FixedSegments(cuts), sampling_rate=RATE, min_duration=0.5)
     segments = timeline["segments"]
     assert [(s["start"], s["end"]) for s in segments] == [(0.2, 1.4), (1.5, 1.8), (2.0, 2.9), (3.0, 4.5), (5.0, 6.0)]
@@ -117,15 +126,27 @@ def test_timeline_csv_and_plot(tiny, tmp_path):
     assert [r["start"] for r in rows] == ["0.0", "1.2", "2.0"]
     assert [bool(r["reason"]) for r in rows] == [False, True, True]
     assert float(rows[0][f"score_{timeline['segments'][0]['label']}"]) == pytest.approx(
-        max(timeline["segments"][0]["scores"].values()), abs=1e-4)
+        max(timeline["segments"][0]["scores"].values()), abs=1e-4
+    )
     assert rows[1]["label"] == "" and rows[1]["score_ang"] == "" and rows[0]["transcript"] == "leave me alone"
     write_json(timeline, tmp_path / "t.json")
     assert json.loads((tmp_path / "t.json").read_text()) == timeline
     # a 10-minute timeline of 150 four-second sentences: one figure, 16 inches wide
-    long = {"duration": 600.0, "classes": timeline["classes"], "audio": "talk.wav",
-            "segments": [{"start": 4.0 * i, "end": 4.0 * i + 3.5, "transcript": "w", "label": ID2LABEL[i % 4],
-                          "scores": {c: 0.1 + 0.6 * (c == ID2LABEL[i % 4]) for c in ID2LABEL.values()}}
-                         for i in range(150)]}
+    long = {
+        "duration": 600.0,
+        "classes": timeline["classes"],
+        "audio": "talk.wav",
+        "segments": [
+            {
+                "start": 4.0 * i,
+                "end": 4.0 * i + 3.5,
+                "transcript": "w",
+                "label": ID2LABEL[i % 4],
+                "scores": {c: 0.1 + 0.6 * (c == ID2LABEL[i % 4]) for c in ID2LABEL.values()},
+            }
+            for i in range(150)
+        ],
+    }
     figure = plot_timeline(long, tmp_path / "t.png")
     assert tuple(figure.get_size_inches()) == (16.0, 5.0)
     assert (tmp_path / "t.png").stat().st_size > 10_000
@@ -137,8 +158,12 @@ def test_bad_recordings_are_named_before_any_model_runs(tmp_path):
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "notes.wav").write_text("not audio")
     sf.write(tmp_path / "silent.wav", np.zeros(RATE, np.float32), RATE)
-    expected = {"empty.wav": "cannot decode the audio", "notes.wav": "cannot decode the audio",
-                "silent.wav": "the recording is silent", "missing.wav": "no such file"}
+    expected = {
+        "empty.wav": "cannot decode the audio",
+        "notes.wav": "cannot decode the audio",
+        "silent.wav": "the recording is silent",
+        "missing.wav": "no such file",
+    }
     for name, message in expected.items():
         with pytest.raises(ValueError, match=message) as error:
             check_recording(tmp_path / name)
@@ -222,8 +247,19 @@ def test_cli_end_to_end(tiny, long_recording, pretrained_dir, tmp_path, caplog):
     folder, _ = tiny
     path, _ = long_recording
     output, plot, table = tmp_path / "t.json", tmp_path / "t.png", tmp_path / "t.csv"
-    argv = [str(path), "--model", str(folder), "--asr_model", str(pretrained_dir / "whisper-base"),
-            "--output", str(output), "--plot", str(plot), "--csv", str(table)]
+    argv = [
+        str(path),
+        "--model",
+        str(folder),
+        "--asr_model",
+        str(pretrained_dir / "whisper-base"),
+        "--output",
+        str(output),
+        "--plot",
+        str(plot),
+        "--csv",
+        str(table),
+    ]
     assert cli.main(argv) == 0
     timeline = json.loads(output.read_text())
     assert [s["transcript"] for s in timeline["segments"]] == SENTENCES
@@ -241,8 +277,20 @@ def test_cli_end_to_end(tiny, long_recording, pretrained_dir, tmp_path, caplog):
         blank = [str(tmp_path / "blank.wav"), "--model", str(folder), "--output", str(tmp_path / "b.json")]
         assert cli.main(blank) == 2
         assert "blank.wav" in caplog.text and not (tmp_path / "b.json").exists()
-        assert cli.main([str(path), "--model", str(folder), "--output", str(path.with_suffix(".json")),
-                         "--csv", str(path.with_suffix(".json"))]) == 2
+        assert (
+            cli.main(
+                [
+                    str(path),
+                    "--model",
+                    str(folder),
+                    "--output",
+                    str(path.with_suffix(".json")),
+                    "--csv",
+                    str(path.with_suffix(".json")),
+                ]
+            )
+            == 2
+        )
     assert output.read_bytes() == before
 
 
@@ -252,8 +300,9 @@ def test_app_whole_recording_mode(tiny, tmp_path):
 
     _, pipe = tiny
     cuts = [Segment(0.1, 1.1, "leave me alone"), Segment(1.2, 1.4, "no")]
-    classifier = MultimodalEmotionRecognitionPipeline(model=pipe.model, processor=pipe.processor,
-                                                      asr_model=FixedSegments(cuts))
+    classifier = MultimodalEmotionRecognitionPipeline(
+        model=pipe.model, processor=pipe.processor, asr_model=FixedSegments(cuts)
+    )
     demo = app.EmotionDemo(classifier)
     path = tmp_path / "talk.wav"
     sf.write(path, noise(20.0, seed=3), RATE)  # longer than the processor's 16 s: the timeline is not cut
@@ -267,8 +316,14 @@ def test_app_whole_recording_mode(tiny, tmp_path):
     (tmp_path / "notes.wav").write_text("not audio")
     sf.write(tmp_path / "silent.wav", np.zeros(RATE, np.float32), RATE)
     sf.write(tmp_path / "short.wav", noise(0.2), RATE)
-    bad = [None, str(tmp_path / "empty.wav"), str(tmp_path / "notes.wav"), str(tmp_path / "silent.wav"),
-           str(tmp_path / "short.wav"), (RATE, np.full(RATE, np.nan, np.float32))]
+    bad = [
+        None,
+        str(tmp_path / "empty.wav"),
+        str(tmp_path / "notes.wav"),
+        str(tmp_path / "silent.wav"),
+        str(tmp_path / "short.wav"),
+        (RATE, np.full(RATE, np.nan, np.float32)),
+    ]
     for audio in bad:
         message = demo.timeline(audio)
         assert isinstance(message, str) and message == demo.predict(audio, "leave me alone"), audio
@@ -282,8 +337,21 @@ def test_wer_command_with_the_faster_whisper_backend(pretrained_dir, tmp_path): 
     speak(SENTENCES[0], tmp_path / "a.wav")
     speak(SENTENCES[2], tmp_path / "b.wav", voice="en-us+f3")
     (tmp_path / "corpus.csv").write_text(f'audio,text,label\na.wav,"{SENTENCES[0]}",ang\nb.wav,{SENTENCES[2]},sad\n')
-    assert asr_main(["--model", str(pretrained_dir / "whisper-base"), "--backend", "faster-whisper",
-                     "--manifest", str(tmp_path / "corpus.csv"), "--output", str(tmp_path / "wer.json")]) == 0
+    assert (
+        asr_main(
+            [
+                "--model",
+                str(pretrained_dir / "whisper-base"),
+                "--backend",
+                "faster-whisper",
+                "--manifest",
+                str(tmp_path / "corpus.csv"),
+                "--output",
+                str(tmp_path / "wer.json"),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "wer.json").read_text())
     assert result["backend"] == "faster-whisper" and result["utterances"] == 2 and result["reference_words"] == 10
     assert result["wer"] == 0.0, result["items"]

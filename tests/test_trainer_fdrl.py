@@ -1,18 +1,28 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_batch, tiny_fdrl_config
 
+from conftest import make_batch, tiny_fdrl_config
+from fdrl.training.trainer import (
+    LOSS_TERMS,
+    STAT_KEYS,
+    DivergenceGuard,
+    FDRLDataCollator,
+    FDRLTrainer,
+    FDRLTrainingArguments,
+    parameter_groups,
+)
 from modeling_fdrl import FDRLModel, dynamic_factor_from_statistics
 from processing_fdrl import FDRLProcessor
-from fdrl.training.trainer import (
-    LOSS_TERMS, STAT_KEYS, DivergenceGuard, FDRLDataCollator, FDRLTrainer, FDRLTrainingArguments, parameter_groups,
-)
 
 
 def _example(seconds, text, label, rate=16000):
-    return {"id": f"utt{label}", "audio": {"array": np.ones(int(seconds * rate), np.float32), "sampling_rate": rate},
-            "text": text, "label": label}
+    return {
+        "id": f"utt{label}",
+        "audio": {"array": np.ones(int(seconds * rate), np.float32), "sampling_rate": rate},
+        "text": text,
+        "label": label,
+    }
 
 
 def test_collator_batches_both_modalities_or_one():
@@ -23,9 +33,16 @@ def test_collator_batches_both_modalities_or_one():
     assert batch["audio_attention_mask"].sum(1).tolist() == [8000, 4000]
     assert batch["labels"].tolist() == [1, 3]
     assert set(FDRLDataCollator(processor, modalities=("text",))(examples)) == {
-        "input_ids", "text_attention_mask", "token_type_ids", "labels"}
+        "input_ids",
+        "text_attention_mask",
+        "token_type_ids",
+        "labels",
+    }
     assert set(FDRLDataCollator(processor, modalities=("audio",))(examples)) == {
-        "input_values", "audio_attention_mask", "labels"}
+        "input_values",
+        "audio_attention_mask",
+        "labels",
+    }
     broken = dict(examples[0], id="Ses01F_impro01_F000", audio={"sampling_rate": 16000})
     with pytest.raises(ValueError, match="Ses01F_impro01_F000"):
         FDRLDataCollator(processor)([broken])
@@ -34,8 +51,15 @@ def test_collator_batches_both_modalities_or_one():
 @pytest.fixture
 def trainer(tmp_path):
     torch.manual_seed(0)
-    args = FDRLTrainingArguments(output_dir=str(tmp_path), use_cpu=True, folds=[1], report_to="none",
-                                 eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    args = FDRLTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        folds=[1],
+        report_to="none",
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+    )
     return FDRLTrainer(model=FDRLModel(tiny_fdrl_config()), args=args)
 
 
@@ -66,8 +90,10 @@ def test_logs_carry_the_averaged_terms_mu_and_grl(trainer):
 
 
 def test_collator_stacks_cached_pooled_features():
-    examples = [{"id": "a", "label": 2, "pooled_audio": torch.ones(5), "pooled_text": torch.zeros(3)},
-                {"id": "b", "label": 0, "pooled_audio": torch.full((5,), 2.0), "pooled_text": torch.ones(3)}]
+    examples = [
+        {"id": "a", "label": 2, "pooled_audio": torch.ones(5), "pooled_text": torch.zeros(3)},
+        {"id": "b", "label": 0, "pooled_audio": torch.full((5,), 2.0), "pooled_text": torch.ones(3)},
+    ]
     batch = FDRLDataCollator()(examples)
     assert batch["pooled_audio"].shape == (2, 5) and batch["pooled_text"].shape == (2, 3)
     assert batch["pooled_audio"][1, 0].item() == 2.0 and batch["labels"].tolist() == [2, 0]
@@ -83,7 +109,9 @@ def test_backbones_and_heads_get_their_own_learning_rates():
     assert not any(names[id(p)].startswith(("audio_model.", "text_model.")) for p in heads["params"])
     assert len(heads["params"]) + len(backbones["params"]) == sum(p.requires_grad for p in model.parameters())
     model.text_model.requires_grad_(False)  # frozen parameters are left out
-    assert len(parameter_groups(model, 1e-3)[1]["params"]) == sum(p.requires_grad for p in model.audio_model.parameters())
+    assert len(parameter_groups(model, 1e-3)[1]["params"]) == sum(
+        p.requires_grad for p in model.audio_model.parameters()
+    )
 
 
 def test_the_adversarial_path_gets_its_own_learning_rate():
@@ -91,8 +119,11 @@ def test_the_adversarial_path_gets_its_own_learning_rate():
     heads, adversarial, backbones = parameter_groups(model, 1e-3, None, adversarial_learning_rate=1e-5)
     assert (heads["lr"], adversarial["lr"], backbones["lr"]) == (1e-3, 1e-5, 1e-3)
     names = {id(p): n for n, p in model.named_parameters()}
-    expected = [n for n, _ in model.named_parameters()
-                if n.startswith(("shared_encoder.", "global_discriminator.", "local_discriminators."))]
+    expected = [
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(("shared_encoder.", "global_discriminator.", "local_discriminators."))
+    ]
     assert sorted(names[id(p)] for p in adversarial["params"]) == sorted(expected) and len(expected) == 4 + 4 * 5
     total = len(heads["params"]) + len(adversarial["params"]) + len(backbones["params"])
     assert total == sum(p.requires_grad for p in model.parameters())

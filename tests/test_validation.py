@@ -130,8 +130,9 @@ def test_find_bad_audio_names_every_bad_utterance(tmp_path, min_samples):
     bad = find_bad_audio(split, min_samples)
     assert bad == [
         BadAudio("nan", str(paths["nan"]), "holds 8000 NaN or infinite sample(s)"),
-        BadAudio("short", str(paths["short"]), "too short: 10.0 ms, the speech backbone needs at least 26.2 ms for "
-                                               "one frame"),
+        BadAudio(
+            "short", str(paths["short"]), "too short: 10.0 ms, the speech backbone needs at least 26.2 ms for one frame"
+        ),
         BadAudio("cut", str(paths["cut"]), "truncated: the WAV header declares 16000 samples, the file holds 7989"),
         BadAudio("gone", str(paths["gone"]), "the file does not exist"),
     ]

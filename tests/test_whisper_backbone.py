@@ -10,8 +10,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_audio_config, tiny_text_config
-from pretrained_fixture import pretrained, pretrained_dir  # noqa: F401
 from safetensors.torch import load_file
 from transformers import (
     AutoFeatureExtractor,
@@ -25,11 +23,14 @@ from transformers import (
 )
 
 from configuration_fdrl import FDRLConfig
-from modeling_fdrl import FDRLModel, FDRLWhisperEncoder
-from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, save_pipeline
-from processing_fdrl import FDRLProcessor
+from conftest import REPO, tiny_audio_config, tiny_text_config
 from fdrl.training.systems import BackboneClassifier
 from fdrl.training.trainer import FDRLDataCollator
+from modeling_fdrl import FDRLModel, FDRLWhisperEncoder
+from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, save_pipeline
+from pretrained_fixture import pretrained, pretrained_dir  # noqa: F401
+from processing_fdrl import FDRLProcessor
+
 
 TEXTS = ["I am so happy today", "this is terrible news", "okay fine whatever", "why would you do that"]
 LENGTHS = [11200, 20800, 35200, 6400]  # 0.7, 1.3, 2.2 and 0.4 s at 16 kHz
@@ -37,9 +38,20 @@ LENGTHS = [11200, 20800, 35200, 6400]  # 0.7, 1.3, 2.2 and 0.4 s at 16 kHz
 
 def tiny_whisper_config(**overrides):
     kwargs = dict(
-        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=37, decoder_layers=1,
-        decoder_attention_heads=2, decoder_ffn_dim=37, num_mel_bins=80, vocab_size=100, max_target_positions=32,
-        pad_token_id=1, bos_token_id=1, eos_token_id=1, decoder_start_token_id=2,
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=37,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=37,
+        num_mel_bins=80,
+        vocab_size=100,
+        max_target_positions=32,
+        pad_token_id=1,
+        bos_token_id=1,
+        eos_token_id=1,
+        decoder_start_token_id=2,
     )
     kwargs.update(overrides)
     return WhisperConfig(**kwargs)
@@ -47,8 +59,13 @@ def tiny_whisper_config(**overrides):
 
 def _model(seed=0, **overrides):
     torch.manual_seed(seed)
-    kwargs = dict(audio_config=tiny_whisper_config(), text_config=tiny_text_config(), hidden_size=16,
-                  fusion_num_heads=2, initializer_range=0.1)
+    kwargs = dict(
+        audio_config=tiny_whisper_config(),
+        text_config=tiny_text_config(),
+        hidden_size=16,
+        fusion_num_heads=2,
+        initializer_range=0.1,
+    )
     return FDRLModel(FDRLConfig(**{**kwargs, **overrides})).eval()
 
 
@@ -69,8 +86,13 @@ def _relative_difference(a, b):
 def test_processor_gives_log_mel_padded_to_whole_seconds_not_30():
     processor = _processor()
     batch = processor(audio=_clips(), text=TEXTS, sampling_rate=16000)
-    assert set(batch) == {"input_features", "audio_attention_mask", "input_ids", "token_type_ids",
-                          "text_attention_mask"}
+    assert set(batch) == {
+        "input_features",
+        "audio_attention_mask",
+        "input_ids",
+        "token_type_ids",
+        "text_attention_mask",
+    }
     assert processor.model_input_names[:2] == ["input_features", "audio_attention_mask"]
     assert batch["input_features"].shape == (4, 80, 300)  # 2.2 s + 33 ms -> 3 s = 300 mel frames
     assert batch["audio_attention_mask"].sum(1).tolist() == [70, 130, 220, 40]  # 100 mel frames per second
@@ -170,10 +192,14 @@ def test_from_encoders_pretrained_keeps_only_the_encoder_exactly(tmp_path, sourc
     whisper = WhisperForConditionalGeneration(tiny_whisper_config())
     whisper.save_pretrained(tmp_path / "whisper")
     BertModel(tiny_text_config()).save_pretrained(tmp_path / "text")
-    audio = {"folder": str(tmp_path / "whisper"), "WhisperModel": WhisperModel.from_pretrained(tmp_path / "whisper"),
-             "WhisperEncoder": whisper.model.encoder}[source]
-    model = FDRLModel.from_encoders_pretrained(audio, tmp_path / "text", hidden_size=16, fusion_num_heads=2,
-                                               freeze_feature_encoder=True)
+    audio = {
+        "folder": str(tmp_path / "whisper"),
+        "WhisperModel": WhisperModel.from_pretrained(tmp_path / "whisper"),
+        "WhisperEncoder": whisper.model.encoder,
+    }[source]
+    model = FDRLModel.from_encoders_pretrained(
+        audio, tmp_path / "text", hidden_size=16, fusion_num_heads=2, freeze_feature_encoder=True
+    )
     assert type(model.audio_model) is FDRLWhisperEncoder
     source_state = whisper.model.encoder.state_dict()
     assert model.audio_model.state_dict().keys() == source_state.keys()
@@ -189,7 +215,7 @@ def test_from_encoders_pretrained_keeps_only_the_encoder_exactly(tmp_path, sourc
 def test_real_whisper_base_and_minilm_load_exactly(pretrained_dir):  # noqa: F811
     model = FDRLModel.from_encoders_pretrained(pretrained_dir / "whisper-base", pretrained_dir / "all-MiniLM-L6-v2")
     whisper = load_file(pretrained_dir / "whisper-base" / "model.safetensors")
-    encoder = {name[len("model.encoder."):]: t for name, t in whisper.items() if name.startswith("model.encoder.")}
+    encoder = {name[len("model.encoder.") :]: t for name, t in whisper.items() if name.startswith("model.encoder.")}
     minilm = load_file(pretrained_dir / "all-MiniLM-L6-v2" / "model.safetensors")
     minilm = {name: t for name, t in minilm.items() if not name.startswith("pooler.") and "position_ids" not in name}
     for backbone, source in ((model.audio_model, encoder), (model.text_model, minilm)):
@@ -198,8 +224,10 @@ def test_real_whisper_base_and_minilm_load_exactly(pretrained_dir):  # noqa: F81
         assert max((state[name] - source[name]).abs().max().item() for name in source) == 0.0
     assert model.config.audio_config.d_model == 512 and model.config.text_config.hidden_size == 384
     # the processor as the training protocol builds it: each backbone's own feature extractor and tokenizer
-    processor = FDRLProcessor(AutoFeatureExtractor.from_pretrained(pretrained_dir / "whisper-base"),
-                              AutoTokenizer.from_pretrained(pretrained_dir / "all-MiniLM-L6-v2"))
+    processor = FDRLProcessor(
+        AutoFeatureExtractor.from_pretrained(pretrained_dir / "whisper-base"),
+        AutoTokenizer.from_pretrained(pretrained_dir / "all-MiniLM-L6-v2"),
+    )
     batch = processor(audio=_clips()[:2], text=TEXTS[:2], sampling_rate=16000)
     with torch.no_grad():
         out = model.eval()(**batch)
@@ -208,8 +236,10 @@ def test_real_whisper_base_and_minilm_load_exactly(pretrained_dir):  # noqa: F81
 
 # ----- training inputs: the collator and the single-modality baseline -----------------------------------------------
 def test_collator_batches_feed_fdrl_and_the_speech_only_baseline():
-    examples = [{"audio": {"array": clip, "sampling_rate": 16000}, "text": text, "label": i % 4}
-                for i, (clip, text) in enumerate(zip(_clips(), TEXTS))]
+    examples = [
+        {"audio": {"array": clip, "sampling_rate": 16000}, "text": text, "label": i % 4}
+        for i, (clip, text) in enumerate(zip(_clips(), TEXTS))
+    ]
     batch = FDRLDataCollator(_processor())(examples)
     assert {"input_features", "audio_attention_mask", "labels"} <= set(batch) and "input_values" not in batch
     model = _model()
@@ -220,7 +250,8 @@ def test_collator_batches_feed_fdrl_and_the_speech_only_baseline():
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     batch = FDRLDataCollator(_processor())(
-        [{"audio": {"array": c, "sampling_rate": 16000}, "text": t, "label": 1} for c, t in zip(_clips(), TEXTS)])
+        [{"audio": {"array": c, "sampling_rate": 16000}, "text": t, "label": 1} for c, t in zip(_clips(), TEXTS)]
+    )
     losses, grads = [], []
     for checkpointing in (False, True):
         model = _model(classifier_dropout=0.0)
@@ -281,8 +312,9 @@ def test_remote_code_round_trip_in_a_fresh_offline_process(tmp_path):
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("DIFF", "PIPELINE")))
     assert float(lines["DIFF"]) <= 1e-5 and lines["PIPELINE"] == "True"
@@ -312,18 +344,47 @@ def test_one_fold_with_whisper_and_minilm_backbones_and_a_card_naming_them(pretr
     torch.manual_seed(0)
     WhisperForConditionalGeneration(tiny_whisper_config()).save_pretrained(tmp_path / "whisper")
     WhisperFeatureExtractor().save_pretrained(tmp_path / "whisper")
-    run_fdrl.main([
-        "--data_dir", str(corpus["data_dir"]), "--output_dir", str(tmp_path / "out"), "--cache_dir",
-        str(tmp_path / "cache"), "--audio_model", str(tmp_path / "whisper"), "--text_model",
-        str(pretrained_dir / "all-MiniLM-L6-v2"), "--folds", "2", "--num_train_epochs", "1",
-        "--per_device_train_batch_size", "4", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true",
-        "--validation_fraction", "0.3", "--dataloader_num_workers", "0", "--hidden_size", "32",
-        "--fusion_num_heads", "2", "--train_sampling_strategy", "group_by_length",
-    ])
+    run_fdrl.main(
+        [
+            "--data_dir",
+            str(corpus["data_dir"]),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--audio_model",
+            str(tmp_path / "whisper"),
+            "--text_model",
+            str(pretrained_dir / "all-MiniLM-L6-v2"),
+            "--folds",
+            "2",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--validation_fraction",
+            "0.3",
+            "--dataloader_num_workers",
+            "0",
+            "--hidden_size",
+            "32",
+            "--fusion_num_heads",
+            "2",
+            "--train_sampling_strategy",
+            "group_by_length",
+        ]
+    )
     card = (tmp_path / "out" / "model" / "README.md").read_text()
     assert "- sentence-transformers/all-MiniLM-L6-v2" in card.split("---")[1]  # base_model metadata: a Hub id
-    assert (f"speech backbone `{tmp_path / 'whisper'}`, text backbone `sentence-transformers/all-MiniLM-L6-v2`, "
-            "fine-tuned") in card
+    assert (
+        f"speech backbone `{tmp_path / 'whisper'}`, text backbone `sentence-transformers/all-MiniLM-L6-v2`, fine-tuned"
+    ) in card
     processor = FDRLProcessor.from_pretrained(tmp_path / "out" / "model")
     assert processor.audio_input_name == "input_features"
 

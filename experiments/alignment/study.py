@@ -21,8 +21,10 @@ import numpy as np
 
 
 def records(folder):
-    return {(r["seed"], r["fold"]): r["systems"] for r in
-            (json.loads(p.read_text()) for p in sorted(Path(folder, "runs").glob("seed*_fold*.json")))}
+    return {
+        (r["seed"], r["fold"]): r["systems"]
+        for r in (json.loads(p.read_text()) for p in sorted(Path(folder, "runs").glob("seed*_fold*.json")))
+    }
 
 
 def row(name, runs, s1_runs):
@@ -45,12 +47,14 @@ def row(name, runs, s1_runs):
     closer = distance0 < distance1
     transfers = (at0 > at1) & (ta0 > ta1)
     difference = uar0 - uar1
-    return (f"| {name} | {len(pairs)} | {100 * uar0.mean():.1f} / {100 * last0.mean():.1f} | "
-            f"{100 * uar1.mean():.1f} / {100 * last1.mean():.1f} | {100 * difference.mean():+.1f} ± "
-            f"{100 * difference.std(ddof=1):.1f} | {stable.sum()} | {np.nanmax(ratio):.3g} | "
-            f"{distance0.mean():.2f} vs {distance1.mean():.2f} ({closer.sum()}) | "
-            f"{100 * at0.mean():.1f} / {100 * ta0.mean():.1f} vs {100 * at1.mean():.1f} / {100 * ta1.mean():.1f} "
-            f"({transfers.sum()}) | {(closer & transfers).sum()} |")
+    return (
+        f"| {name} | {len(pairs)} | {100 * uar0.mean():.1f} / {100 * last0.mean():.1f} | "
+        f"{100 * uar1.mean():.1f} / {100 * last1.mean():.1f} | {100 * difference.mean():+.1f} ± "
+        f"{100 * difference.std(ddof=1):.1f} | {stable.sum()} | {np.nanmax(ratio):.3g} | "
+        f"{distance0.mean():.2f} vs {distance1.mean():.2f} ({closer.sum()}) | "
+        f"{100 * at0.mean():.1f} / {100 * ta0.mean():.1f} vs {100 * at1.mean():.1f} / {100 * ta1.mean():.1f} "
+        f"({transfers.sum()}) | {(closer & transfers).sum()} |"
+    )
 
 
 def main(argv=None):
@@ -59,10 +63,12 @@ def main(argv=None):
     parser.add_argument("--s1", help="The result folder whose S1 pairs candidates that ran S0 only.")
     args = parser.parse_args(argv)
     s1_runs = records(args.s1) if args.s1 else {}
-    lines = ["| candidate (S0 setting) | runs | S0 UAR kept / last | S1 UAR kept / last | UAR S0 - S1 (paired) | "
-             "stable runs | max norm ratio S0/S1 | rel. centroid distance S0 vs S1 (S0 lower) | "
-             "transfer a->t / t->a, S0 vs S1 (S0 higher in both) | S0 more aligned on both |",
-             "|" + " --- |" * 10]
+    lines = [
+        "| candidate (S0 setting) | runs | S0 UAR kept / last | S1 UAR kept / last | UAR S0 - S1 (paired) | "
+        "stable runs | max norm ratio S0/S1 | rel. centroid distance S0 vs S1 (S0 lower) | "
+        "transfer a->t / t->a, S0 vs S1 (S0 higher in both) | S0 more aligned on both |",
+        "|" + " --- |" * 10,
+    ]
     for folder in args.folders:
         line = row(Path(folder).name.removeprefix("results_"), records(folder), s1_runs)
         if line:

@@ -26,10 +26,11 @@ def representations_of(model, processor, examples, batch_size=8):
     outputs = {name: [] for name in REPRESENTATION_NAMES}
     model.eval()
     for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
+        batch = examples[start : start + batch_size]
         audio = [decode_audio(e["audio"], e["id"]) for e in batch]
-        inputs = processor(audio=[a for a, _ in audio], sampling_rate=[r for _, r in audio],
-                           text=[e["text"] for e in batch])
+        inputs = processor(
+            audio=[a for a, _ in audio], sampling_rate=[r for _, r in audio], text=[e["text"] for e in batch]
+        )
         with torch.no_grad():
             result = model(**inputs)
         for name in outputs:
@@ -66,8 +67,9 @@ def main(argv=None):
         vectors = representations_of(model, processor, examples)
         label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         rows.append((name, vectors, labels))
-        diagnostics = alignment_metrics(vectors["shared_audio"], vectors["shared_text"], np.asarray(labels),
-                                        model.config.id2label)
+        diagnostics = alignment_metrics(
+            vectors["shared_audio"], vectors["shared_text"], np.asarray(labels), model.config.id2label
+        )
         print(json.dumps({"model": name, **{k: round(v, 4) for k, v in diagnostics.items()}}, indent=1))
     plot_representation_rows(rows, label_names, args.output, title=f"session {args.session}")
     return 0

@@ -46,7 +46,6 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from fdrl.data.manifest import read_rows
-
 from modeling_fdrl import FDRLModel
 from pipeline_fdrl import MultimodalEmotionRecognitionPipeline, check_model_folder
 from processing_fdrl import FDRLProcessor
@@ -108,13 +107,16 @@ def _check_output(output, source, overwrite):
     errors_file = Path(f"{output}.errors.json")
     for written in (output, errors_file):
         if written.exists() and source.is_file() and os.path.samefile(written, source):
-            raise ValueError(f"--output {output} would overwrite the --input manifest {source} (the same file): "
-                             "write the predictions to another file")
+            raise ValueError(
+                f"--output {output} would overwrite the --input manifest {source} (the same file): "
+                "write the predictions to another file"
+            )
     if output.is_dir():
         raise ValueError(f"--output {output} is a folder: give a file name such as {output / 'predictions.csv'}")
     if output.exists() and not overwrite:
-        raise ValueError(f"--output {output} already exists: pass --overwrite true to replace it, or choose another "
-                         "file")
+        raise ValueError(
+            f"--output {output} already exists: pass --overwrite true to replace it, or choose another file"
+        )
 
 
 @dataclass
@@ -134,8 +136,11 @@ def folder_recordings(folder, pattern):
         transcript = path.with_suffix(".txt")
         text = transcript.read_text(encoding="utf-8").strip() if transcript.is_file() else None
         reason = f"no transcript file {transcript}" if not transcript.is_file() else f"empty transcript {transcript}"
-        recordings.append(Recording(path.relative_to(folder).with_suffix("").as_posix(), str(path), text or None,
-                                    "" if text else reason))
+        recordings.append(
+            Recording(
+                path.relative_to(folder).with_suffix("").as_posix(), str(path), text or None, "" if text else reason
+            )
+        )
     return recordings
 
 
@@ -164,8 +169,10 @@ def _check_columns(path, columns, audio_column, text_column, id_column, transcri
     if audio_column not in columns:
         raise ValueError(f"{path} has no {audio_column!r} column ({present}); pass --audio_column <name>")
     if text_column not in columns and not transcribe:
-        raise ValueError(f"{path} has no {text_column!r} column ({present}); pass --text_column <name>, or "
-                         "--asr_model to transcribe the speech")
+        raise ValueError(
+            f"{path} has no {text_column!r} column ({present}); pass --text_column <name>, or "
+            "--asr_model to transcribe the speech"
+        )
     if text_column not in columns:
         logger.warning(f"{path} has no {text_column!r} column ({present}): every recording is transcribed")
     if id_column not in columns and id_column != "id":  # "id" is optional; a column asked for by name is not
@@ -255,12 +262,14 @@ def _error(recording, message):
 def report(errors, predicted, output):
     """Logs every failure by name and writes `<output>.errors.json`; returns its path."""
     path = Path(f"{output}.errors.json")
-    path.write_text(json.dumps({"predicted": predicted, "failed": len(errors), "errors": errors}, indent=2,
-                               ensure_ascii=False))
+    path.write_text(
+        json.dumps({"predicted": predicted, "failed": len(errors), "errors": errors}, indent=2, ensure_ascii=False)
+    )
     for error in errors:
         logger.warning(f"skipped {error['id']} ({error['audio'] or 'no audio'}): {error['error']}")
-    logger.info(f"predicted {predicted} recording(s), skipped {len(errors)}; predictions in {output}, "
-                f"failures in {path}")
+    logger.info(
+        f"predicted {predicted} recording(s), skipped {len(errors)}; predictions in {output}, failures in {path}"
+    )
     return path
 
 
@@ -276,15 +285,21 @@ def parse_arguments(argv=None):
 
 def main(argv=None) -> int:
     # Arguments and logging
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)], level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+        level=logging.INFO,
+    )
     try:
         args = parse_arguments(argv)
         source = Path(args.input)
         recordings = (
-            folder_recordings(source, args.pattern) if source.is_dir()
-            else manifest_recordings(source, args.audio_column, args.text_column, args.id_column,
-                                     transcribe=args.asr_model is not None)
+            folder_recordings(source, args.pattern)
+            if source.is_dir()
+            else manifest_recordings(
+                source, args.audio_column, args.text_column, args.id_column, transcribe=args.asr_model is not None
+            )
         )
     except (ValueError, csv.Error) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         logger.error(str(error))
@@ -301,8 +316,9 @@ def main(argv=None) -> int:
         logger.error(f"--model {args.model}: cannot load the model ({error})")
         return 2
     device = int(args.device) if args.device is not None and args.device.lstrip("-").isdigit() else args.device
-    pipe = MultimodalEmotionRecognitionPipeline(model=model, processor=processor, device=device,
-                                                asr_model=args.asr_model)
+    pipe = MultimodalEmotionRecognitionPipeline(
+        model=model, processor=processor, device=device, asr_model=args.asr_model
+    )
     class_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     with_transcript = args.asr_model is not None
     columns = ["id", "audio", "label", "score", *(f"score_{name}" for name in class_names)]
@@ -311,8 +327,9 @@ def main(argv=None) -> int:
     # Prediction, streamed to the output file
     writer = PredictionWriter(args.output, columns)
     try:
-        predicted, errors = predict(pipe, recordings, writer, args.batch_size, with_transcript, class_names,
-                                    args.max_text_length)
+        predicted, errors = predict(
+            pipe, recordings, writer, args.batch_size, with_transcript, class_names, args.max_text_length
+        )
     finally:
         writer.close()
 

@@ -38,17 +38,28 @@ def parse_arguments(argv=None):
     parser.add_argument("--output", required=True, help="The timeline, a .json file.")
     parser.add_argument("--plot", default=None, help="Also draw emotion over time into this .png file.")
     parser.add_argument("--csv", default=None, help="Also write one row per segment into this .csv file.")
-    parser.add_argument("--asr_model", default=None,
-                        help="Speech recogniser: a CTranslate2 or transformers folder, or a Hub id (default: "
-                             "pretrained/whisper-base, read through pretrained/whisper-base-ct2 on the CPU).")
-    parser.add_argument("--asr_backend", default="auto", choices=BACKENDS,
-                        help="faster-whisper (CTranslate2, CPU), transformers, or auto (faster-whisper on the CPU "
-                             "when a CTranslate2 folder is at hand).")
+    parser.add_argument(
+        "--asr_model",
+        default=None,
+        help="Speech recogniser: a CTranslate2 or transformers folder, or a Hub id (default: "
+        "pretrained/whisper-base, read through pretrained/whisper-base-ct2 on the CPU).",
+    )
+    parser.add_argument(
+        "--asr_backend",
+        default="auto",
+        choices=BACKENDS,
+        help="faster-whisper (CTranslate2, CPU), transformers, or auto (faster-whisper on the CPU "
+        "when a CTranslate2 folder is at hand).",
+    )
     parser.add_argument("--language", default=None, help="The spoken language, e.g. en (default: detected).")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu).")
     parser.add_argument("--batch_size", type=int, default=8, help="Sentences per FDRL forward pass.")
-    parser.add_argument("--min_duration", type=float, default=0.5,
-                        help="Sentences shorter than this many seconds get a reason instead of a label.")
+    parser.add_argument(
+        "--min_duration",
+        type=float,
+        default=0.5,
+        help="Sentences shorter than this many seconds get a reason instead of a label.",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -80,12 +91,22 @@ def check_outputs(args):
 
 
 def main(argv=None):
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)], level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+        level=logging.INFO,
+    )
     args = parse_arguments(argv)
     from fdrl.cli.predict import _check_model
-    from fdrl.inference.timeline import (check_recording, load_timeline, plot_timeline, recording_timeline,
-                                         write_csv, write_json)
+    from fdrl.inference.timeline import (
+        check_recording,
+        load_timeline,
+        plot_timeline,
+        recording_timeline,
+        write_csv,
+        write_json,
+    )
 
     try:  # everything a user can get wrong, before any model loads
         check_outputs(args)
@@ -96,13 +117,19 @@ def main(argv=None):
         return 2
     logger.info(f"{args.audio}: {waveform.shape[0] / rate:.1f} s at {rate} Hz")
     try:
-        classifier, recognizer = load_timeline(args.model, args.asr_model, args.asr_backend, args.device,
-                                               args.language)
+        classifier, recognizer = load_timeline(args.model, args.asr_model, args.asr_backend, args.device, args.language)
     except (OSError, ValueError) as error:
         logger.error(f"cannot load the models: {error}")
         return 2
-    timeline = recording_timeline(waveform, classifier, recognizer, sampling_rate=rate, batch_size=args.batch_size,
-                                  min_duration=args.min_duration, name=str(args.audio))
+    timeline = recording_timeline(
+        waveform,
+        classifier,
+        recognizer,
+        sampling_rate=rate,
+        batch_size=args.batch_size,
+        min_duration=args.min_duration,
+        name=str(args.audio),
+    )
     timeline["model"] = str(args.model)
     write_json(timeline, args.output)
     if args.csv:

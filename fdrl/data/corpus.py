@@ -24,10 +24,13 @@ def load_corpus(data_args, label2id=None):
         return load_manifest(data_args.manifest, label2id=label2id)
     from .iemocap import load_iemocap
 
-    return load_iemocap(data_args.data_dir, config_name=getattr(data_args, "dataset_config", "4class"),
-                        cache_dir=getattr(data_args, "cache_dir", None),
-                        strip_tags=getattr(data_args, "strip_tags", False),
-                        rebuild=getattr(data_args, "rebuild_cache", False))
+    return load_iemocap(
+        data_args.data_dir,
+        config_name=getattr(data_args, "dataset_config", "4class"),
+        cache_dir=getattr(data_args, "cache_dir", None),
+        strip_tags=getattr(data_args, "strip_tags", False),
+        rebuild=getattr(data_args, "rebuild_cache", False),
+    )
 
 
 def splits_of(data):
@@ -98,8 +101,9 @@ def fold_splits(data, test_session, validation_fraction, seed):
     """train / validation / test of one leave-one-session-out fold, without empty transcripts, with `length`; an
     empty split or a test utterance in training is an error."""
     splits = leave_one_session_out(data, test_session, validation_fraction=validation_fraction, seed=seed)
-    splits = type(splits)({name: add_length_column(drop_empty_transcripts(split, name))
-                           for name, split in splits.items()})
+    splits = type(splits)(
+        {name: add_length_column(drop_empty_transcripts(split, name)) for name, split in splits.items()}
+    )
     for name, split in splits.items():
         if len(split) == 0:
             raise ValueError(
@@ -132,8 +136,9 @@ def replace_test_transcripts(splits, transcripts, source):
     test = splits["test"]
     missing = [u for u in test["id"][:] if u not in transcripts]
     if missing:
-        raise ValueError(f"--test_transcripts {source} has no transcript for {len(missing)} test utterance(s), "
-                         f"e.g. {missing[:5]}")
+        raise ValueError(
+            f"--test_transcripts {source} has no transcript for {len(missing)} test utterance(s), e.g. {missing[:5]}"
+        )
     texts = [transcripts[u] for u in test["id"][:]]
     splits["test"] = test.remove_columns("text").add_column("text", texts)
     return splits

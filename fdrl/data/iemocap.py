@@ -71,7 +71,6 @@ from pathlib import Path
 
 import datasets
 
-
 from .audio import SAMPLING_RATE
 from .demo_corpus import STAMP_NAME as DEMO_CORPUS_STAMP
 from .manifest import leave_one_session_out
@@ -351,9 +350,7 @@ def _listing(folder, suffix):
 
 def _find_sessions(data_dir):
     sessions = sorted(
-        int(match.group(1))
-        for path in data_dir.iterdir()
-        if path.is_dir() and (match := _SESSION_DIR.match(path.name))
+        int(match.group(1)) for path in data_dir.iterdir() if path.is_dir() and (match := _SESSION_DIR.match(path.name))
     )
     if not sessions:
         nested = (data_dir / "IEMOCAP_full_release").is_dir()

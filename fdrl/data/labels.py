@@ -16,6 +16,7 @@ from collections import Counter
 
 import datasets
 
+
 logger = logging.getLogger(__name__)
 
 LABELS_HINT = "set the classes with --labels (labels=[...] in Python), in label-id order, e.g. --labels neu,ang,sad"

@@ -121,7 +121,8 @@ def load_manifest(
 
     if unknown:
         raise ValueError(
-            f"{len(unknown)} unknown label(s) in {path} (known: {', '.join(label2id)}): " + "; ".join(unknown)
+            f"{len(unknown)} unknown label(s) in {path} (known: {', '.join(label2id)}): "
+            + "; ".join(unknown)
             + f". Fix those rows, or {LABELS_HINT}"
         )
     if bad_session:
@@ -265,8 +266,10 @@ def _read_utf8(path):
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise ValueError(f"{path} is not UTF-8 text (line {line}: byte 0x{data[error.start]:02x} at offset "
-                         f"{error.start}): save it as UTF-8") from None
+        raise ValueError(
+            f"{path} is not UTF-8 text (line {line}: byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}): save it as UTF-8"
+        ) from None
 
 
 def _with_rows(path, rows):

@@ -77,6 +77,7 @@ import soundfile
 
 from .validation import check_samples
 
+
 logger = logging.getLogger(__name__)
 
 # ClassLabel order: the order of the MELD paper's emotion table.
@@ -184,8 +185,10 @@ class Meld(datasets.GeneratorBasedBuilder):
             audio = {"bytes": wav, "path": None}  # an existing path would make datasets store the path instead
             yield row["id"], {key: row[key] for key in _FIELDS} | {"audio": audio}
         if bad:
-            logger.warning(f"{split}: skipped {len(bad)} utterance(s) whose video has no usable audio track "
-                           f"(MELD issue 39 names train dia125_utt3): {_preview(bad)}")
+            logger.warning(
+                f"{split}: skipped {len(bad)} utterance(s) whose video has no usable audio track "
+                f"(MELD issue 39 names train dia125_utt3): {_preview(bad)}"
+            )
 
     def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
         # Split sizes depend on the local copy (skips, a partial copy): there is nothing to verify.
@@ -223,11 +226,19 @@ def check_counts(dataset, data_dir):
         kept, dialogues = set(columns["id"][:]), len(set(columns["dialogue_id"][:]))
         absent = [i for i in csv_ids if i not in kept]
         published = PUBLISHED_UTTERANCES[meld_split]
-        report[meld_split] = {"published": published, "csv_rows": len(csv_ids), "kept": len(kept), "absent": absent,
-                              "dialogues": dialogues, "published_dialogues": PUBLISHED_DIALOGUES[meld_split]}
-        message = (f"MELD {meld_split}: {len(kept)} utterances ({len(kept) - published:+d} against the published "
-                   f"{published}) in {dialogues} dialogues (published {PUBLISHED_DIALOGUES[meld_split]}), "
-                   f"{len(csv_ids)} rows in {csv_name}")
+        report[meld_split] = {
+            "published": published,
+            "csv_rows": len(csv_ids),
+            "kept": len(kept),
+            "absent": absent,
+            "dialogues": dialogues,
+            "published_dialogues": PUBLISHED_DIALOGUES[meld_split],
+        }
+        message = (
+            f"MELD {meld_split}: {len(kept)} utterances ({len(kept) - published:+d} against the published "
+            f"{published}) in {dialogues} dialogues (published {PUBLISHED_DIALOGUES[meld_split]}), "
+            f"{len(csv_ids)} rows in {csv_name}"
+        )
         if absent or len(kept) != published:
             logger.warning(message + (f"; not in the dataset: {_preview(absent)}" if absent else ""))
         else:
@@ -256,8 +267,10 @@ def read_csv(path, meld_split, quiet=False):
         raise FileNotFoundError(f"MELD CSV not found: {path} (data_dir must be the MELD.Raw folder)")
     text, bad_lines = _decode_csv(path.read_bytes())
     if bad_lines and not quiet:
-        logger.warning(f"{meld_split}: {path} is not UTF-8 on line(s) {_preview(map(str, sorted(bad_lines)))}: the "
-                       "bytes that are not were read as Windows-1252")
+        logger.warning(
+            f"{meld_split}: {path} is not UTF-8 on line(s) {_preview(map(str, sorted(bad_lines)))}: the "
+            "bytes that are not were read as Windows-1252"
+        )
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [name.strip() for name in reader.fieldnames or []]
     missing = [name for name in REQUIRED_COLUMNS if name not in columns]
@@ -279,12 +292,15 @@ def read_csv(path, meld_split, quiet=False):
     if duplicates:
         raise ValueError(f"{path}: the same dialogue and utterance more than once: {_preview(duplicates)}")
     if repaired and not quiet:
-        logger.warning(f"{meld_split}: repaired the text of {len(repaired)} row(s) of {path.name} holding Windows-1252 "
-                       f"characters (read as such; MELD pull request 28): {_preview(repaired)}")
+        logger.warning(
+            f"{meld_split}: repaired the text of {len(repaired)} row(s) of {path.name} holding Windows-1252 "
+            f"characters (read as such; MELD pull request 28): {_preview(repaired)}"
+        )
     empty = [row["id"] for row in rows if not row["text"]]
     if empty and not quiet:
-        logger.warning(f"{meld_split}: kept {len(empty)} utterance(s) with an empty transcript (text ''): "
-                       f"{_preview(empty)}")
+        logger.warning(
+            f"{meld_split}: kept {len(empty)} utterance(s) with an empty transcript (text ''): {_preview(empty)}"
+        )
     return rows
 
 
@@ -297,8 +313,10 @@ def _parse_row(values, path, line, meld_split):
     try:
         dialogue, utterance = int(values["Dialogue_ID"]), int(values["Utterance_ID"])
     except ValueError:
-        raise ValueError(f"{path}:{line}: Dialogue_ID and Utterance_ID must be integers, got "
-                         f"{values['Dialogue_ID']!r} and {values['Utterance_ID']!r}") from None
+        raise ValueError(
+            f"{path}:{line}: Dialogue_ID and Utterance_ID must be integers, got "
+            f"{values['Dialogue_ID']!r} and {values['Utterance_ID']!r}"
+        ) from None
     return {
         "id": f"{meld_split}/dia{dialogue}_utt{utterance}",
         "label": EMOTIONS.index(emotion),
@@ -321,7 +339,7 @@ def _decode_csv(raw):
         except UnicodeDecodeError as error:
             end = start + error.start
             parts.append(raw[start:end].decode("utf-8-sig" if start == 0 else "utf-8"))
-            parts.append(raw[end:end + 1].decode("latin-1"))
+            parts.append(raw[end : end + 1].decode("latin-1"))
             bad_lines.add(raw[:end].count(b"\n") + 1)
             start = end + 1
     return "".join(parts), bad_lines
@@ -356,25 +374,34 @@ def _match_videos(rows, folder, meld_split, strict):
             else:
                 other.append(entry.name)
     if hidden:
-        logger.warning(f"{meld_split}: ignored {len(hidden)} hidden file(s) in {folder} (macOS `._` copies, "
-                       f".DS_Store): {_preview(hidden)}")
+        logger.warning(
+            f"{meld_split}: ignored {len(hidden)} hidden file(s) in {folder} (macOS `._` copies, "
+            f".DS_Store): {_preview(hidden)}"
+        )
     if extra_videos:
-        logger.warning(f"{meld_split}: ignored {len(extra_videos)} final_videos_test*.mp4 file(s) in {folder}, which "
-                       f"are not utterances (MELD issue 22): {_preview(extra_videos)}")
+        logger.warning(
+            f"{meld_split}: ignored {len(extra_videos)} final_videos_test*.mp4 file(s) in {folder}, which "
+            f"are not utterances (MELD issue 22): {_preview(extra_videos)}"
+        )
     if other:
         logger.warning(f"{meld_split}: ignored {len(other)} other file(s) in {folder}: {_preview(other)}")
     ids = {row["id"] for row in rows}
     unlisted = sorted(Path(path).name for key, path in videos.items() if key not in ids)
     if unlisted:
-        logger.warning(f"{meld_split}: ignored {len(unlisted)} video(s) in {folder} without a row in the CSV (MELD "
-                       f"issue 22): {_preview(unlisted)}")
+        logger.warning(
+            f"{meld_split}: ignored {len(unlisted)} video(s) in {folder} without a row in the CSV (MELD "
+            f"issue 22): {_preview(unlisted)}"
+        )
     no_video = [row["id"] for row in rows if row["id"] not in videos]
     if no_video and strict:
-        raise FileNotFoundError(f"{len(no_video)} utterance(s) of the {meld_split} CSV have no video in {folder}: "
-                                f"{_preview(no_video)}")
+        raise FileNotFoundError(
+            f"{len(no_video)} utterance(s) of the {meld_split} CSV have no video in {folder}: {_preview(no_video)}"
+        )
     if no_video:
-        logger.warning(f"{meld_split}: skipped {len(no_video)} utterance(s) of the CSV without a video in {folder} "
-                       f"(MELD issues 22 and 27 name dev dia110_utt7): {_preview(no_video)}")
+        logger.warning(
+            f"{meld_split}: skipped {len(no_video)} utterance(s) of the CSV without a video in {folder} "
+            f"(MELD issues 22 and 27 name dev dia110_utt7): {_preview(no_video)}"
+        )
     return [{**row, "video": videos[row["id"]]} for row in rows if row["id"] in videos]
 
 
@@ -409,7 +436,7 @@ def input_fingerprint(data_dir):
     modification time of every entry of the three video folders (those found)."""
     digest = hashlib.sha256()
     data_dir = Path(data_dir)
-    for _, meld_split, csv_name, folders in SPLITS:
+    for _, _meld_split, csv_name, folders in SPLITS:
         path = data_dir / csv_name
         if path.is_file():
             digest.update(f"{csv_name}\0".encode() + path.read_bytes())

@@ -17,14 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import soundfile
 from transformers import AutoConfig
 from transformers.utils import logging
 
 from fdrl.presets import preset_backbone_configs
-from modeling_fdrl import speech_backbone
-
-from .audio import SAMPLING_RATE
 from processing_fdrl import audio_problem, minimum_samples, wav_truncation_problem
 
 
@@ -109,16 +107,23 @@ def check_corpus_audio(data, model_args, data_args):
     found = [item for items in bad.values() for item in items]
     count = sum(len(split) for split in splits.values())
     logger.info(f"audio check: {count} utterances in {time.perf_counter() - start:.1f} s, {len(found)} bad")
-    report = {"utterances": count, "seconds": round(time.perf_counter() - start, 2),
-              "skipped_audio": [vars(item) for item in found]}
+    report = {
+        "utterances": count,
+        "seconds": round(time.perf_counter() - start, 2),
+        "skipped_audio": [vars(item) for item in found],
+    }
     if found and not data_args.skip_bad_audio:
         listing = "\n  ".join(str(item) for item in found[:20]) + ("\n  ..." if len(found) > 20 else "")
-        raise ValueError(f"{len(found)} utterance(s) have unusable audio:\n  {listing}\n"
-                         f"Fix or remove them, or pass --skip_bad_audio true to leave them out (they are counted and "
-                         f"named in the results).")
+        raise ValueError(
+            f"{len(found)} utterance(s) have unusable audio:\n  {listing}\n"
+            f"Fix or remove them, or pass --skip_bad_audio true to leave them out (they are counted and "
+            f"named in the results)."
+        )
     if not found:
         return data, report
     logger.warning(f"skipping {len(found)} utterance(s) with unusable audio: " + "; ".join(map(str, found[:10])))
-    kept = {name: split.select([i for i, u in enumerate(split["id"][:]) if u not in {b.id for b in bad[name]}])
-            for name, split in splits.items()}
+    kept = {
+        name: split.select([i for i, u in enumerate(split["id"][:]) if u not in {b.id for b in bad[name]}])
+        for name, split in splits.items()
+    }
     return (datasets.DatasetDict(kept) if isinstance(data, datasets.DatasetDict) else kept["data"]), report

@@ -35,6 +35,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+
 PREFIX = "alignment_"
 
 
@@ -55,8 +56,9 @@ def centroid_distance(shared_audio, shared_text):
 
 def pooled_spread(shared_audio, shared_text):
     """Root mean squared distance of S_a's rows to S_a's mean and of S_t's rows to S_t's mean, pooled."""
-    squared = np.concatenate([((shared_audio - shared_audio.mean(0)) ** 2).sum(1),
-                              ((shared_text - shared_text.mean(0)) ** 2).sum(1)])
+    squared = np.concatenate(
+        [((shared_audio - shared_audio.mean(0)) ** 2).sum(1), ((shared_text - shared_text.mean(0)) ** 2).sum(1)]
+    )
     return float(np.sqrt(squared.mean()))
 
 
@@ -137,13 +139,15 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
     if reference is not None:
         train_audio, train_text, train_labels = _check(*reference, name="reference")
         if train_audio.shape[1] != shared_audio.shape[1]:
-            raise ValueError(f"`reference` vectors must have {shared_audio.shape[1]} columns, "
-                             f"got {train_audio.shape[1]}")
+            raise ValueError(
+                f"`reference` vectors must have {shared_audio.shape[1]} columns, got {train_audio.shape[1]}"
+            )
         to_text = transfer_uar(train_audio, train_labels, shared_text, labels, random_state)
         if to_text is not None:
             metrics[PREFIX + "transfer_audio_to_text"] = to_text
-            metrics[PREFIX + "transfer_text_to_audio"] = transfer_uar(train_text, train_labels, shared_audio, labels,
-                                                                      random_state)
+            metrics[PREFIX + "transfer_text_to_audio"] = transfer_uar(
+                train_text, train_labels, shared_audio, labels, random_state
+            )
     return metrics
 
 
@@ -162,14 +166,20 @@ def _check(shared_audio, shared_text, labels, name=None):
     if shared_audio.ndim != 2 or len(shared_audio) == 0:
         raise ValueError(f"{where}`shared_audio` must be (n, hidden) with n >= 1, got shape {shared_audio.shape}")
     if shared_text.shape != shared_audio.shape:
-        raise ValueError(f"{where}`shared_text` must have the shape of `shared_audio` {shared_audio.shape}, "
-                         f"got {shared_text.shape}")
+        raise ValueError(
+            f"{where}`shared_text` must have the shape of `shared_audio` {shared_audio.shape}, got {shared_text.shape}"
+        )
     if labels.shape != (len(shared_audio),):
         raise ValueError(f"{where}`labels` must be ({len(shared_audio)},), got shape {labels.shape}")
     return shared_audio, shared_text, labels
 
 
 __all__ = [
-    "alignment_metrics", "centroid_distance", "mean_norm", "pooled_spread", "relative_centroid_distance",
-    "retrieval_at_1", "transfer_uar",
+    "alignment_metrics",
+    "centroid_distance",
+    "mean_norm",
+    "pooled_spread",
+    "relative_centroid_distance",
+    "retrieval_at_1",
+    "transfer_uar",
 ]

@@ -62,9 +62,14 @@ def word_error_rate(references, hypotheses, normalize=True):
     if words == 0:
         raise ValueError("the references hold no words")
     output = jiwer.process_words(references, hypotheses)
-    return {"wer": (output.substitutions + output.deletions + output.insertions) / words,
-            "substitutions": output.substitutions, "deletions": output.deletions, "insertions": output.insertions,
-            "reference_words": words, "utterances": len(references)}
+    return {
+        "wer": (output.substitutions + output.deletions + output.insertions) / words,
+        "substitutions": output.substitutions,
+        "deletions": output.deletions,
+        "insertions": output.insertions,
+        "reference_words": words,
+        "utterances": len(references),
+    }
 
 
 def transcribe(recogniser, examples):
@@ -124,8 +129,10 @@ def _load_examples(args, min_samples):
     available = sorted({session for split in splits for session in split[column][:]})
     unknown = sorted(set(args.sessions or []) - set(available))
     if unknown:
-        raise ValueError(f"--sessions {' '.join(map(str, unknown))}: the corpus has no such session (its sessions: "
-                         f"{', '.join(map(str, available))})")
+        raise ValueError(
+            f"--sessions {' '.join(map(str, unknown))}: the corpus has no such session (its sessions: "
+            f"{', '.join(map(str, available))})"
+        )
     examples, skipped = [], []
     for split in splits:
         if args.sessions:
@@ -147,10 +154,14 @@ def main(argv=None):
     parser.add_argument("--sessions", type=int, nargs="*", help="Only these sessions (e.g. the test sessions).")
     parser.add_argument("--limit", type=int, default=None, help="At most this many utterances.")
     parser.add_argument("--output", default=None, help="Write the WER and every transcript to this JSON file.")
-    parser.add_argument("--backend", default="transformers", choices=("transformers", "faster-whisper", "auto"),
-                        help="transformers' pipeline (default), faster-whisper (CTranslate2 folder, or "
-                             "pretrained/whisper-base with its -ct2 twin), or auto (faster-whisper on the CPU when "
-                             "a CTranslate2 folder is at hand).")
+    parser.add_argument(
+        "--backend",
+        default="transformers",
+        choices=("transformers", "faster-whisper", "auto"),
+        help="transformers' pipeline (default), faster-whisper (CTranslate2 folder, or "
+        "pretrained/whisper-base with its -ct2 twin), or auto (faster-whisper on the CPU when "
+        "a CTranslate2 folder is at hand).",
+    )
     parser.add_argument("--compute_type", default="int8", help="faster-whisper's weight type: int8 or float32.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -163,8 +174,11 @@ def main(argv=None):
         logger.error(f"fdrl-wer: {error}")
         return 2
     if skipped:
-        logger.warning(f"skipped {len(skipped)} utterance(s) with unusable audio: "
-                       + "; ".join(map(str, skipped[:10])) + ("; ..." if len(skipped) > 10 else ""))
+        logger.warning(
+            f"skipped {len(skipped)} utterance(s) with unusable audio: "
+            + "; ".join(map(str, skipped[:10]))
+            + ("; ..." if len(skipped) > 10 else "")
+        )
     if not examples:
         logger.error("fdrl-wer: no utterance with usable audio to transcribe")
         return 1
@@ -173,14 +187,23 @@ def main(argv=None):
     hypotheses = transcribe(recogniser, examples)
     seconds = time.perf_counter() - start
     references = [example["text"] for example in examples]
-    result = {**word_error_rate(references, hypotheses), "seconds_per_utterance": seconds / max(len(examples), 1),
-              "model": args.model, "skipped": [vars(item) for item in skipped], "backend": recogniser.backend,
-              "compute_type": args.compute_type if recogniser.backend == "faster-whisper" else "float32"}
-    logger.info(f"WER {100 * result['wer']:.1f}% over {result['utterances']} utterances "
-                f"({result['reference_words']} words), {result['seconds_per_utterance']:.2f} s per utterance")
+    result = {
+        **word_error_rate(references, hypotheses),
+        "seconds_per_utterance": seconds / max(len(examples), 1),
+        "model": args.model,
+        "skipped": [vars(item) for item in skipped],
+        "backend": recogniser.backend,
+        "compute_type": args.compute_type if recogniser.backend == "faster-whisper" else "float32",
+    }
+    logger.info(
+        f"WER {100 * result['wer']:.1f}% over {result['utterances']} utterances "
+        f"({result['reference_words']} words), {result['seconds_per_utterance']:.2f} s per utterance"
+    )
     if args.output:
-        items = [{"id": example.get("id"), "reference": r, "hypothesis": h}
-                 for example, r, h in zip(examples, references, hypotheses)]
+        items = [
+            {"id": example.get("id"), "reference": r, "hypothesis": h}
+            for example, r, h in zip(examples, references, hypotheses)
+        ]
         Path(args.output).write_text(json.dumps({**result, "items": items}, indent=2) + "\n")
     return 0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 METRIC_PATH = Path(__file__).resolve().parent / "emotion_recognition"
 SCALAR_METRICS = ("war", "uar", "macro_f1", "weighted_f1")
 
@@ -23,7 +24,9 @@ def classification_metrics(predictions, labels, label_names):
     matrix (rows: truth) and the number of samples."""
     predictions, labels = np.asarray(predictions).reshape(-1), np.asarray(labels).reshape(-1)
     if predictions.shape != labels.shape or labels.size == 0:
-        raise ValueError(f"predictions and labels must be non-empty and match, got {predictions.shape} and {labels.shape}")
+        raise ValueError(
+            f"predictions and labels must be non-empty and match, got {predictions.shape} and {labels.shape}"
+        )
     result = load_metric().compute(predictions=predictions, references=labels, num_labels=len(label_names))
     result["recall"] = dict(zip(label_names, result["recall"]))
     return result
@@ -67,8 +70,9 @@ class fdrl_metrics:  # noqa: N801 (used like trainer_metrics, a factory of compu
         if len(predictions) < 3:
             return {}
         shared_audio, shared_text = np.asarray(predictions[1], np.float64), np.asarray(predictions[2], np.float64)
-        diagnostics = alignment_metrics(shared_audio, shared_text, np.asarray(labels),
-                                        dict(enumerate(self.label_names)), reference=self.reference)
+        diagnostics = alignment_metrics(
+            shared_audio, shared_text, np.asarray(labels), dict(enumerate(self.label_names)), reference=self.reference
+        )
         diagnostics[PREFIX + "norm"] = (diagnostics[PREFIX + "norm_audio"] + diagnostics[PREFIX + "norm_text"]) / 2
         source = (shared_audio, shared_text) if self.reference is None else self.reference[:2]
         norm = (mean_norm(np.asarray(source[0], np.float64)) + mean_norm(np.asarray(source[1], np.float64))) / 2

@@ -16,8 +16,15 @@ def plot_confusion_matrix(matrix, label_names, path, title=None):
     axis = figure.subplots()
     axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i, j in np.ndindex(matrix.shape):
-        axis.text(j, i, f"{matrix[i, j]}\n{shares[i, j]:.0%}", ha="center", va="center",
-                  color="white" if shares[i, j] > 0.5 else "black", fontsize=9)
+        axis.text(
+            j,
+            i,
+            f"{matrix[i, j]}\n{shares[i, j]:.0%}",
+            ha="center",
+            va="center",
+            color="white" if shares[i, j] > 0.5 else "black",
+            fontsize=9,
+        )
     axis.set_xticks(range(len(label_names)), label_names)
     axis.set_yticks(range(len(label_names)), label_names)
     axis.set_xlabel("predicted")
@@ -48,8 +55,9 @@ def plot_training(trainer_state, path, panels, title=None):
     axes = np.atleast_1d(figure.subplots(1, len(panels)))
     for axis, (name, keys) in zip(axes, panels):
         for key in keys:
-            axis.plot(*log_series(history, key), marker="." if len(log_series(history, key)[0]) < 30 else None,
-                      label=key)
+            axis.plot(
+                *log_series(history, key), marker="." if len(log_series(history, key)[0]) < 30 else None, label=key
+            )
         values = np.array([v for key in keys for v in log_series(history, key)[1]], dtype=float)
         values = values[np.isfinite(values)]
         if values.size and values.min() > 0 and values.max() / values.min() > 1000:  # e.g. diverging norms
@@ -71,22 +79,39 @@ def fdrl_training_panels(label_names):
 
     return (
         ("loss terms", ["loss", *LOSS_TERMS]),
-        ("dynamic factor and discriminator errors",
-         ["dynamic_factor", "global_discriminator_error", *[f"local_discriminator_error_{l}" for l in label_names]]),
-        ("shared-vector norms (validation)",
-         ["eval_alignment_norm_audio", "eval_alignment_norm_text", "eval_alignment_norm_growth"]),
-        ("relative class-centroid distance S_a-S_t (validation)",
-         ["eval_alignment_relative_centroid_distance",
-          *[f"eval_alignment_relative_centroid_distance_{l}" for l in label_names]]),
-        ("cross-modal transfer and paired retrieval (validation)",
-         ["eval_alignment_transfer_audio_to_text", "eval_alignment_transfer_text_to_audio",
-          "eval_alignment_retrieval_r1"]),
+        (
+            "dynamic factor and discriminator errors",
+            ["dynamic_factor", "global_discriminator_error", *[f"local_discriminator_error_{l}" for l in label_names]],
+        ),
+        (
+            "shared-vector norms (validation)",
+            ["eval_alignment_norm_audio", "eval_alignment_norm_text", "eval_alignment_norm_growth"],
+        ),
+        (
+            "relative class-centroid distance S_a-S_t (validation)",
+            [
+                "eval_alignment_relative_centroid_distance",
+                *[f"eval_alignment_relative_centroid_distance_{l}" for l in label_names],
+            ],
+        ),
+        (
+            "cross-modal transfer and paired retrieval (validation)",
+            [
+                "eval_alignment_transfer_audio_to_text",
+                "eval_alignment_transfer_text_to_audio",
+                "eval_alignment_retrieval_r1",
+            ],
+        ),
         ("validation", ["eval_uar", "eval_war"]),
     )
 
 
-REPRESENTATION_NAMES = {"shared_audio": "$S_a$", "shared_text": "$S_t$", "private_audio": "$P_a$",
-                        "private_text": "$P_t$"}
+REPRESENTATION_NAMES = {
+    "shared_audio": "$S_a$",
+    "shared_text": "$S_t$",
+    "private_audio": "$P_a$",
+    "private_text": "$P_t$",
+}
 
 
 def plot_representations(representations, labels, label_names, path, title=None, seed=0):
@@ -108,10 +133,11 @@ def plot_representation_rows(rows, label_names, path, title=None, seed=0):
         names = [n for n in REPRESENTATION_NAMES if n in representations]
         stacked = np.concatenate([np.asarray(representations[n], dtype=np.float64) for n in names])  # (4n, d)
         count = len(labels)
-        embedded = TSNE(n_components=2, perplexity=min(30.0, max(5.0, count / 4)), random_state=seed,
-                        init="pca").fit_transform(stacked)  # (4n, 2)
+        embedded = TSNE(
+            n_components=2, perplexity=min(30.0, max(5.0, count / 4)), random_state=seed, init="pca"
+        ).fit_transform(stacked)  # (4n, 2)
         for index, name in enumerate(names):
-            points = embedded[index * count:(index + 1) * count]
+            points = embedded[index * count : (index + 1) * count]
             left.scatter(points[:, 0], points[:, 1], s=8, alpha=0.6, label=REPRESENTATION_NAMES[name])
         prefix = f"{row_title}: " if row_title else ""
         left.set_title(f"{prefix}t-SNE of the four representations", fontsize=10)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .metrics import SCALAR_METRICS
 
+
 TIE_TOLERANCE = 1e-9
 # FDRL's extra per-run scalars: the last epoch's test UAR, the alignment diagnostics of the kept model's test-session
 # S_a, S_t (fdrl.evaluation.alignment) and the largest validation norm over training. (key, column title, percent)
@@ -43,8 +44,14 @@ def paired_difference(values, reference):
         return None
     diffs = [v - r for v, r in pairs]
     mean, std = mean_std(diffs)
-    return {"mean": mean, "std": std, "n": len(diffs), "wins": sum(d > TIE_TOLERANCE for d in diffs),
-            "ties": sum(abs(d) <= TIE_TOLERANCE for d in diffs), "losses": sum(d < -TIE_TOLERANCE for d in diffs)}
+    return {
+        "mean": mean,
+        "std": std,
+        "n": len(diffs),
+        "wins": sum(d > TIE_TOLERANCE for d in diffs),
+        "ties": sum(abs(d) <= TIE_TOLERANCE for d in diffs),
+        "losses": sum(d < -TIE_TOLERANCE for d in diffs),
+    }
 
 
 def summarize_runs(runs, label_names, systems=None, reference="S0", metrics=SCALAR_METRICS):
@@ -69,9 +76,12 @@ def summarize_runs(runs, label_names, systems=None, reference="S0", metrics=SCAL
             entry["recall_mean"][label] = mean_std([r["recall"].get(label) if r else None for r in results])[0]
         if has_reference and name != reference:
             ref = [run["systems"].get(reference) for run in runs]
-            entry["paired"] = {metric: paired_difference([r.get(metric) if r else None for r in results],
-                                                         [r.get(metric) if r else None for r in ref])
-                               for metric in metrics}
+            entry["paired"] = {
+                metric: paired_difference(
+                    [r.get(metric) if r else None for r in results], [r.get(metric) if r else None for r in ref]
+                )
+                for metric in metrics
+            }
         summary["systems"][name] = entry
     return summary
 
@@ -101,15 +111,29 @@ def markdown_report(summary, descriptions=None):
         cells += [f"{_percent(mean[m])} ± {_percent(std[m])}" for m in ("war", "uar", "macro_f1", "weighted_f1")]
         if reference:
             paired = (entry.get("paired") or {}).get("uar")
-            cells += ["(reference)", "–"] if name == reference else (
-                [f"{_signed(paired['mean'])} ± {_percent(paired['std'])}",
-                 f"{paired['wins']}/{paired['ties']}/{paired['losses']}"] if paired else ["–", "–"])
+            cells += (
+                ["(reference)", "–"]
+                if name == reference
+                else (
+                    [
+                        f"{_signed(paired['mean'])} ± {_percent(paired['std'])}",
+                        f"{paired['wins']}/{paired['ties']}/{paired['losses']}",
+                    ]
+                    if paired
+                    else ["–", "–"]
+                )
+            )
         cells += [_percent(entry["recall_mean"][label], 1) for label in labels]
         lines.append("| " + " | ".join(cells) + " |")
     lines += alignment_table(summary)
     names = list(summary["systems"])
-    lines += ["", "UAR per run (%):", "", "| seed | test session | " + " | ".join(names) + " |",
-              "|" + " --- |" * (len(names) + 2)]
+    lines += [
+        "",
+        "UAR per run (%):",
+        "",
+        "| seed | test session | " + " | ".join(names) + " |",
+        "|" + " --- |" * (len(names) + 2),
+    ]
     for run in summary["runs"]:
         cells = [_percent(run["systems"][n]["uar"]) if n in run["systems"] else "–" for n in names]
         lines.append(f"| {run['seed']} | {run['fold']} | " + " | ".join(cells) + " |")
@@ -119,23 +143,34 @@ def markdown_report(summary, descriptions=None):
 def alignment_table(summary):
     """Markdown lines of FDRL's extra columns (`EXTRA_COLUMNS`) for the systems that have them: mean ± std, and for
     each system but the reference its paired difference's wins/ties/losses (higher value wins); [] if none has."""
-    columns = [(key, title, percent) for key, title, percent in EXTRA_COLUMNS
-               if any(entry["mean"].get(key) is not None for entry in summary["systems"].values())]
+    columns = [
+        (key, title, percent)
+        for key, title, percent in EXTRA_COLUMNS
+        if any(entry["mean"].get(key) is not None for entry in summary["systems"].values())
+    ]
     if not columns:
         return []
     reference = summary["reference"]
-    lines = ["", "Alignment diagnostics on the test session (the kept model; `fdrl.evaluation.alignment`), mean ± std"
-             + (f"; (w/t/l): runs where the value is higher / equal / lower than {reference}'s" if reference else "")
-             + ":", "", "| system | " + " | ".join(title for _, title, _ in columns) + " |",
-             "|" + " --- |" * (len(columns) + 1)]
+    lines = [
+        "",
+        "Alignment diagnostics on the test session (the kept model; `fdrl.evaluation.alignment`), mean ± std"
+        + (f"; (w/t/l): runs where the value is higher / equal / lower than {reference}'s" if reference else "")
+        + ":",
+        "",
+        "| system | " + " | ".join(title for _, title, _ in columns) + " |",
+        "|" + " --- |" * (len(columns) + 1),
+    ]
     for name, entry in summary["systems"].items():
         if all(entry["mean"].get(key) is None for key, _, _ in columns):
             continue
         cells = []
         for key, _, percent in columns:
             mean, std = entry["mean"].get(key), entry["std"].get(key)
-            cell = "–" if mean is None else (f"{_percent(mean, 1)} ± {_percent(std, 1)}" if percent
-                                             else f"{mean:.3g} ± {std:.2g}")
+            cell = (
+                "–"
+                if mean is None
+                else (f"{_percent(mean, 1)} ± {_percent(std, 1)}" if percent else f"{mean:.3g} ± {std:.2g}")
+            )
             paired = (entry.get("paired") or {}).get(key)
             if paired and mean is not None:
                 cell += f" ({paired['wins']}/{paired['ties']}/{paired['losses']})"

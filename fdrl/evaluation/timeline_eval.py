@@ -43,8 +43,15 @@ def build_recordings(examples, per_recording, pause, rate=16000):
         for example in group:
             array, sampling_rate = decode_audio(example["audio"], example["id"])
             samples = to_16k_mono(array, sampling_rate)
-            truth.append({"id": example["id"], "start": round(now, 3), "end": round(now + len(samples) / rate, 3),
-                          "label": example["label_name"], "text": example["text"]})
+            truth.append(
+                {
+                    "id": example["id"],
+                    "start": round(now, 3),
+                    "end": round(now + len(samples) / rate, 3),
+                    "label": example["label_name"],
+                    "text": example["text"],
+                }
+            )
             parts += [samples, np.zeros(int(pause * rate), np.float32)]
             now += len(samples) / rate + pause
         recordings.append((np.concatenate(parts), truth))
@@ -84,10 +91,17 @@ def score_timeline(segments, truth, classes, tolerance=0.5, step=0.01):
             end_errors.append(abs(segments[i]["end"] - sentence["end"]))
             within += start_errors[-1] <= tolerance and end_errors[-1] <= tolerance
     return {
-        "true_sentences": len(truth), "segments": len(segments), "labelled_segments": len(labelled),
-        "segment_hits": hits, "speech_steps": speech, "agreeing_steps": int(agree),
-        "sentence_predictions": predicted, "sentences_with_own_segment": own, "within_tolerance": int(within),
-        "start_errors": start_errors, "end_errors": end_errors,
+        "true_sentences": len(truth),
+        "segments": len(segments),
+        "labelled_segments": len(labelled),
+        "segment_hits": hits,
+        "speech_steps": speech,
+        "agreeing_steps": int(agree),
+        "sentence_predictions": predicted,
+        "sentences_with_own_segment": own,
+        "within_tolerance": int(within),
+        "start_errors": start_errors,
+        "end_errors": end_errors,
     }
 
 
@@ -142,8 +156,14 @@ def main(argv=None):
     start = time.perf_counter()
     reference = []
     for samples, truth in recordings:
-        inputs = [{"audio": samples[round(t["start"] * 16000) : round(t["end"] * 16000)], "sampling_rate": 16000,
-                   "text": t["text"]} for t in truth]
+        inputs = [
+            {
+                "audio": samples[round(t["start"] * 16000) : round(t["end"] * 16000)],
+                "sampling_rate": 16000,
+                "text": t["text"],
+            }
+            for t in truth
+        ]
         reference += [output[0]["label"] for output in classifier(inputs, batch_size=8)]
     reference_seconds = time.perf_counter() - start
 
@@ -151,20 +171,35 @@ def main(argv=None):
     for number, (samples, truth) in enumerate(recordings, start=1):
         timeline = recording_timeline(samples, classifier, recognizer, sampling_rate=16000, name=f"recording{number}")
         scores = score_timeline(timeline["segments"], truth, classes, args.tolerance)
-        per_recording.append({"recording": number, "duration": timeline["duration"], "seconds": timeline["seconds"],
-                              "real_time_factor": timeline["real_time_factor"], **scores, "truth": truth,
-                              "timeline": timeline["segments"]})
+        per_recording.append(
+            {
+                "recording": number,
+                "duration": timeline["duration"],
+                "seconds": timeline["seconds"],
+                "real_time_factor": timeline["real_time_factor"],
+                **scores,
+                "truth": truth,
+                "timeline": timeline["segments"],
+            }
+        )
         if number == 1 and args.plot:
-            plot_timeline(timeline, args.plot, title=f"recording 1 of Session {args.sessions}: "
-                          f"{len(truth)} sentences, {len(timeline['segments'])} segments")
+            plot_timeline(
+                timeline,
+                args.plot,
+                title=f"recording 1 of Session {args.sessions}: "
+                f"{len(truth)} sentences, {len(timeline['segments'])} segments",
+            )
         for key, value in scores.items():
             totals[key] = totals.get(key, 0 if not isinstance(value, list) else []) + value
     truth_labels = [t["label"] for _, truth in recordings for t in truth]
     duration = sum(r["duration"] for r in per_recording)
     seconds = sum(r["seconds"] for r in per_recording)
     summary = {
-        "recordings": len(recordings), "sentences": totals["true_sentences"], "segments": totals["segments"],
-        "labelled_segments": totals["labelled_segments"], "audio_seconds": round(duration, 1),
+        "recordings": len(recordings),
+        "sentences": totals["true_sentences"],
+        "segments": totals["segments"],
+        "labelled_segments": totals["labelled_segments"],
+        "audio_seconds": round(duration, 1),
         "segment_accuracy": totals["segment_hits"] / max(totals["labelled_segments"], 1),
         "time_accuracy": totals["agreeing_steps"] / max(totals["speech_steps"], 1),
         "sentence_accuracy": float(np.mean([p == t for p, t in zip(totals["sentence_predictions"], truth_labels)])),
@@ -175,14 +210,21 @@ def main(argv=None):
         "boundaries_within_tolerance": totals["within_tolerance"] / totals["true_sentences"],
         "mean_start_error_s": float(np.mean(totals["start_errors"])) if totals["start_errors"] else None,
         "mean_end_error_s": float(np.mean(totals["end_errors"])) if totals["end_errors"] else None,
-        "real_time_factor": seconds / duration, "timeline_seconds": round(seconds, 1),
+        "real_time_factor": seconds / duration,
+        "timeline_seconds": round(seconds, 1),
         "reference_seconds": round(reference_seconds, 1),
     }
     result = {
         "command": "fdrl-timeline-eval " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-        "model": args.model, "data_dir": args.data_dir, "sessions": args.sessions, "pause": args.pause,
-        "utterances_per_recording": args.utterances_per_recording, "tolerance": args.tolerance,
-        **recognizer.describe(), "torch_threads": torch.get_num_threads(), "summary": summary,
+        "model": args.model,
+        "data_dir": args.data_dir,
+        "sessions": args.sessions,
+        "pause": args.pause,
+        "utterances_per_recording": args.utterances_per_recording,
+        "tolerance": args.tolerance,
+        **recognizer.describe(),
+        "torch_threads": torch.get_num_threads(),
+        "summary": summary,
         "per_recording": per_recording,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

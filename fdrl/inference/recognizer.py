@@ -99,12 +99,24 @@ class FasterWhisperRecognizer(Recognizer):
         if missing:
             raise ValueError(f"{folder} is not a CTranslate2 Whisper folder: it lacks {missing}")
         self.name, self.language = self.folder.name, language
-        self.model = WhisperModel(str(self.folder), device=device, compute_type=compute_type,
-                                  cpu_threads=cpu_threads or torch.get_num_threads(), local_files_only=True)
+        self.model = WhisperModel(
+            str(self.folder),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads or torch.get_num_threads(),
+            local_files_only=True,
+        )
 
     def _transcribe(self, samples, **options):
-        segments, _ = self.model.transcribe(samples, language=self.language, beam_size=1, temperature=0.0,
-                                            condition_on_previous_text=False, vad_filter=False, **options)
+        segments, _ = self.model.transcribe(
+            samples,
+            language=self.language,
+            beam_size=1,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            **options,
+        )
         return segments
 
     def segments(self, waveform, sampling_rate, progress=None):
@@ -116,8 +128,7 @@ class FasterWhisperRecognizer(Recognizer):
             for segment in self._transcribe(samples, word_timestamps=True):
                 words = segment.words or []  # the words' times are tighter than the segment's (whole seconds)
                 start, end = (words[0].start, words[-1].end) if words else (segment.start, segment.end)
-                found.append(Segment(round(float(start), 2), round(min(float(end), duration), 2),
-                                     segment.text.strip()))
+                found.append(Segment(round(float(start), 2), round(min(float(end), duration), 2), segment.text.strip()))
                 bar.update(round(min(segment.end, duration) - bar.n, 1))
         return found
 
@@ -142,8 +153,12 @@ class TransformersRecognizer(Recognizer):
     def segments(self, waveform, sampling_rate, progress=None):
         samples = to_16k_mono(waveform, sampling_rate)
         duration = len(samples) / SAMPLING_RATE
-        result = self.pipeline({"raw": samples, "sampling_rate": SAMPLING_RATE}, chunk_length_s=30,
-                               return_timestamps=True, generate_kwargs=self.generate_kwargs)
+        result = self.pipeline(
+            {"raw": samples, "sampling_rate": SAMPLING_RATE},
+            chunk_length_s=30,
+            return_timestamps=True,
+            generate_kwargs=self.generate_kwargs,
+        )
         found = []
         for chunk in result.get("chunks", []):
             start, end = chunk["timestamp"]
@@ -154,8 +169,9 @@ class TransformersRecognizer(Recognizer):
 
     def transcribe_clip(self, waveform, sampling_rate):
         samples = to_16k_mono(waveform, sampling_rate)
-        return self.pipeline({"raw": samples, "sampling_rate": SAMPLING_RATE},
-                             generate_kwargs=self.generate_kwargs)["text"].strip()
+        return self.pipeline({"raw": samples, "sampling_rate": SAMPLING_RATE}, generate_kwargs=self.generate_kwargs)[
+            "text"
+        ].strip()
 
 
 def is_ctranslate2_folder(path):
@@ -171,22 +187,29 @@ def resolve_backend(asr_model=None, backend="auto", device="cpu"):
     on_cpu = device is None and not torch.cuda.is_available() or str(device) in ("cpu", "-1")
     twin = model.with_name(model.name + CTRANSLATE2_SUFFIX) if asr_model is None or model.is_dir() else None
     if backend == "auto":
-        backend = "faster-whisper" if on_cpu and (is_ctranslate2_folder(model) or (
-            twin is not None and is_ctranslate2_folder(twin))) else "transformers"
+        backend = (
+            "faster-whisper"
+            if on_cpu and (is_ctranslate2_folder(model) or (twin is not None and is_ctranslate2_folder(twin)))
+            else "transformers"
+        )
     if backend == "faster-whisper":
         if is_ctranslate2_folder(model):
             return backend, model
         if twin is not None and is_ctranslate2_folder(twin):
             return backend, twin
-        raise ValueError(f"--asr_model {model}: faster-whisper needs a CTranslate2 folder (model.bin, "
-                         f"vocabulary.txt); neither it nor {twin} is one (`make pretrained` writes "
-                         f"pretrained/whisper-base-ct2)")
+        raise ValueError(
+            f"--asr_model {model}: faster-whisper needs a CTranslate2 folder (model.bin, "
+            f"vocabulary.txt); neither it nor {twin} is one (`make pretrained` writes "
+            f"pretrained/whisper-base-ct2)"
+        )
     if is_ctranslate2_folder(model):
-        raise ValueError(f"--asr_model {model} is a CTranslate2 folder: transformers cannot read it (use the "
-                         "faster-whisper backend)")
+        raise ValueError(
+            f"--asr_model {model} is a CTranslate2 folder: transformers cannot read it (use the faster-whisper backend)"
+        )
     if asr_model is None and not model.is_dir():
-        raise ValueError(f"no speech recogniser: {model} does not exist (run `make pretrained`) and no --asr_model "
-                         "was given")
+        raise ValueError(
+            f"no speech recogniser: {model} does not exist (run `make pretrained`) and no --asr_model was given"
+        )
     return backend, (model if model.is_dir() else asr_model)
 
 
@@ -205,10 +228,21 @@ def load_recognizer(asr_model=None, backend="auto", device="cpu", language=None,
     backend, model = resolve_backend(asr_model, backend, device)
     logger.info(f"speech recogniser: {model} with {backend}")
     if backend == "faster-whisper":
-        return FasterWhisperRecognizer(model, device="cpu" if device is None else str(device).split(":")[0],
-                                       compute_type=compute_type, language=language)
+        return FasterWhisperRecognizer(
+            model,
+            device="cpu" if device is None else str(device).split(":")[0],
+            compute_type=compute_type,
+            language=language,
+        )
     return TransformersRecognizer(model, device=device, language=language)
 
 
-__all__ = ["FasterWhisperRecognizer", "Recognizer", "Segment", "TransformersRecognizer", "load_recognizer",
-           "resolve_backend", "to_16k_mono"]
+__all__ = [
+    "FasterWhisperRecognizer",
+    "Recognizer",
+    "Segment",
+    "TransformersRecognizer",
+    "load_recognizer",
+    "resolve_backend",
+    "to_16k_mono",
+]

@@ -59,8 +59,9 @@ def check_recording(audio, sampling_rate=None):
     return waveform, rate
 
 
-def recording_timeline(audio, classifier, recognizer, sampling_rate=None, batch_size=8, min_duration=MIN_DURATION,
-                       progress=None, name=None):
+def recording_timeline(
+    audio, classifier, recognizer, sampling_rate=None, batch_size=8, min_duration=MIN_DURATION, progress=None, name=None
+):
     """
     The timeline of one recording (see the module docstring).
 
@@ -72,17 +73,27 @@ def recording_timeline(audio, classifier, recognizer, sampling_rate=None, batch_
     """
     start = time.perf_counter()
     waveform, rate = check_recording(audio, sampling_rate)
-    result = classifier.timeline(waveform, recognizer=recognizer, sampling_rate=rate, batch_size=batch_size,
-                                 min_duration=min_duration, progress=progress)
+    result = classifier.timeline(
+        waveform,
+        recognizer=recognizer,
+        sampling_rate=rate,
+        batch_size=batch_size,
+        min_duration=min_duration,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     config = classifier.model.config
     labelled = sum("label" in segment for segment in result["segments"])
-    logger.info(f"{len(result['segments'])} segment(s), {labelled} labelled, over {result['duration']:.1f} s in "
-                f"{seconds:.1f} s")
+    logger.info(
+        f"{len(result['segments'])} segment(s), {labelled} labelled, over {result['duration']:.1f} s in {seconds:.1f} s"
+    )
     return {
-        "format": FORMAT, "audio": name or (str(audio) if isinstance(audio, (str, Path)) else None),
-        "duration": result["duration"], "classes": [config.id2label[i] for i in range(config.num_labels)],
-        **recognizer.describe(), "seconds": round(seconds, 3),
+        "format": FORMAT,
+        "audio": name or (str(audio) if isinstance(audio, (str, Path)) else None),
+        "duration": result["duration"],
+        "classes": [config.id2label[i] for i in range(config.num_labels)],
+        **recognizer.describe(),
+        "seconds": round(seconds, 3),
         "real_time_factor": round(seconds / result["duration"], 4) if result["duration"] else None,
         "segments": result["segments"],
     }
@@ -97,10 +108,16 @@ def segment_rows(timeline):
     rows = []
     for segment in timeline["segments"]:
         scores = segment.get("scores", {})
-        rows.append({"start": segment["start"], "end": segment["end"], "label": segment.get("label", ""),
-                     "reason": segment.get("reason", ""),
-                     **{f"score_{c}": round(scores[c], 4) if c in scores else "" for c in timeline["classes"]},
-                     "transcript": segment["transcript"]})
+        rows.append(
+            {
+                "start": segment["start"],
+                "end": segment["end"],
+                "label": segment.get("label", ""),
+                "reason": segment.get("reason", ""),
+                **{f"score_{c}": round(scores[c], 4) if c in scores else "" for c in timeline["classes"]},
+                "transcript": segment["transcript"],
+            }
+        )
     return rows
 
 
@@ -134,8 +151,9 @@ def plot_timeline(timeline, path=None, title=None):
     classes, duration = timeline["classes"], max(timeline["duration"], 1e-3)
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(classes)}
     width = min(48.0, max(12.0, 16.0 * math.sqrt(duration / 600.0)))
-    figure, (band, lines) = plt.subplots(2, 1, figsize=(width, 5.0), sharex=True,
-                                         gridspec_kw={"height_ratios": [1, 3]}, constrained_layout=True)
+    figure, (band, lines) = plt.subplots(
+        2, 1, figsize=(width, 5.0), sharex=True, gridspec_kw={"height_ratios": [1, 3]}, constrained_layout=True
+    )
     for segment in timeline["segments"]:
         span = (segment["start"], segment["end"])
         if "label" in segment:
@@ -164,13 +182,24 @@ def plot_timeline(timeline, path=None, title=None):
     lines.grid(axis="y", alpha=0.3)
     lines.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     labelled = sum("label" in s for s in timeline["segments"])
-    band.set_title(title or f"{Path(timeline.get('audio') or 'recording').name}: {len(timeline['segments'])} "
-                   f"segments ({labelled} labelled) over {_clock(duration)}", fontsize=10)
+    band.set_title(
+        title
+        or f"{Path(timeline.get('audio') or 'recording').name}: {len(timeline['segments'])} "
+        f"segments ({labelled} labelled) over {_clock(duration)}",
+        fontsize=10,
+    )
     if path is not None:
         figure.savefig(path, dpi=100)
         plt.close(figure)
     return figure
 
 
-__all__ = ["check_recording", "load_timeline", "plot_timeline", "recording_timeline", "segment_rows",
-           "write_csv", "write_json"]
+__all__ = [
+    "check_recording",
+    "load_timeline",
+    "plot_timeline",
+    "recording_timeline",
+    "segment_rows",
+    "write_csv",
+    "write_json",
+]

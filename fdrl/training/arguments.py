@@ -63,16 +63,19 @@ class _ModelSources:
         default=None, metadata={"help": "An FDRL checkpoint (local folder or Hub id) to fine-tune."}
     )
     audio_model: Optional[str] = field(
-        default=None, metadata={"help": "Pretrained speech backbone: a wav2vec2/HuBERT/WavLM or Whisper checkpoint "
-                                        "(Hub id or local folder, e.g. pretrained/whisper-base)."}
+        default=None,
+        metadata={
+            "help": "Pretrained speech backbone: a wav2vec2/HuBERT/WavLM or Whisper checkpoint "
+            "(Hub id or local folder, e.g. pretrained/whisper-base)."
+        },
     )
     text_model: Optional[str] = field(
-        default=None, metadata={"help": "Pretrained text backbone (Hub id or local folder, e.g. "
-                                        "pretrained/all-MiniLM-L6-v2)."}
+        default=None,
+        metadata={"help": "Pretrained text backbone (Hub id or local folder, e.g. pretrained/all-MiniLM-L6-v2)."},
     )
     model_preset: Optional[str] = field(
-        default=None, metadata={"help": "Random initialisation of a named size ('tiny', 'demo' or 'base'): tests "
-                                        "and benchmarks."}
+        default=None,
+        metadata={"help": "Random initialisation of a named size ('tiny', 'demo' or 'base'): tests and benchmarks."},
     )
     processor_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "A saved FDRLProcessor; by default it follows the model's source."}
@@ -107,8 +110,9 @@ class _ModelSources:
 
 
 ModelArguments = make_dataclass("ModelArguments", config_argument_fields(), bases=(_ModelSources,))
-ModelArguments.__doc__ = ("Where the model comes from, and FDRL's own settings (FDRLConfig; unset fields keep its "
-                          "defaults).")
+ModelArguments.__doc__ = (
+    "Where the model comes from, and FDRL's own settings (FDRLConfig; unset fields keep its defaults)."
+)
 
 
 @dataclass
@@ -125,13 +129,19 @@ class DataArguments:
     cache_dir: Optional[str] = field(default=None, metadata={"help": "The datasets cache folder."})
     rebuild_cache: bool = field(default=False, metadata={"help": "Rebuild the dataset cache even if it looks current."})
     test_transcripts: Optional[str] = field(
-        default=None, metadata={"help": "Test on these transcripts instead of the corpus's: a JSON file written by "
-                                        "`fdrl-wer --output` (its items' id and hypothesis), or a CSV/JSON-lines "
-                                        "file with id and text columns. Training and validation keep the corpus's."}
+        default=None,
+        metadata={
+            "help": "Test on these transcripts instead of the corpus's: a JSON file written by "
+            "`fdrl-wer --output` (its items' id and hypothesis), or a CSV/JSON-lines "
+            "file with id and text columns. Training and validation keep the corpus's."
+        },
     )
     skip_bad_audio: bool = field(
-        default=False, metadata={"help": "Skip (and count, and name) utterances whose audio fails the check before "
-                                         "training, instead of stopping with an error."}
+        default=False,
+        metadata={
+            "help": "Skip (and count, and name) utterances whose audio fails the check before "
+            "training, instead of stopping with an error."
+        },
     )
 
     def __post_init__(self):

@@ -38,8 +38,11 @@ def disk_full_error(error, folder):
     if not full:
         return None
     free = _free_bytes(folder)
-    return OSError(errno.ENOSPC, f"No space left on device while writing a checkpoint under {folder} "
-                                 f"({free / 2**20:.1f} MiB free; {type(error).__name__}: {text})")
+    return OSError(
+        errno.ENOSPC,
+        f"No space left on device while writing a checkpoint under {folder} "
+        f"({free / 2**20:.1f} MiB free; {type(error).__name__}: {text})",
+    )
 
 
 def _free_bytes(folder):
@@ -69,12 +72,15 @@ def latest_complete_checkpoint(folder):
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    checkpoints = sorted((int(m.group(1)), path) for path in folder.iterdir()
-                         if path.is_dir() and (m := _CHECKPOINT.match(path.name)))
+    checkpoints = sorted(
+        (int(m.group(1)), path) for path in folder.iterdir() if path.is_dir() and (m := _CHECKPOINT.match(path.name))
+    )
     for _, path in reversed(checkpoints):
         missing = missing_files(path)
         if not missing:
             return str(path)
-        logger.warning(f"skipping the incomplete checkpoint {path} (missing {', '.join(missing)}): it was probably "
-                       f"interrupted while saving")
+        logger.warning(
+            f"skipping the incomplete checkpoint {path} (missing {', '.join(missing)}): it was probably "
+            f"interrupted while saving"
+        )
     return None

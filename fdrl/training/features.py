@@ -68,8 +68,11 @@ def feature_key(modality, backbone, processor, settings):
     else:
         tokenizer = json.loads(processor.tokenizer.backend_tokenizer.to_str())
         # truncation and padding are call-time state (the last call's), not part of what the vectors depend on
-        digest.update(json.dumps({k: v for k, v in tokenizer.items() if k not in ("truncation", "padding")},
-                                 sort_keys=True).encode())
+        digest.update(
+            json.dumps(
+                {k: v for k, v in tokenizer.items() if k not in ("truncation", "padding")}, sort_keys=True
+            ).encode()
+        )
     digest.update(json.dumps([settings, torch.get_num_threads()], default=str).encode())
     return digest.hexdigest()[:32]
 
@@ -92,8 +95,14 @@ def _read_cache(path):
 
 def _write_cache(path, rows):
     """Write `rows` ({row key: vector}) atomically; a reader never sees half a file."""
-    atomic_write(path, lambda temporary: save_file({"pooled": torch.stack(list(rows.values())).contiguous()},
-                                                   str(temporary), metadata={"rows": json.dumps(list(rows))}))
+    atomic_write(
+        path,
+        lambda temporary: save_file(
+            {"pooled": torch.stack(list(rows.values())).contiguous()},
+            str(temporary),
+            metadata={"rows": json.dumps(list(rows))},
+        ),
+    )
 
 
 @torch.no_grad()
@@ -109,8 +118,11 @@ def extract_pooled(encoder, examples, processor, modality, max_text_length):
             speech = batch["input_values"] if "input_values" in batch else batch["input_features"]  # wav2vec2 / Whisper
             vectors.append(encoder.encode_audio(speech, batch.get("audio_attention_mask")).float())
         else:
-            vectors.append(encoder.encode_text(batch["input_ids"], batch.get("text_attention_mask"),
-                                               batch.get("token_type_ids")).float())
+            vectors.append(
+                encoder.encode_text(
+                    batch["input_ids"], batch.get("text_attention_mask"), batch.get("token_type_ids")
+                ).float()
+            )
     return torch.cat(vectors)
 
 
@@ -124,12 +136,15 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
     ids = union["id"][:]
     config = FDRLConfig(audio_config=audio.config, text_config=text.config, **context.config_kwargs)
     encoder = BackboneClassifier(config, audio_model=audio, text_model=text)
-    sources = {"audio": (audio, _audio_signatures(union), [processor.max_duration]),
-               "text": (text, union["text"][:], [config.text_pooling, data_args.max_text_length])}
+    sources = {
+        "audio": (audio, _audio_signatures(union), [processor.max_duration]),
+        "text": (text, union["text"][:], [config.text_pooling, data_args.max_text_length]),
+    }
     vectors = {}
     for modality, (backbone, signatures, settings) in sources.items():
         path = Path(args.feature_cache_dir or default_cache_dir()) / (
-            f"{modality}-{feature_key(modality, backbone, processor, settings)}.safetensors")
+            f"{modality}-{feature_key(modality, backbone, processor, settings)}.safetensors"
+        )
         keys = row_keys(ids, signatures)
         rows = _read_cache(path)
         missing = sorted({position for position, key in enumerate(keys) if key not in rows})
@@ -137,17 +152,23 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
             computed = extract_pooled(encoder, union.select(missing), processor, modality, data_args.max_text_length)
             current, wanted = set(keys), set(ids)
             # rows of these utterances under an older signature (a changed file or transcript) are dropped
-            rows = {key: vector for key, vector in rows.items()
-                    if key in current or key.rsplit(":", 1)[0] not in wanted}
+            rows = {
+                key: vector for key, vector in rows.items() if key in current or key.rsplit(":", 1)[0] not in wanted
+            }
             rows.update(zip((keys[position] for position in missing), computed))
             if args.should_save:
                 _write_cache(path, rows)
-            logger.info(f"pooled {modality} features: {len(missing)} of {len(ids)} utterances computed, "
-                        f"cached in {path}")
+            logger.info(
+                f"pooled {modality} features: {len(missing)} of {len(ids)} utterances computed, cached in {path}"
+            )
         else:
             logger.info(f"pooled {modality} features of {len(ids)} utterances read from the cache {path}")
         vectors[modality] = torch.stack([rows[key] for key in keys])
     row = {utterance: index for index, utterance in enumerate(ids)}
-    return {name: [{"id": u, "label": label, "pooled_audio": vectors["audio"][row[u]],
-                    "pooled_text": vectors["text"][row[u]]} for u, label in zip(split["id"][:], split["label"][:])]
-            for name, split in splits.items()}
+    return {
+        name: [
+            {"id": u, "label": label, "pooled_audio": vectors["audio"][row[u]], "pooled_text": vectors["text"][row[u]]}
+            for u, label in zip(split["id"][:], split["label"][:])
+        ]
+        for name, split in splits.items()
+    }

@@ -28,8 +28,10 @@ def assemble_hub_folder(output_dir, seed, fold, summary, model_args, data_args, 
     hub_dir = Path(output_dir) / "model"
     source = Path(output_dir) / f"seed{seed}" / f"fold{fold}" / "model"
     if not source.is_dir():
-        logger.warning(f"no model folder at {source} (the reference system {summary['reference']} did not run): "
-                       "no Hub folder written")
+        logger.warning(
+            f"no model folder at {source} (the reference system {summary['reference']} did not run): "
+            "no Hub folder written"
+        )
         return None
     if hub_dir.exists():
         shutil.rmtree(hub_dir)
@@ -67,25 +69,43 @@ def write_model_card(folder, summary, fold, model_args, data_args, training_args
     reference = summary["reference"]
     entry = summary["systems"][reference]
     eval_results = [
-        EvalResult(task_type="audio-classification", task_name="Multimodal emotion recognition",
-                   dataset_type="iemocap" if dataset_name == "IEMOCAP" else "custom", dataset_name=dataset_name,
-                   dataset_split=f"leave-one-session-out ({summary['num_runs']} runs)", metric_type=metric,
-                   metric_name=name, metric_value=round(100 * entry["mean"][key], 2))
-        for key, metric, name in (("war", "accuracy", "WAR (accuracy)"),
-                                  ("uar", "recall", "UAR (unweighted average recall)"))
+        EvalResult(
+            task_type="audio-classification",
+            task_name="Multimodal emotion recognition",
+            dataset_type="iemocap" if dataset_name == "IEMOCAP" else "custom",
+            dataset_name=dataset_name,
+            dataset_split=f"leave-one-session-out ({summary['num_runs']} runs)",
+            metric_type=metric,
+            metric_name=name,
+            metric_value=round(100 * entry["mean"][key], 2),
+        )
+        for key, metric, name in (
+            ("war", "accuracy", "WAR (accuracy)"),
+            ("uar", "recall", "UAR (unweighted average recall)"),
+        )
     ]
     base_models = [base_model_id(model_args.audio_model), base_model_id(model_args.text_model)]
     card_data = ModelCardData(
-        model_name=model_name, eval_results=eval_results, license="apache-2.0", library_name="transformers",
-        pipeline_tag="audio-classification", base_model=[m for m in base_models if m] or None,
+        model_name=model_name,
+        eval_results=eval_results,
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="audio-classification",
+        base_model=[m for m in base_models if m] or None,
         tags=["emotion-recognition", "multimodal", "speech", "fdrl", "custom_code", TASK],
     )
     labels = ", ".join(summary["label_names"])
-    backbones = (f"speech backbone `{base_models[0] or model_args.audio_model}`, text backbone "
-                 f"`{base_models[1] or model_args.text_model}`" if model_args.audio_model
-                 else f"randomly initialised `{model_args.model_preset or 'checkpoint'}` backbones")
-    frozen = ("frozen (their pooled outputs cached; only FDRL's own layers trained)" if training_args.freeze_backbones
-              else "fine-tuned")
+    backbones = (
+        f"speech backbone `{base_models[0] or model_args.audio_model}`, text backbone "
+        f"`{base_models[1] or model_args.text_model}`"
+        if model_args.audio_model
+        else f"randomly initialised `{model_args.model_preset or 'checkpoint'}` backbones"
+    )
+    frozen = (
+        "frozen (their pooled outputs cached; only FDRL's own layers trained)"
+        if training_args.freeze_backbones
+        else "fine-tuned"
+    )
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -141,7 +161,10 @@ def push_folder(folder, training_args):
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/fdrl-iemocap)")
     api = HfApi(token=training_args.hub_token)
     repo = api.create_repo(training_args.hub_model_id, private=bool(training_args.hub_private_repo), exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo.repo_id,
-                      commit_message=f"FDRL: leave-one-session-out run ({Path(training_args.output_dir).name})")
+    api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo.repo_id,
+        commit_message=f"FDRL: leave-one-session-out run ({Path(training_args.output_dir).name})",
+    )
     logger.info(f"pushed {folder} to {repo.repo_id}")
     return repo.repo_id

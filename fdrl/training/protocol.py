@@ -61,14 +61,17 @@ def build_processor(model_args, train_texts, fold_dir):
     if model_args.model_name_or_path:
         return FDRLProcessor.from_pretrained(model_args.model_name_or_path)
     if model_args.audio_model:
-        return FDRLProcessor(AutoFeatureExtractor.from_pretrained(model_args.audio_model),
-                             AutoTokenizer.from_pretrained(model_args.text_model),
-                             max_duration=model_args.max_duration)
+        return FDRLProcessor(
+            AutoFeatureExtractor.from_pretrained(model_args.audio_model),
+            AutoTokenizer.from_pretrained(model_args.text_model),
+            max_duration=model_args.max_duration,
+        )
     saved = Path(fold_dir) / "processor"
     if (saved / "processor_config.json").is_file():
         return FDRLProcessor.from_pretrained(saved)
-    processor = FDRLProcessor.from_texts(train_texts, vocab_size=model_args.vocab_size,
-                                         max_duration=model_args.max_duration)
+    processor = FDRLProcessor.from_texts(
+        train_texts, vocab_size=model_args.vocab_size, max_duration=model_args.max_duration
+    )
     processor.save_pretrained(saved)
     return processor
 
@@ -90,8 +93,11 @@ def build_backbones(model_args, processor, seed):
 
 def config_kwargs(model_args, label_names):
     """FDRLConfig fields for every system of the run: the labels, the preset's sizes, the command line's settings."""
-    return {**preset_fdrl_kwargs(model_args.model_preset), "id2label": dict(enumerate(label_names)),
-            **model_args.config_overrides()}
+    return {
+        **preset_fdrl_kwargs(model_args.model_preset),
+        "id2label": dict(enumerate(label_names)),
+        **model_args.config_overrides(),
+    }
 
 
 # ----- the run and one fold -------------------------------------------------------------------------------------------
@@ -145,13 +151,18 @@ def train_system(system, context, fold, system_dir):
                 backbone.requires_grad_(False)
     overrides = dict(output_dir=str(system_dir), seed=seed, push_to_hub=False)
     if system.unimodal:
-        overrides.update(num_train_epochs=args.unimodal_epochs or args.num_train_epochs,
-                         learning_rate=args.unimodal_learning_rate or args.learning_rate)
+        overrides.update(
+            num_train_epochs=args.unimodal_epochs or args.num_train_epochs,
+            learning_rate=args.unimodal_learning_rate or args.learning_rate,
+        )
     if frozen:  # best heads kept in memory, no checkpoints of the frozen backbones
         overrides.update(save_strategy="no", load_best_model_at_end=False)
     system_args = dataclasses.replace(args, **overrides)
     trainer = system.trainer_class(
-        model=model, args=system_args, train_dataset=fold.splits["train"], eval_dataset=fold.splits["validation"],
+        model=model,
+        args=system_args,
+        train_dataset=fold.splits["train"],
+        eval_dataset=fold.splits["validation"],
         data_collator=FDRLDataCollator(fold.processor, context.data_args.max_text_length, system.modalities),
         compute_metrics=system.metrics(label_names),
         callbacks=[KeepBestTrainable()] if frozen else None,
@@ -179,8 +190,11 @@ def _train(trainer, resume_from):
         trainer.train(resume_from_checkpoint=resume_from)
     except OSError as error:
         if error.errno == errno.ENOSPC:
-            raise OSError(error.errno, f"the disk is full: could not write under {trainer.args.output_dir} "
-                                       f"({error}); free space and rerun with --resume_from_checkpoint true") from error
+            raise OSError(
+                error.errno,
+                f"the disk is full: could not write under {trainer.args.output_dir} "
+                f"({error}); free space and rerun with --resume_from_checkpoint true",
+            ) from error
         raise
 
 
@@ -241,8 +255,9 @@ def train_fold_systems(context, fold):
         else:
             fold.done[system.name] = system.combine(fold.done, labels, context.label_names)
         metrics = fold.done[system.name]
-        logger.info(f"seed {fold.seed}, fold {fold.fold}, {system.name}: UAR {metrics['uar']:.4f}, "
-                    f"WAR {metrics['war']:.4f}")
+        logger.info(
+            f"seed {fold.seed}, fold {fold.fold}, {system.name}: UAR {metrics['uar']:.4f}, WAR {metrics['war']:.4f}"
+        )
         save_fold_record(context, fold, system)
 
 
@@ -255,8 +270,12 @@ def save_system_outputs(context, fold, system, trainer, system_dir):
         return
     trainer.save_state()  # trainer_state.json: every logged term, mu and the alignment over training
     if system.is_fdrl:
-        plot_training({"log_history": trainer.state.log_history}, system_dir / "training_curves.png",
-                      fdrl_training_panels(context.label_names), title=f"{system.name}, {fold.title}")
+        plot_training(
+            {"log_history": trainer.state.log_history},
+            system_dir / "training_curves.png",
+            fdrl_training_panels(context.label_names),
+            title=f"{system.name}, {fold.title}",
+        )
     if system.name == context.reference:
         save_model_folder(trainer.model, fold.processor, fold.directory / "model")
     if not args.keep_checkpoints:
@@ -268,10 +287,16 @@ def save_fold_record(context, fold, system):
     """The run record (atomically, so a resumed run starts at the next system) and the system's confusion matrix."""
     if not context.training_args.should_save:
         return
-    write_json(fold.record_path, {"seed": fold.seed, "fold": fold.fold, "systems": fold.done,
-                                  "test_ids": column(fold.splits["test"], "id")})
-    plot_confusion_matrix(fold.done[system.name]["confusion_matrix"], context.label_names,
-                          _mkdir(fold.directory) / f"confusion_{system.name}.png", title=f"{system.name}, {fold.title}")
+    write_json(
+        fold.record_path,
+        {"seed": fold.seed, "fold": fold.fold, "systems": fold.done, "test_ids": column(fold.splits["test"], "id")},
+    )
+    plot_confusion_matrix(
+        fold.done[system.name]["confusion_matrix"],
+        context.label_names,
+        _mkdir(fold.directory) / f"confusion_{system.name}.png",
+        title=f"{system.name}, {fold.title}",
+    )
 
 
 def run_fold(context, seed, fold):
@@ -287,9 +312,13 @@ def write_rank_state(trainer, folder):
         return
     model = trainer.accelerator.unwrap_model(trainer.model)
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
-    state = dict(rank=trainer.args.process_index, world_size=trainer.args.world_size,
-                 dynamic_factor=float(getattr(model, "dynamic_factor", float("nan"))),
-                 global_step=trainer.state.global_step, parameter_checksum=checksum)
+    state = dict(
+        rank=trainer.args.process_index,
+        world_size=trainer.args.world_size,
+        dynamic_factor=float(getattr(model, "dynamic_factor", float("nan"))),
+        global_step=trainer.state.global_step,
+        parameter_checksum=checksum,
+    )
     write_json(_mkdir(Path(folder)) / f"rank_state_{trainer.args.process_index}.json", state)
 
 
@@ -309,8 +338,10 @@ def lock_output_dir(training_args):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise RuntimeError(f"--output_dir {output_dir} is in use by another run that is still alive; give another "
-                           f"--output_dir, or wait for that run to finish") from None
+        raise RuntimeError(
+            f"--output_dir {output_dir} is in use by another run that is still alive; give another "
+            f"--output_dir, or wait for that run to finish"
+        ) from None
     return lock
 
 
@@ -329,20 +360,37 @@ def run_protocol(model_args, data_args, training_args):
             raise ValueError(f"--folds: test session(s) {unknown} not in the data, whose sessions are {sessions}")
         label_names = corpus_label_names(data)
         data, audio_report = check_corpus_audio(data, model_args, data_args)
-        context = RunContext(model_args=model_args, data_args=data_args, training_args=training_args, data=data,
-                             systems=systems, reference=reference, label_names=label_names,
-                             config_kwargs=config_kwargs(model_args, label_names))
+        context = RunContext(
+            model_args=model_args,
+            data_args=data_args,
+            training_args=training_args,
+            data=data,
+            systems=systems,
+            reference=reference,
+            label_names=label_names,
+            config_kwargs=config_kwargs(model_args, label_names),
+        )
         runs = [run_fold(context, seed, fold) for seed in training_args.seeds for fold in training_args.folds]
-        summary = summarize_runs([{k: v for k, v in run.items()} for run in _without_log_probs(runs)], label_names,
-                                 names, reference=reference)
+        summary = summarize_runs(
+            [{k: v for k, v in run.items()} for run in _without_log_probs(runs)],
+            label_names,
+            names,
+            reference=reference,
+        )
         summary["audio_check"] = audio_report
         if training_args.should_save:
             output_dir = Path(training_args.output_dir)
             table = write_report(summary, output_dir, DESCRIPTIONS)
             print(f"\nLeave-one-session-out results (WAR = accuracy, UAR = mean per-class recall), in %:\n{table}\n")
-            hub_dir = reference and assemble_hub_folder(output_dir, training_args.seeds[0], training_args.folds[-1],
-                                                        summary,
-                                          model_args, data_args, training_args)
+            hub_dir = reference and assemble_hub_folder(
+                output_dir,
+                training_args.seeds[0],
+                training_args.folds[-1],
+                summary,
+                model_args,
+                data_args,
+                training_args,
+            )
             if training_args.push_to_hub and hub_dir:
                 push_folder(hub_dir, training_args)
         return summary
@@ -352,5 +400,12 @@ def run_protocol(model_args, data_args, training_args):
 
 
 def _without_log_probs(runs):
-    return [{**run, "systems": {name: {k: v for k, v in metrics.items() if k != "log_probs"}
-                                for name, metrics in run["systems"].items()}} for run in runs]
+    return [
+        {
+            **run,
+            "systems": {
+                name: {k: v for k, v in metrics.items() if k != "log_probs"} for name, metrics in run["systems"].items()
+            },
+        }
+        for run in runs
+    ]

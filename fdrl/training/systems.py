@@ -36,10 +36,14 @@ def _classifier(audio=False, text=False):
     """`build` of a baseline reading the speech backbone, the text backbone or both."""
 
     def build(system, config_kwargs, audio_model, text_model):
-        config = FDRLConfig(audio_config=audio_model.config, text_config=text_model.config,
-                            **{**config_kwargs, **system.config_overrides})
-        return BackboneClassifier(config, audio_model=audio_model if audio else None,
-                                  text_model=text_model if text else None)
+        config = FDRLConfig(
+            audio_config=audio_model.config,
+            text_config=text_model.config,
+            **{**config_kwargs, **system.config_overrides},
+        )
+        return BackboneClassifier(
+            config, audio_model=audio_model if audio else None, text_model=text_model if text else None
+        )
 
     return build
 
@@ -97,26 +101,47 @@ class System:
 
 def fdrl_system(name, description, **config_overrides):
     """An FDRL system: the full model (S0) or one ablation (S1-S6), one FDRLConfig change each."""
-    return System(name, description, build=_fdrl_model, trainer_class=FDRLTrainer, metrics=fdrl_metrics,
-                  test_metrics=_fdrl_test_metrics, is_fdrl=True, config_overrides=config_overrides)
+    return System(
+        name,
+        description,
+        build=_fdrl_model,
+        trainer_class=FDRLTrainer,
+        metrics=fdrl_metrics,
+        test_metrics=_fdrl_test_metrics,
+        is_fdrl=True,
+        config_overrides=config_overrides,
+    )
 
 
-SYSTEMS = {system.name: system for system in (
-    fdrl_system("S0", "FDRL (full)"),
-    fdrl_system("S1", "w/o alignment and disparity (alpha = beta = 0)", alpha=0.0, beta=0.0),
-    fdrl_system("S2", "w/o global discriminator", use_global_discriminator=False),
-    fdrl_system("S3", "w/o local discriminators", use_local_discriminators=False),
-    fdrl_system("S4", "fusion over P_a, P_t only", fusion_inputs="private"),
-    fdrl_system("S5", "fusion over S_a, S_t only", fusion_inputs="shared"),
-    fdrl_system("S6", "w/o fine-grained predictor (gamma = 0)", gamma=0.0),
-    System("speech", "speech only (backbone + linear)", build=_classifier(audio=True), modalities=("audio",),
-           unimodal=True),
-    System("text", "text only (backbone + linear)", build=_classifier(text=True), modalities=("text",),
-           unimodal=True),
-    System("concat", "concatenated pooled backbones + linear", build=_classifier(audio=True, text=True)),
-    System("late_fusion", "sum of the speech and text log-probabilities (no training)", combine=late_fusion,
-           requires=("speech", "text")),
-)}
+SYSTEMS = {
+    system.name: system
+    for system in (
+        fdrl_system("S0", "FDRL (full)"),
+        fdrl_system("S1", "w/o alignment and disparity (alpha = beta = 0)", alpha=0.0, beta=0.0),
+        fdrl_system("S2", "w/o global discriminator", use_global_discriminator=False),
+        fdrl_system("S3", "w/o local discriminators", use_local_discriminators=False),
+        fdrl_system("S4", "fusion over P_a, P_t only", fusion_inputs="private"),
+        fdrl_system("S5", "fusion over S_a, S_t only", fusion_inputs="shared"),
+        fdrl_system("S6", "w/o fine-grained predictor (gamma = 0)", gamma=0.0),
+        System(
+            "speech",
+            "speech only (backbone + linear)",
+            build=_classifier(audio=True),
+            modalities=("audio",),
+            unimodal=True,
+        ),
+        System(
+            "text", "text only (backbone + linear)", build=_classifier(text=True), modalities=("text",), unimodal=True
+        ),
+        System("concat", "concatenated pooled backbones + linear", build=_classifier(audio=True, text=True)),
+        System(
+            "late_fusion",
+            "sum of the speech and text log-probabilities (no training)",
+            combine=late_fusion,
+            requires=("speech", "text"),
+        ),
+    )
+}
 DESCRIPTIONS = {name: system.description for name, system in SYSTEMS.items()}
 
 
@@ -159,13 +184,24 @@ class BackboneClassifier(nn.Module):
         nn.init.normal_(self.classifier.weight, std=fdrl_config.initializer_range)
         nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, input_values=None, audio_attention_mask=None, input_ids=None, text_attention_mask=None,
-                token_type_ids=None, pooled_audio=None, pooled_text=None, labels=None, input_features=None):
+    def forward(
+        self,
+        input_values=None,
+        audio_attention_mask=None,
+        input_ids=None,
+        text_attention_mask=None,
+        token_type_ids=None,
+        pooled_audio=None,
+        pooled_text=None,
+        labels=None,
+        input_features=None,
+    ):
         pooled = []
         if self.audio_model is not None:
             if pooled_audio is None:
                 speech = {"input_values": input_values, "input_features": input_features}[
-                    speech_backbone(self.audio_model.config).input_name]
+                    speech_backbone(self.audio_model.config).input_name
+                ]
                 pooled_audio = self.encode_audio(speech, audio_attention_mask)
             pooled.append(pooled_audio)
         if self.text_model is not None:

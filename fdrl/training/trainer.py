@@ -76,12 +76,16 @@ class FDRLTrainingArguments(TrainingArguments):
     )
     # ----- the protocol -----
     folds: Optional[list[str]] = field(
-        default=None, metadata={"help": "Test sessions, e.g. `--folds 1 2 3 4 5` or `1,2,3,4,5` (leave-one-session-out)."}
+        default=None,
+        metadata={"help": "Test sessions, e.g. `--folds 1 2 3 4 5` or `1,2,3,4,5` (leave-one-session-out)."},
     )
     seeds: Optional[list[str]] = field(default=None, metadata={"help": "Seeds; every fold runs once per seed."})
     systems: Optional[list[str]] = field(
-        default=None, metadata={"help": "Systems to train and test on the same folds and seeds: S0-S6 (FDRL and its "
-                                        "ablations), speech, text, concat, late_fusion. Default: S0."}
+        default=None,
+        metadata={
+            "help": "Systems to train and test on the same folds and seeds: S0-S6 (FDRL and its "
+            "ablations), speech, text, concat, late_fusion. Default: S0."
+        },
     )
     validation_fraction: float = field(
         default=0.1, metadata={"help": "Stratified share of the training sessions held out for model selection."}
@@ -90,12 +94,15 @@ class FDRLTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Epochs of the speech-only and text-only systems (default: num_train_epochs)."}
     )
     unimodal_learning_rate: Optional[float] = field(
-        default=None, metadata={"help": "Learning rate of the speech-only and text-only systems' heads "
-                                        "(default: learning_rate)."}
+        default=None,
+        metadata={"help": "Learning rate of the speech-only and text-only systems' heads (default: learning_rate)."},
     )
     freeze_backbones: bool = field(
-        default=False, metadata={"help": "Run each backbone once per utterance (eval mode), cache the pooled outputs "
-                                         "and train only the heads of every system on the cache (SUPERB-style)."}
+        default=False,
+        metadata={
+            "help": "Run each backbone once per utterance (eval mode), cache the pooled outputs "
+            "and train only the heads of every system on the cache (SUPERB-style)."
+        },
     )
     feature_cache_dir: Optional[str] = field(
         default=None, metadata={"help": "Where pooled features are cached (default: ~/.cache/fdrl/features)."}
@@ -104,14 +111,20 @@ class FDRLTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Keep each fold's checkpoints after it finished (the best model is saved)."}
     )
     alignment_train_samples: int = field(
-        default=512, metadata={"help": "Training utterances (a fixed random subset) whose S_a and S_t the current "
-                                       "model computes at each evaluation, for the cross-modal transfer and the norm "
-                                       "growth of the alignment diagnostics; 0 switches them off."}
+        default=512,
+        metadata={
+            "help": "Training utterances (a fixed random subset) whose S_a and S_t the current "
+            "model computes at each evaluation, for the cross-modal transfer and the norm "
+            "growth of the alignment diagnostics; 0 switches them off."
+        },
     )
     divergence_factor: float = field(
-        default=50.0, metadata={"help": "Warn when the mean norm of the shared vectors grows by more than this factor "
-                                        "since the first evaluation (the adversarial game diverging; without the "
-                                        "adversarial terms, S1, they grow 13-14x on the demo)."}
+        default=50.0,
+        metadata={
+            "help": "Warn when the mean norm of the shared vectors grows by more than this factor "
+            "since the first evaluation (the adversarial game diverging; without the "
+            "adversarial terms, S1, they grow 13-14x on the demo)."
+        },
     )
 
     def __post_init__(self):
@@ -148,8 +161,10 @@ class FDRLDataCollator:
 
     def __call__(self, examples):
         if "pooled_audio" in examples[0]:
-            batch = {f"pooled_{m}": torch.stack([torch.as_tensor(ex[f"pooled_{m}"]) for ex in examples])
-                     for m in self.modalities}  # (batch, backbone hidden)
+            batch = {
+                f"pooled_{m}": torch.stack([torch.as_tensor(ex[f"pooled_{m}"]) for ex in examples])
+                for m in self.modalities
+            }  # (batch, backbone hidden)
         else:
             batch = self._process(examples)
         if "label" in examples[0]:
@@ -162,8 +177,9 @@ class FDRLDataCollator:
             arrays, rates = zip(*(decode_audio(ex["audio"], ex.get("id", i)) for i, ex in enumerate(examples)))
             kwargs.update(audio=list(arrays), sampling_rate=list(rates))
         if "text" in self.modalities:
-            kwargs.update(text=[example["text"] for example in examples], truncation=True,
-                          max_length=self.max_text_length)
+            kwargs.update(
+                text=[example["text"] for example in examples], truncation=True, max_length=self.max_text_length
+            )
         return dict(self.processor(**kwargs))
 
 
@@ -235,8 +251,9 @@ class FDRLTrainer(SystemTrainer):
         self.add_callback(DivergenceGuard(self.args.divergence_factor))
         self.callback_handler.callbacks.insert(0, LastEpochTest(self))  # before KeepBestTrainable restores
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         if hasattr(self.compute_metrics, "reference"):
             self.compute_metrics.reference = self.training_representations()
         return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
@@ -250,8 +267,9 @@ class FDRLTrainer(SystemTrainer):
         rows = np.sort(np.random.default_rng(self.args.seed).permutation(len(self.train_dataset))[:count])
         dataset = self.train_dataset
         subset = dataset.select(rows) if hasattr(dataset, "select") else [dataset[int(i)] for i in rows]
-        loader = torch.utils.data.DataLoader(subset, batch_size=self.args.per_device_eval_batch_size,
-                                             collate_fn=self.data_collator)
+        loader = torch.utils.data.DataLoader(
+            subset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator
+        )
         model, was_training = self.model, self.model.training
         model.eval()
         audio, text, labels = [], [], []
@@ -309,7 +327,9 @@ class FDRLTrainer(SystemTrainer):
         with the raw error rates (global and per class) it came from."""
         if not self._epoch_stats:
             return None
-        stats = {k: self.accelerator.reduce(v.to(self.accelerator.device), "sum").cpu() for k, v in self._epoch_stats.items()}
+        stats = {
+            k: self.accelerator.reduce(v.to(self.accelerator.device), "sum").cpu() for k, v in self._epoch_stats.items()
+        }
         self._epoch_stats = {}
         summary = self.fdrl_model.end_epoch(stats)
         self.log({key: round(float(value), 6) for key, value in summary.items()})
@@ -325,7 +345,9 @@ class FDRLTrainer(SystemTrainer):
         if resume_from_checkpoint:
             path = Path(resume_from_checkpoint) / EPOCH_STATS_FILE.format(rank=self.args.process_index)
             if path.is_file():
-                self._epoch_stats = {k: torch.tensor(v, dtype=torch.float64) for k, v in json.loads(path.read_text()).items()}
+                self._epoch_stats = {
+                    k: torch.tensor(v, dtype=torch.float64) for k, v in json.loads(path.read_text()).items()
+                }
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
@@ -384,8 +406,13 @@ class LastEpochTest(TrainerCallback):
                 results[f"max_{key}"] = float(max(values))
         if trainer.last_epoch_dataset is not None:
             output = trainer.predict(trainer.last_epoch_dataset, metric_key_prefix="last_test")
-            results.update({k: v for k, v in output.metrics.items() if k.startswith("last_test_")
-                            and not k.endswith(("_runtime", "_per_second"))})
+            results.update(
+                {
+                    k: v
+                    for k, v in output.metrics.items()
+                    if k.startswith("last_test_") and not k.endswith(("_runtime", "_per_second"))
+                }
+            )
         trainer.last_epoch_metrics = results
 
 
@@ -399,11 +426,17 @@ class KeepBestTrainable(TrainerCallback):
         self.best_metric, self.best_state = None, None
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        key = args.metric_for_best_model if args.metric_for_best_model.startswith("eval_") else f"eval_{args.metric_for_best_model}"
+        key = (
+            args.metric_for_best_model
+            if args.metric_for_best_model.startswith("eval_")
+            else f"eval_{args.metric_for_best_model}"
+        )
         value = (metrics or {}).get(key)
         if value is None or model is None:
             return
-        better = self.best_metric is None or (value > self.best_metric if args.greater_is_better else value < self.best_metric)
+        better = self.best_metric is None or (
+            value > self.best_metric if args.greater_is_better else value < self.best_metric
+        )
         if better:
             self.best_metric = value
             state.best_metric = value

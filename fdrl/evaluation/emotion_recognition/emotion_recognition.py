@@ -60,10 +60,12 @@ class EmotionRecognition(evaluate.Metric):
         return {
             "war": float(np.mean(predictions == references)),
             "uar": _balanced_accuracy(references, predictions),
-            "macro_f1": float(f1_score(references, predictions, labels=classes[present], average="macro",
-                                       zero_division=0)),
-            "weighted_f1": float(f1_score(references, predictions, labels=classes, average="weighted",
-                                          zero_division=0)),
+            "macro_f1": float(
+                f1_score(references, predictions, labels=classes[present], average="macro", zero_division=0)
+            ),
+            "weighted_f1": float(
+                f1_score(references, predictions, labels=classes, average="weighted", zero_division=0)
+            ),
             "recall": [float(r) if p else None for r, p in zip(recalls, present)],
             "confusion_matrix": confusion_matrix(references, predictions, labels=classes).tolist(),
             "num_samples": int(references.size),
