@@ -223,3 +223,128 @@ def test_strict_stops_at_a_video_without_usable_audio(fixture, tmp_path):
     assert isinstance(error.value.__cause__, ValueError)
     cause = str(error.value.__cause__)
     assert f"the audio of {CORRUPTED} (" in cause and "dia125_utt3.mp4" in cause
+
+
+# ----- the protocol on MELD's official splits (run_fdrl.py --dataset meld) --------------------------------------------
+TINY_RUN = [
+    "--model_preset",
+    "tiny",
+    "--num_train_epochs",
+    "2",
+    "--per_device_train_batch_size",
+    "4",
+    "--learning_rate",
+    "1e-3",
+    "--use_cpu",
+    "true",
+    "--logging_steps",
+    "1",
+    "--dataloader_num_workers",
+    "0",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+]
+
+
+def _weighted_f1_by_hand(matrix):
+    """Each class's F1 (2 tp / (support + predicted)) weighted by its support, from a confusion matrix (rows: truth)."""
+    total, weighted = 0, 0.0
+    for c, row in enumerate(matrix):
+        support, predicted = sum(row), sum(r[c] for r in matrix)
+        if support:
+            weighted += support * 2 * row[c] / (support + predicted)
+            total += support
+    return weighted / total
+
+
+@pytest.fixture(scope="module")
+def meld_run(fixture, tmp_path_factory):
+    import run_fdrl
+
+    output_dir = tmp_path_factory.mktemp("meld_run")
+    argv = ["--dataset", "meld", "--data_dir", str(fixture["data_dir"]), "--output_dir", str(output_dir)]
+    argv += ["--cache_dir", str(output_dir.parent / "meld_run_cache"), "--seeds", "0", "1"]
+    summary = run_fdrl.main([*argv, "--systems", "S0", "text", *TINY_RUN])
+    return output_dir, summary
+
+
+def test_the_protocol_runs_on_the_official_splits_once_per_seed(meld_run, fixture):
+    import json
+
+    output_dir, summary = meld_run
+    results = json.loads((output_dir / "results.json").read_text())
+    assert [(run["seed"], run["fold"]) for run in results["runs"]] == [(0, "official"), (1, "official")]
+    assert results["label_names"] == list(EMOTIONS) and list(results["systems"]) == ["S0", "text"]
+    # the test split: MELD's test utterances with audio, less test/dia2_utt2 (an empty transcript, skipped)
+    expected = [u for u in fixture["kept"]["test"] if u != "test/dia2_utt2"]
+    for seed in (0, 1):
+        record = json.loads((output_dir / "runs" / f"seed{seed}_official.json").read_text())
+        assert record["fold"] == "official" and record["test_ids"] == expected
+        splits = json.loads((output_dir / f"seed{seed}" / "official" / "splits.json").read_text())
+        assert splits["train"] == fixture["kept"]["train"] and splits["validation"] == fixture["kept"]["dev"]
+        for name in ("S0", "text"):
+            metrics = record["systems"][name]
+            assert metrics["num_samples"] == len(expected) == 7
+            assert metrics["weighted_f1"] == pytest.approx(_weighted_f1_by_hand(metrics["confusion_matrix"]))
+    for name in ("S0", "text"):
+        values = [run["systems"][name]["weighted_f1"] for run in results["runs"]]
+        assert results["systems"][name]["mean"]["weighted_f1"] == pytest.approx(sum(values) / 2)
+    table = (output_dir / "results.md").read_text()
+    assert "| weighted F1 |" in table.splitlines()[0] and "recall disgust" in table
+    assert "| seed | test split | S0 | text |" in table and "| 1 | official |" in table
+    # the Hub folder: seed 0's S0 model, with MELD's seven classes, and a card that says how it was tested
+    config = json.loads((output_dir / "model" / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(7)] == list(EMOTIONS)
+    card = (output_dir / "model" / "README.md").read_text()
+    assert "official splits" in card and "Labels (7 classes, in label-id order):** " + ", ".join(EMOTIONS) in card
+    assert "name: MELD\n      type: meld\n      split: test (2 seeds)" in card and "name: weighted F1" in card
+
+
+def test_folds_are_refused_for_meld(fixture, tmp_path):
+    import run_fdrl
+    from fdrl.data.corpus import corpus_folds
+
+    argv = ["--dataset", "meld", "--data_dir", str(fixture["data_dir"]), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"--folds 1: MELD has official train / validation / test splits.*drop"):
+        run_fdrl.main([*argv, "--folds", "1", *TINY_RUN])
+    assert not (tmp_path / "out").exists()  # refused while parsing, before the corpus is read
+    with pytest.raises(ValueError, match="--dataset meld reads --data_dir"):
+        run_fdrl.main(["--dataset", "meld", "--manifest", __file__, "--output_dir", str(tmp_path), *TINY_RUN])
+    # the same refusal from Python, for any corpus with official splits
+    corpus = {"train": None, "validation": None, "test": None}
+    import datasets
+
+    empty = datasets.Dataset.from_dict({"id": []})
+    corpus = datasets.DatasetDict(dict.fromkeys(corpus, empty))
+    with pytest.raises(ValueError, match=r"--folds 1 2: the corpus has official train"):
+        corpus_folds(corpus, [1, 2])
+    assert corpus_folds(corpus, None) == ["official"]
+
+
+def test_labels_reorder_melds_classes(built, fixture, tmp_path):
+    from types import SimpleNamespace
+
+    from fdrl.data.corpus import OFFICIAL, fold_splits, load_corpus
+
+    order = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+    data_args = SimpleNamespace(
+        data_dir=str(fixture["data_dir"]), manifest=None, dataset="meld", labels=",".join(order), cache_dir=None
+    )
+    data_args.cache_dir = str(tmp_path / "cache")
+    data = load_corpus(data_args)
+    assert data["train"].features["label"].names == list(order)
+    original = built[0]
+    for name in data:
+        assert [order[i] for i in data[name]["label"][:]] == [EMOTIONS[i] for i in original[name]["label"][:]]
+    splits = fold_splits(data, OFFICIAL, validation_fraction=0.5, seed=3)
+    assert {name: len(split) for name, split in splits.items()} == {"train": 12, "validation": 8, "test": 7}
+    # lengths for grouped batches come from the stored WAV bytes (the videos' tones last 0.4 to 0.75 s)
+    for row in splits["train"].select(range(3)):
+        assert row["length"] == len(decode_audio(row["audio"], row["id"])[0])
+    data_args.labels = "neutral,joy"
+    with pytest.raises(
+        ValueError, match=r"unknown label\(s\) in the MELD builder .*known: neutral, joy, from --labels"
+    ):
+        load_corpus(data_args)

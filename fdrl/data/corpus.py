@@ -1,7 +1,10 @@
-"""The corpus as every caller sees it: one loader for IEMOCAP or a manifest, the session of each utterance, the
-leave-one-session-out splits of one fold, and transcripts from elsewhere (a speech recogniser's) for the test split.
+"""The corpus as every caller sees it: one loader for IEMOCAP, MELD or a manifest (with the run's classes), the
+session of each utterance, the splits of one fold (leave-one-session-out, or a corpus's official train /
+validation / test as the one pseudo-fold `OFFICIAL`), and transcripts from elsewhere (a speech recogniser's) for the
+test split.
 """
 
+import io
 import json
 from pathlib import Path
 
@@ -9,28 +12,84 @@ import datasets
 from transformers.utils import logging
 
 from .audio import SAMPLING_RATE
+from .labels import apply_labels, has_official_splits, official_splits
 from .manifest import NO_SESSION, leave_one_session_out, load_manifest, read_rows
 
 
 logger = logging.get_logger(__name__)
 
+# The one pseudo-fold of a corpus with official train / validation / test splits (MELD): a run is (seed, OFFICIAL).
+OFFICIAL = "official"
+DATASETS = ("iemocap", "meld")
+
 
 def load_corpus(data_args, label2id=None):
-    """The whole corpus, from the IEMOCAP builder (`data_args.data_dir`, a `DatasetDict` with one split per session)
-    or a manifest (`data_args.manifest`, a `Dataset`); each row has a `session` (or `fold`) column. `data_args` is
-    `DataArguments` or any object with `data_dir` and `manifest`; its optional `dataset_config`, `cache_dir`,
-    `strip_tags` and `rebuild_cache` default to the IEMOCAP builder's defaults."""
+    """The whole corpus with the run's classes (`fdrl.data.labels`: `data_args.labels` in that order, else the
+    builder's own set, else a manifest's sorted labels; the list is logged). From the IEMOCAP builder
+    (`data_args.data_dir`, a `DatasetDict` with one split per session), the MELD builder (`data_args.dataset ==
+    "meld"`, a `DatasetDict` with MELD's train / validation / test) or a manifest (`data_args.manifest`, a `Dataset`
+    with a `session` or `fold` column). `data_args` is `DataArguments` or any object with `data_dir` and `manifest`;
+    its optional `dataset` ("iemocap"), `labels`, `dataset_config`, `cache_dir`, `strip_tags` and `rebuild_cache`
+    default to the IEMOCAP builder's defaults."""
+    labels = getattr(data_args, "labels", None)
     if data_args.manifest:
-        return load_manifest(data_args.manifest, label2id=label2id)
+        return load_manifest(data_args.manifest, label2id=label2id, labels=labels)
+    dataset = getattr(data_args, "dataset", None) or "iemocap"
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    cache_dir, rebuild = getattr(data_args, "cache_dir", None), getattr(data_args, "rebuild_cache", False)
+    if dataset == "meld":
+        from .meld import load_meld
+
+        data = load_meld(data_args.data_dir, cache_dir=cache_dir, rebuild=rebuild)
+        return apply_labels(data, labels, source=f"the MELD builder ({data_args.data_dir})")
     from .iemocap import load_iemocap
 
-    return load_iemocap(
+    data = load_iemocap(
         data_args.data_dir,
         config_name=getattr(data_args, "dataset_config", "4class"),
-        cache_dir=getattr(data_args, "cache_dir", None),
+        cache_dir=cache_dir,
         strip_tags=getattr(data_args, "strip_tags", False),
-        rebuild=getattr(data_args, "rebuild_cache", False),
+        rebuild=rebuild,
     )
+    return apply_labels(data, labels, source=f"the IEMOCAP builder ({data_args.data_dir})")
+
+
+def fold_name(fold):
+    """The folder and record name of a fold: `fold3` for test session 3, `official` for the official splits."""
+    return OFFICIAL if fold == OFFICIAL else f"fold{fold}"
+
+
+def fold_title(fold):
+    """A fold in words, for logs and plot titles."""
+    return "the official splits" if fold == OFFICIAL else f"test session {fold}"
+
+
+FOLDS_NEEDED = "Give --folds, e.g. `--folds 1 2 3 4 5` (the protocol) or `--folds 1` (one fold)"
+
+
+def folds_refused(folds, source):
+    """The error for `--folds` given with a corpus that has official splits."""
+    return ValueError(
+        f"--folds {' '.join(map(str, folds))}: {source} has official train / validation / test splits, so there "
+        "are no folds to choose: drop --folds (every seed of --seeds runs once on the official splits)"
+    )
+
+
+def corpus_folds(data, folds, source="the corpus"):
+    """The folds a run goes through: `[OFFICIAL]` for a corpus with official splits (where `folds` must not be
+    given), else `folds`, each a session of the corpus."""
+    if has_official_splits(data):
+        if folds:
+            raise folds_refused(folds, source)
+        return [OFFICIAL]
+    if not folds:
+        raise ValueError(FOLDS_NEEDED)
+    sessions = available_sessions(data)
+    unknown = [f for f in folds if f not in sessions]
+    if unknown:
+        raise ValueError(f"--folds: test session(s) {unknown} not in the data, whose sessions are {sessions}")
+    return list(folds)
 
 
 def splits_of(data):
@@ -84,7 +143,8 @@ def drop_empty_transcripts(split, name):
 
 
 def add_length_column(split, sampling_rate=SAMPLING_RATE):
-    """`length` in samples, for length-grouped batches: from IEMOCAP's times, else from the audio file's header."""
+    """`length` in samples, for length-grouped batches: from IEMOCAP's times, else from the audio's header (a file,
+    or the WAV bytes a builder stored, as MELD's)."""
     if "length" in split.column_names:
         return split
     if {"start", "end"} <= set(split.column_names):
@@ -92,27 +152,36 @@ def add_length_column(split, sampling_rate=SAMPLING_RATE):
     else:
         import soundfile
 
-        paths = split.cast_column("audio", datasets.Audio(decode=False))["audio"][:]
-        lengths = [int(soundfile.info(a["path"]).duration * sampling_rate) if a.get("path") else 0 for a in paths]
+        def duration(audio):
+            if audio.get("bytes"):
+                return soundfile.info(io.BytesIO(audio["bytes"])).duration
+            return soundfile.info(audio["path"]).duration if audio.get("path") else 0
+
+        raw = split.cast_column("audio", datasets.Audio(decode=False))["audio"][:]
+        lengths = [int(round(duration(audio) * sampling_rate)) for audio in raw]
     return split.add_column("length", lengths)
 
 
 def fold_splits(data, test_session, validation_fraction, seed):
-    """train / validation / test of one leave-one-session-out fold, without empty transcripts, with `length`; an
-    empty split or a test utterance in training is an error."""
-    splits = leave_one_session_out(data, test_session, validation_fraction=validation_fraction, seed=seed)
+    """train / validation / test of one fold, without empty transcripts, with `length`: leave-one-session-out, or
+    for `test_session == OFFICIAL` the corpus's own splits (`validation_fraction` and `seed` play no part). An empty
+    split or a test utterance in training is an error."""
+    if test_session == OFFICIAL:
+        splits = official_splits(data)
+    else:
+        splits = leave_one_session_out(data, test_session, validation_fraction=validation_fraction, seed=seed)
     splits = type(splits)(
         {name: add_length_column(drop_empty_transcripts(split, name)) for name, split in splits.items()}
     )
     for name, split in splits.items():
         if len(split) == 0:
             raise ValueError(
-                f"test session {test_session}: the {name} split is empty"
-                + (" (raise --validation_fraction)" if name == "validation" else "")
+                f"{fold_title(test_session)}: the {name} split is empty"
+                + (" (raise --validation_fraction)" if name == "validation" and test_session != OFFICIAL else "")
             )
     ids = {name: set(split["id"][:]) for name, split in splits.items()}
     if ids["test"] & (ids["train"] | ids["validation"]):
-        raise RuntimeError(f"test session {test_session} leaked into training or validation")
+        raise RuntimeError(f"{fold_title(test_session)}: the test split leaked into training or validation")
     return splits
 
 

@@ -2,8 +2,9 @@
 wins, per-class recall, and the Markdown/JSON files that hold them.
 
 A *run* is one (seed, test session) pair: `{"seed": 0, "fold": 1, "systems": {"S0": metrics, "speech": metrics}}`,
-where `metrics` is `fdrl.evaluation.metrics.classification_metrics` output (plus any extra scalars). Every system of
-a run saw the same folds, seeds and warm starts, so differences between systems are paired by run.
+where `metrics` is `fdrl.evaluation.metrics.classification_metrics` output (plus any extra scalars); on a corpus with
+official splits (MELD) the fold is the string "official", one run per seed. Every system of a run saw the same
+folds, seeds and warm starts, so differences between systems are paired by run.
 """
 
 import json
@@ -127,11 +128,12 @@ def markdown_report(summary, descriptions=None):
         lines.append("| " + " | ".join(cells) + " |")
     lines += alignment_table(summary)
     names = list(summary["systems"])
+    official = all(isinstance(run["fold"], str) for run in summary["runs"])  # "official": MELD's own splits
     lines += [
         "",
         "UAR per run (%):",
         "",
-        "| seed | test session | " + " | ".join(names) + " |",
+        "| seed | " + ("test split" if official else "test session") + " | " + " | ".join(names) + " |",
         "|" + " --- |" * (len(names) + 2),
     ]
     for run in summary["runs"]:
@@ -153,7 +155,7 @@ def alignment_table(summary):
     reference = summary["reference"]
     lines = [
         "",
-        "Alignment diagnostics on the test session (the kept model; `fdrl.evaluation.alignment`), mean ± std"
+        "Alignment diagnostics on the test split (the kept model; `fdrl.evaluation.alignment`), mean ± std"
         + (f"; (w/t/l): runs where the value is higher / equal / lower than {reference}'s" if reference else "")
         + ":",
         "",

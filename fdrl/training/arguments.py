@@ -12,6 +12,8 @@ from typing import Optional
 from transformers import HfArgumentParser
 
 from configuration_fdrl import FDRLConfig
+from fdrl.data.corpus import DATASETS, FOLDS_NEEDED, folds_refused
+from fdrl.data.labels import parse_labels
 
 from .trainer import FDRLTrainingArguments
 
@@ -118,11 +120,30 @@ ModelArguments.__doc__ = (
 @dataclass
 class DataArguments:
     data_dir: Optional[str] = field(
-        default=None, metadata={"help": "IEMOCAP_full_release folder, or the demo corpus (same layout)."}
+        default=None,
+        metadata={
+            "help": "The corpus folder: IEMOCAP_full_release (or the demo corpus, same layout), or with "
+            "--dataset meld the MELD.Raw folder."
+        },
+    )
+    dataset: str = field(
+        default="iemocap",
+        metadata={
+            "help": "What --data_dir holds: 'iemocap' (leave-one-session-out over --folds) or 'meld' (MELD's "
+            "official train / dev / test splits, no --folds)."
+        },
     )
     dataset_config: str = field(default="4class", metadata={"help": "IEMOCAP builder config: '4class' or 'all'."})
     manifest: Optional[str] = field(
         default=None, metadata={"help": "Your own data: a CSV or JSON-lines file with audio, text, label, session."}
+    )
+    labels: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "The classes in label-id order, comma-separated or as a list (`--labels neu,ang,sad`); a "
+            "label outside them is refused. Default: the builder's own set (IEMOCAP's four, MELD's seven), "
+            "or a manifest's sorted labels."
+        },
     )
     strip_tags: bool = field(default=False, metadata={"help": "Remove tags such as [LAUGHTER] from transcripts."})
     max_text_length: int = field(default=128, metadata={"help": "Transcripts are truncated to this many tokens."})
@@ -147,6 +168,13 @@ class DataArguments:
     def __post_init__(self):
         if bool(self.data_dir) == bool(self.manifest):
             raise ValueError("Give exactly one of --data_dir (IEMOCAP layout) or --manifest (your own data)")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.dataset == "meld" and self.manifest:
+            raise ValueError("--dataset meld reads --data_dir (the MELD.Raw folder), not --manifest")
+        if self.dataset == "meld" and self.dataset_config != "4class":
+            raise ValueError(f"--dataset_config {self.dataset_config} is the IEMOCAP builder's; MELD has one set")
+        self.labels = _labels_argument(self.labels)
         if self.data_dir and not Path(self.data_dir).is_dir():
             raise FileNotFoundError(f"--data_dir {self.data_dir} does not exist or is not a folder")
         if self.manifest and not Path(self.manifest).is_file():
@@ -155,6 +183,21 @@ class DataArguments:
             raise FileNotFoundError(f"--test_transcripts {self.test_transcripts} does not exist or is not a file")
         if self.max_text_length < 2:
             raise ValueError(f"--max_text_length must be at least 2, got {self.max_text_length}")
+
+
+def _labels_argument(value):
+    """`--labels` as a tuple of class names: `neu,ang,sad`, `neu ang sad` (a list, as YAML gives) or a mix."""
+    if value is None or isinstance(value, str):
+        return parse_labels(value)
+    return parse_labels(",".join(str(item) for item in value))
+
+
+def check_folds(data_args, training_args):
+    """`--folds` is needed for leave-one-session-out and refused for MELD, whose official splits are the runs."""
+    if data_args.dataset == "meld" and training_args.folds:
+        raise folds_refused(training_args.folds, "MELD")
+    if data_args.dataset != "meld" and not training_args.folds:
+        raise ValueError(FOLDS_NEEDED)
 
 
 ARGUMENT_FILE_SUFFIXES = (".json", ".yaml", ".yml")
@@ -196,7 +239,11 @@ def parse_arguments(argv=None):
     files = []
     while argv and argv[0].endswith(ARGUMENT_FILE_SUFFIXES):
         files.append(argv.pop(0))
-    return parser.parse_args_into_dataclasses(args=argument_files_as_flags(files) + argv)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(
+        args=argument_files_as_flags(files) + argv
+    )
+    check_folds(data_args, training_args)
+    return model_args, data_args, training_args
 
 
-__all__ = ["CONFIG_FIELDS", "DataArguments", "ModelArguments", "parse_arguments"]
+__all__ = ["CONFIG_FIELDS", "DataArguments", "ModelArguments", "check_folds", "parse_arguments"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from fdrl.data.corpus import OFFICIAL, fold_name
 from fdrl.evaluation.reporting import markdown_report
 from pipeline_fdrl import TASK, save_pipeline
 
@@ -23,10 +24,10 @@ def save_model_folder(model, processor, folder):
 
 
 def assemble_hub_folder(output_dir, seed, fold, summary, model_args, data_args, training_args):
-    """`output_dir/model`: the reference system's model of the last fold of the first seed, the run's results and a
-    card with every system's results."""
+    """`output_dir/model`: the reference system's model of the last fold (the official splits' run, on MELD) of the
+    first seed, the run's results and a card with every system's results."""
     hub_dir = Path(output_dir) / "model"
-    source = Path(output_dir) / f"seed{seed}" / f"fold{fold}" / "model"
+    source = Path(output_dir) / f"seed{seed}" / fold_name(fold) / "model"
     if not source.is_dir():
         logger.warning(
             f"no model folder at {source} (the reference system {summary['reference']} did not run): "
@@ -56,6 +57,8 @@ def base_model_id(model):
 def _dataset_name(data_args):
     if data_args.manifest:
         return "custom manifest"
+    if getattr(data_args, "dataset", None) == "meld":
+        return "MELD"
     if "demo" in str(data_args.data_dir).lower():
         return "FDRL spoken demo corpus (espeak-ng, IEMOCAP layout)"
     return "IEMOCAP"
@@ -65,6 +68,7 @@ def write_model_card(folder, summary, fold, model_args, data_args, training_args
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     dataset_name = _dataset_name(data_args)
+    official = fold == OFFICIAL
     model_name = training_args.hub_model_id or Path(training_args.output_dir).name
     reference = summary["reference"]
     entry = summary["systems"][reference]
@@ -72,9 +76,13 @@ def write_model_card(folder, summary, fold, model_args, data_args, training_args
         EvalResult(
             task_type="audio-classification",
             task_name="Multimodal emotion recognition",
-            dataset_type="iemocap" if dataset_name == "IEMOCAP" else "custom",
+            dataset_type=dataset_name.lower() if dataset_name in ("IEMOCAP", "MELD") else "custom",
             dataset_name=dataset_name,
-            dataset_split=f"leave-one-session-out ({summary['num_runs']} runs)",
+            dataset_split=(
+                f"test ({summary['num_runs']} seeds)"
+                if official
+                else f"leave-one-session-out ({summary['num_runs']} runs)"
+            ),
             metric_type=metric,
             metric_name=name,
             metric_value=round(100 * entry["mean"][key], 2),
@@ -82,7 +90,9 @@ def write_model_card(folder, summary, fold, model_args, data_args, training_args
         for key, metric, name in (
             ("war", "accuracy", "WAR (accuracy)"),
             ("uar", "recall", "UAR (unweighted average recall)"),
+            ("weighted_f1", "f1", "weighted F1"),
         )
+        if entry["mean"].get(key) is not None
     ]
     base_models = [base_model_id(model_args.audio_model), base_model_id(model_args.text_model)]
     card_data = ModelCardData(
@@ -106,6 +116,19 @@ def write_model_card(folder, summary, fold, model_args, data_args, training_args
         if training_args.freeze_backbones
         else "fine-tuned"
     )
+    if official:
+        protocol = (
+            f"the corpus's official splits: train on train, choose the epoch by UAR on the validation (dev) split, "
+            f"report the test split, once per seed. This repository holds the {reference} model of seed "
+            f"{training_args.seeds[0]}; the table reports every system on every seed."
+        )
+    else:
+        protocol = (
+            f"leave-one-session-out: train on the other sessions (a stratified "
+            f"{training_args.validation_fraction:.0%} of them held out for model selection by validation UAR), test "
+            f"on the held-out one. This repository holds the {reference} model trained with **session {fold} held "
+            f"out**; the table reports every system on every fold."
+        )
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -118,13 +141,12 @@ discriminators align the shared representations globally and per emotion class, 
 orthogonality loss keep the private ones distinct, and multi-head self-attention fuses the four.
 
 - **Backbones:** {backbones}, {frozen}.
-- **Labels:** {labels}
+- **Labels ({len(summary["label_names"])} classes, in label-id order):** {labels}
 - **Training data:** {dataset_name}
-- **Protocol:** leave-one-session-out: train on four sessions (a stratified {training_args.validation_fraction:.0%}
-  of them held out for model selection by validation UAR), test on the fifth. This repository holds the
-  {reference} model trained with **session {fold} held out**; the table reports every system on every fold.
+- **Protocol:** {protocol}
 - **Metrics:** WAR (weighted average recall) = accuracy; UAR (unweighted average recall) = mean of the per-class
-  recalls. Differences from {reference} are paired by run (same split, seed and starting backbones).
+  recalls; macro F1 and weighted F1 (each class's F1 weighted by its share of the test set, MELD's usual figure).
+  Differences from {reference} are paired by run (same split, seed and starting backbones).
 
 ## Results (%)
 
@@ -143,12 +165,12 @@ classifier({{"audio": "clip.wav", "text": "I can't believe this"}})
 
 ## Intended use and limits
 
-For research on emotion recognition from acted, English, dyadic speech with transcripts. Emotion labels are
-perceptions of annotators, not what a speaker felt; a model trained on a few actors (IEMOCAP has ten) does not
-transfer reliably to other speakers, languages, recording conditions or spontaneous speech. Do not use it to make
-decisions about people (hiring, policing, health, education, credit), and do not infer emotion from people who have
-not agreed to it. Figures on the synthetic demo corpus only show that the pipeline works; they say nothing about
-real speech.
+For research on emotion recognition from English speech with transcripts, of the kind it was trained on (IEMOCAP:
+acted, dyadic; MELD: multi-party scenes of one TV series). Emotion labels are perceptions of annotators, not what a
+speaker felt; a model trained on a few actors (IEMOCAP has ten, MELD's scenes six main ones) does not transfer
+reliably to other speakers, languages, recording conditions or spontaneous speech. Do not use it to make decisions
+about people (hiring, policing, health, education, credit), and do not infer emotion from people who have not agreed
+to it. Figures on the synthetic demo corpus only show that the pipeline works; they say nothing about real speech.
 """
     ModelCard(content).save(Path(folder) / "README.md")
 

@@ -1,9 +1,11 @@
-"""The leave-one-session-out protocol: every (seed, test session), every named system on the same splits and
-backbones, the summary table, the model folder, the model card and the Hub push. `run_fdrl.py` parses the arguments
-and calls `run_protocol`.
+"""The protocol: every (seed, fold), every named system on the same splits and backbones, the summary table, the
+model folder, the model card and the Hub push. A fold is a test session (leave-one-session-out) or, for a corpus with
+official train / validation / test splits (MELD), the one pseudo-fold "official" (`fdrl.data.corpus.OFFICIAL`).
+`run_fdrl.py` parses the arguments and calls `run_protocol`.
 
-Per (seed, fold) the run record `runs/seed{S}_fold{F}.json` is rewritten (atomically) after every system, with the
-system's test metrics and log-probabilities, so an interrupted protocol resumes at the system it was training.
+Per (seed, fold) the run record `runs/seed{S}_fold{F}.json` (`runs/seed{S}_official.json`) is rewritten (atomically)
+after every system, with the system's test metrics and log-probabilities, so an interrupted protocol resumes at the
+system it was training.
 """
 
 import copy
@@ -24,9 +26,12 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging
 
 from fdrl.data.corpus import (
-    available_sessions,
+    OFFICIAL,
     column,
+    corpus_folds,
+    fold_name,
     fold_splits,
+    fold_title,
     load_corpus,
     read_transcripts,
     replace_test_transcripts,
@@ -117,12 +122,12 @@ class RunContext:
 
 @dataclass
 class FoldRun:
-    """One (seed, test session): its splits, processor and starting backbones, and the systems done so far."""
+    """One (seed, fold): its splits, processor and starting backbones, and the systems done so far."""
 
     seed: int
-    fold: int
-    directory: Path  # {output_dir}/seed{S}/fold{F}
-    record_path: Path  # {output_dir}/runs/seed{S}_fold{F}.json
+    fold: Any  # a test session (int), or "official"
+    directory: Path  # {output_dir}/seed{S}/fold{F} (or .../official)
+    record_path: Path  # {output_dir}/runs/seed{S}_fold{F}.json (or seed{S}_official.json)
     splits: Any
     processor: Any
     audio: Any
@@ -131,7 +136,7 @@ class FoldRun:
 
     @property
     def title(self):
-        return f"test session {self.fold}, seed {self.seed}"
+        return f"{fold_title(self.fold)}, seed {self.seed}"
 
 
 # ----- one system -----------------------------------------------------------------------------------------------------
@@ -224,15 +229,15 @@ def prepare_fold(context, seed, fold):
     """The fold's splits (test transcripts replaced if asked), processor and starting backbones, the systems a
     resumed run has already done, and `splits.json`; with frozen backbones, the splits become cached features."""
     args, model_args, data_args = context.training_args, context.model_args, context.data_args
-    fold_dir = Path(args.output_dir) / f"seed{seed}" / f"fold{fold}"
-    record_path = Path(args.output_dir) / "runs" / f"seed{seed}_fold{fold}.json"
+    fold_dir = Path(args.output_dir) / f"seed{seed}" / fold_name(fold)
+    record_path = Path(args.output_dir) / "runs" / f"seed{seed}_{fold_name(fold)}.json"
     record = read_record(record_path) if str(args.resume_from_checkpoint).lower() == "true" else {}
     with args.main_process_first(desc="fold splits"):
         splits = fold_splits(context.data, fold, args.validation_fraction, seed)
     if data_args.test_transcripts:  # e.g. a speech recogniser's, to test as users would
         source = data_args.test_transcripts
         splits = replace_test_transcripts(splits, read_transcripts(source), source)
-    logger.info(f"seed {seed}, test session {fold}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    logger.info(f"seed {seed}, {fold_title(fold)}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     processor = build_processor(model_args, splits["train"]["text"][:] + splits["validation"]["text"][:], fold_dir)
     audio, text = build_backbones(model_args, processor, seed)
     if args.should_save:
@@ -300,7 +305,7 @@ def save_fold_record(context, fold, system):
 
 
 def run_fold(context, seed, fold):
-    """Every system of one (seed, test session), on one split and one set of starting backbones."""
+    """Every system of one (seed, fold), on one split and one set of starting backbones."""
     prepared = prepare_fold(context, seed, fold)
     train_fold_systems(context, prepared)
     return {"seed": seed, "fold": fold, "systems": {s.name: prepared.done[s.name] for s in context.systems}}
@@ -354,10 +359,7 @@ def run_protocol(model_args, data_args, training_args):
     try:
         with training_args.main_process_first(desc="load data"):
             data = load_corpus(data_args)
-        sessions = available_sessions(data)
-        unknown = [f for f in training_args.folds if f not in sessions]
-        if unknown:
-            raise ValueError(f"--folds: test session(s) {unknown} not in the data, whose sessions are {sessions}")
+        folds = corpus_folds(data, training_args.folds, source=_corpus_source(data_args))
         label_names = corpus_label_names(data)
         data, audio_report = check_corpus_audio(data, model_args, data_args)
         context = RunContext(
@@ -370,7 +372,7 @@ def run_protocol(model_args, data_args, training_args):
             label_names=label_names,
             config_kwargs=config_kwargs(model_args, label_names),
         )
-        runs = [run_fold(context, seed, fold) for seed in training_args.seeds for fold in training_args.folds]
+        runs = [run_fold(context, seed, fold) for seed in training_args.seeds for fold in folds]
         summary = summarize_runs(
             [{k: v for k, v in run.items()} for run in _without_log_probs(runs)],
             label_names,
@@ -381,11 +383,12 @@ def run_protocol(model_args, data_args, training_args):
         if training_args.should_save:
             output_dir = Path(training_args.output_dir)
             table = write_report(summary, output_dir, DESCRIPTIONS)
-            print(f"\nLeave-one-session-out results (WAR = accuracy, UAR = mean per-class recall), in %:\n{table}\n")
+            protocol = "Official-split" if folds == [OFFICIAL] else "Leave-one-session-out"
+            print(f"\n{protocol} results (WAR = accuracy, UAR = mean per-class recall), in %:\n{table}\n")
             hub_dir = reference and assemble_hub_folder(
                 output_dir,
                 training_args.seeds[0],
-                training_args.folds[-1],
+                folds[-1],
                 summary,
                 model_args,
                 data_args,
@@ -397,6 +400,14 @@ def run_protocol(model_args, data_args, training_args):
     finally:
         if lock is not None:
             lock.release()
+
+
+def _corpus_source(data_args):
+    """The corpus in words, for messages."""
+    if data_args.manifest:
+        return str(data_args.manifest)
+    name = "MELD" if getattr(data_args, "dataset", None) == "meld" else "IEMOCAP"
+    return f"the {name} corpus in {data_args.data_dir}"
 
 
 def _without_log_probs(runs):

@@ -77,7 +77,10 @@ class FDRLTrainingArguments(TrainingArguments):
     # ----- the protocol -----
     folds: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "Test sessions, e.g. `--folds 1 2 3 4 5` or `1,2,3,4,5` (leave-one-session-out)."},
+        metadata={
+            "help": "Test sessions, e.g. `--folds 1 2 3 4 5` or `1,2,3,4,5` (leave-one-session-out); not for a "
+            "corpus with official splits (MELD)."
+        },
     )
     seeds: Optional[list[str]] = field(default=None, metadata={"help": "Seeds; every fold runs once per seed."})
     systems: Optional[list[str]] = field(
@@ -132,8 +135,6 @@ class FDRLTrainingArguments(TrainingArguments):
         self.folds = _as_list(self.folds, "folds", int)
         self.seeds = _as_list(self.seeds, "seeds", int) or [self.seed]
         self.systems = _as_list(self.systems, "systems", str) or ["S0"]
-        if self.folds is None:
-            raise ValueError("Give --folds, e.g. `--folds 1 2 3 4 5` (the protocol) or `--folds 1` (one fold)")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"--validation_fraction must lie in (0, 1), got {self.validation_fraction}")
         for name in ("learning_rate", "backbone_learning_rate", "unimodal_learning_rate"):
