@@ -467,7 +467,7 @@ def test_missing_data_dir_and_model_source_are_named(tmp_path):
 
 def test_a_missing_label_in_a_manifest_is_reported_by_row(corpus, tmp_path):
     # Without --labels a manifest's classes are its own sorted labels (issue 22), so "joy" is a class now; a row
-    # without a label is still refused by row before anything trains. (--labels with a label outside it: next round.)
+    # without a label is still refused by row before anything trains (a label outside --labels: the tests below).
     wav = next(corpus["data_dir"].glob("Session1/sentences/wav/*/*.wav"))
     rows = ["id,audio,text,label,session", f"a,{wav},hello there,ang,1", f"b,{wav},good morning,,2"]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
@@ -668,3 +668,127 @@ def test_a_full_disk_during_a_checkpoint_is_reported_as_such(corpus, small_disk)
     assert str(error.value).endswith("free space and rerun with --resume_from_checkpoint true")
     written_by = error.value.__cause__.__cause__  # what the library raised: torch's or safetensors' own error
     assert not isinstance(written_by, OSError) and "inline_container" in str(written_by), repr(written_by)
+
+
+# ----- your own classes: --labels end to end (issue 22) --------------------------------------------------------------
+SIX = ("neu", "ang", "sad", "hap", "fru", "exc")
+
+
+def _six_class_manifest(corpus, path, labels=SIX):
+    """The fixture's utterances with a WAV and words, labelled with `labels` in turn (every class in every session).
+    Returns (path, the labels of the rows)."""
+    rows, given = ["id,audio,text,label,session"], []
+    usable = [u for u in corpus["utterances"].values() if u["text"].strip() and Path(u["wav"]).is_file()]
+    for session in (1, 2, 3):
+        members = [u for u in usable if u["session"] == session]
+        for index, u in enumerate(members):
+            text = u["text"].replace('"', '""')
+            given.append(labels[index % len(labels)])
+            rows.append(f'{u["id"]},{u["wav"]},"{text}",{given[-1]},{session}')
+    path.write_text("\n".join(rows) + "\n")
+    return path, given
+
+
+def test_six_classes_travel_to_the_model_the_table_the_card_and_predict(corpus, tmp_path):
+    from fdrl.cli import predict
+    from modeling_fdrl import FDRLModel
+
+    manifest, _ = _six_class_manifest(corpus, tmp_path / "six.csv")
+    output_dir = tmp_path / "out"
+    systems = ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "speech", "text", "concat", "late_fusion"]
+    argv = ["--manifest", str(manifest), "--labels", ",".join(SIX), "--folds", "1", "--num_train_epochs", "1"]
+    summary = run_fdrl.main([*argv, "--systems", *systems, "--output_dir", str(output_dir), *TINY])
+    assert summary["label_names"] == list(SIX) and list(summary["systems"]) == systems  # every system ran
+    record = json.loads((output_dir / "runs" / "seed42_fold1.json").read_text())
+    for name in systems:
+        assert (
+            len(record["systems"][name]["confusion_matrix"]) == 6 and len(record["systems"][name]["log_probs"][0]) == 6
+        )
+    header = (output_dir / "results.md").read_text().splitlines()[0]
+    assert header.endswith(" | ".join(f"recall {label}" for label in SIX) + " |")
+    # the model: id2label in --labels' order, one local discriminator per class (eq. 5)
+    model = FDRLModel.from_pretrained(output_dir / "model")
+    assert model.config.id2label == dict(enumerate(SIX)) and model.config.label2id == {c: i for i, c in enumerate(SIX)}
+    assert len(model.local_discriminators) == 6 and model.fusion.classifier.out_features == 6
+    card = (output_dir / "model" / "README.md").read_text()
+    assert "Labels (6 classes, in label-id order):** neu, ang, sad, hap, fru, exc" in card
+    # fdrl-predict names the six classes, in the model's order
+    recordings = tmp_path / "recordings.csv"
+    test_ids = json.loads((output_dir / "seed42" / "fold1" / "splits.json").read_text())["test"][:3]
+    lines = ["id,audio,text"] + [
+        f'{i},{corpus["utterances"][i]["wav"]},"{corpus["utterances"][i]["text"]}"' for i in test_ids
+    ]
+    recordings.write_text("\n".join(lines) + "\n")
+    predictions = tmp_path / "predictions.csv"
+    argv = ["--model", str(output_dir / "model"), "--input", str(recordings), "--output", str(predictions)]
+    assert predict.main([*argv, "--device", "cpu"]) == 0
+    import csv
+
+    with open(predictions, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames[:4] == ["id", "audio", "label", "score"]
+    assert reader.fieldnames[4:10] == [f"score_{label}" for label in SIX]
+    assert [row["id"] for row in rows] == test_ids and all(row["label"] in SIX for row in rows)
+    for row in rows:
+        scores = [float(row[f"score_{label}"]) for label in SIX]
+        assert sum(scores) == pytest.approx(1.0, abs=1e-4) and row["label"] == SIX[scores.index(max(scores))]
+
+
+def test_a_label_outside_labels_is_refused_with_the_known_ones(corpus, tmp_path):
+    from collections import Counter
+
+    manifest, given = _six_class_manifest(corpus, tmp_path / "six.csv")
+    argv = ["--manifest", str(manifest), "--labels", "neu,ang,sad,hap", "--folds", "1", "--output_dir", str(tmp_path)]
+    with pytest.raises(ValueError) as error:
+        run_fdrl.main([*argv, *TINY])
+    message, counts = str(error.value), Counter(given)
+    assert counts["exc"] >= 3 and counts["fru"] >= 3
+    assert message.startswith(
+        f"{counts['exc'] + counts['fru']} unknown label(s) in {manifest} (known: neu, ang, sad, hap, from --labels): "
+        f"'exc' ({counts['exc']} row(s)), 'fru' ({counts['fru']} row(s)). row 5 (line 6): 'fru'; row 6 (line 7): 'exc'"
+    )
+    assert message.endswith(
+        "Fix those rows, or set the classes with --labels (labels=[...] in Python), in label-id "
+        "order, e.g. --labels neu,ang,sad"
+    )
+    assert not (tmp_path / "seed42").exists()  # nothing trained
+
+
+def test_labels_arguments_and_a_builders_classes(corpus, tmp_path):
+    from types import SimpleNamespace
+
+    from fdrl.data.corpus import load_corpus
+    from fdrl.training.arguments import parse_arguments
+
+    common = [
+        "--data_dir",
+        str(corpus["data_dir"]),
+        "--folds",
+        "1",
+        "--model_preset",
+        "tiny",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    for labels in (["sad,neu", "ang,hap"], ["sad", "neu", "ang", "hap"], ["sad,neu,ang,hap"]):
+        _, data_args, _ = parse_arguments([*common, "--labels", *labels])
+        assert data_args.labels == ("sad", "neu", "ang", "hap")
+    with pytest.raises(ValueError, match="--labels needs at least two classes"):
+        parse_arguments([*common, "--labels", "neu"])
+    with pytest.raises(ValueError, match="--labels names each class once, got neu more than once"):
+        parse_arguments([*common, "--labels", "neu,ang,neu"])
+    with pytest.raises(ValueError, match="--dataset must be one of iemocap, meld, got 'msp'"):
+        parse_arguments([*common, "--dataset", "msp"])
+    # the IEMOCAP builder keeps its four unless --labels reorders them; the same rows, the ids follow the names
+    cache = str(corpus["data_dir"].parent / "cache")
+    own = load_corpus(SimpleNamespace(data_dir=str(corpus["data_dir"]), manifest=None, cache_dir=cache))
+    assert own["session1"].features["label"].names == ["ang", "hap", "neu", "sad"]
+    reordered = load_corpus(
+        SimpleNamespace(data_dir=str(corpus["data_dir"]), manifest=None, cache_dir=cache, labels="sad,neu,ang,hap")
+    )
+    for session in own:
+        names = reordered[session].features["label"].names
+        assert [names[i] for i in reordered[session]["label"][:]] == [
+            ["ang", "hap", "neu", "sad"][i] for i in own[session]["label"][:]
+        ]
