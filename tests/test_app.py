@@ -426,3 +426,22 @@ def test_page_in_a_browser(saved, server, browser, tmp_path):
     expected = app.display_name(next(iter(reference_scores(saved, path, text)[0])))
     assert submit_and_read(browser, wait, top, bool) == expected
     assert server.process.poll() is None
+
+
+def test_the_page_shows_the_models_own_classes(saved, tmp_path):
+    """Issue 22: a model with six classes (not IEMOCAP's four) shows its six, in its order, on the page and in the
+    scores; IEMOCAP's codes get their names, other labels are shown as the model names them."""
+    import gradio as gr
+
+    six = ["neu", "ang", "sad", "hap", "fru", "calm"]
+    torch.manual_seed(0)
+    config = tiny_fdrl_config(id2label=dict(enumerate(six)), label2id={label: i for i, label in enumerate(six)})
+    processor = FDRLProcessor.from_pretrained(saved.folder)
+    folder = save_pipeline(FDRLModel(config).eval(), processor, tmp_path / "six")
+    demo = app.EmotionDemo(app.load_classifier(folder))
+    path, text = saved.examples[0]
+    prediction = demo.predict(path, text)
+    assert sorted(prediction.scores) == sorted(six) and abs(sum(prediction.scores.values()) - 1) <= 1e-5
+    page = app.build_page(demo, "six-class model")
+    header = next(block.value for block in page.blocks.values() if isinstance(block, gr.Markdown))
+    assert "(neutral, anger, sadness, happiness, frustration, calm)" in header
