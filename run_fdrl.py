@@ -1,9 +1,13 @@
 #!/usr/bin/env python
-"""Train and evaluate FDRL and its baselines under the leave-one-session-out protocol.
+"""Train and evaluate FDRL and its baselines under the leave-one-session-out protocol, or on a corpus's official
+train / dev / test splits (MELD: `--dataset meld`, no `--folds`).
 
     accelerate launch run_fdrl.py --data_dir /data/IEMOCAP_full_release \\
         --audio_model facebook/wav2vec2-base --text_model bert-base-uncased \\
         --folds 1 2 3 4 5 --systems S0 speech text late_fusion --output_dir outputs/fdrl-iemocap
+    accelerate launch run_fdrl.py --dataset meld --data_dir /data/MELD.Raw --seeds 0 1 2 ...
+
+`--labels neu,ang,sad` names the classes in label-id order (default: the builder's own, or a manifest's sorted set).
 
 Arguments can also come from a JSON or YAML file, which can name a whole experiment:
 `python run_fdrl.py experiments/ablations.yaml`. Every argument is listed by `python run_fdrl.py --help`.

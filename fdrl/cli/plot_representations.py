@@ -47,11 +47,13 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="The PNG to write.")
     args = parser.parse_args(argv)
 
-    from transformers import AutoModel, AutoProcessor
+    from transformers import AutoConfig, AutoModel, AutoProcessor
 
     from fdrl.data.corpus import available_sessions, load_corpus, session_examples
 
-    args.manifest = None
+    # the corpus's label ids follow the (first) model's classes, in its order, whatever order it was trained with
+    config = AutoConfig.from_pretrained(args.model[0], trust_remote_code=True)
+    args.manifest, args.labels = None, [config.id2label[i] for i in range(config.num_labels)]
     data = load_corpus(args)
     if args.session not in available_sessions(data):
         parser.error(f"--session {args.session}: {args.data_dir} has the sessions {available_sessions(data)}")
