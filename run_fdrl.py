@@ -39,6 +39,9 @@ def main(argv=None):
     level = training_args.get_process_log_level()
     logger.setLevel(level)
     logging.getLogger("fdrl").setLevel(level)
+    if training_args.log_level == "passive" and training_args.should_log:
+        # the run's classes are listed at the default level too, so that a typo in the data shows as an extra class
+        logging.getLogger("fdrl.data.labels").setLevel(min(level, logging.INFO))
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()

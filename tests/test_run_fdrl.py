@@ -1,6 +1,7 @@
 """run_fdrl.py end to end on the IEMOCAP-layout fixture: the protocol, resume, the Hub folder, several processes."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -689,9 +690,11 @@ def _six_class_manifest(corpus, path, labels=SIX):
     return path, given
 
 
-def test_six_classes_travel_to_the_model_the_table_the_card_and_predict(corpus, tmp_path):
+def test_six_classes_travel_to_the_model_the_table_the_card_and_predict(corpus, tmp_path, caplog):
     from fdrl.cli import predict
     from modeling_fdrl import FDRLModel
+
+    caplog.set_level(logging.DEBUG)  # what the loggers let through at run_fdrl.py's default --log_level passive
 
     manifest, _ = _six_class_manifest(corpus, tmp_path / "six.csv")
     output_dir = tmp_path / "out"
@@ -699,6 +702,8 @@ def test_six_classes_travel_to_the_model_the_table_the_card_and_predict(corpus, 
     argv = ["--manifest", str(manifest), "--labels", ",".join(SIX), "--folds", "1", "--num_train_epochs", "1"]
     summary = run_fdrl.main([*argv, "--systems", *systems, "--output_dir", str(output_dir), *TINY])
     assert summary["label_names"] == list(SIX) and list(summary["systems"]) == systems  # every system ran
+    listed = [r.getMessage() for r in caplog.records if r.name == "fdrl.data.labels"]
+    assert listed == ["classes (6, from --labels): neu, ang, sad, hap, fru, exc"]  # logged before training
     record = json.loads((output_dir / "runs" / "seed42_fold1.json").read_text())
     for name in systems:
         assert (
