@@ -779,6 +779,10 @@ def test_labels_arguments_and_a_builders_classes(corpus, tmp_path):
     for labels in (["sad,neu", "ang,hap"], ["sad", "neu", "ang", "hap"], ["sad,neu,ang,hap"]):
         _, data_args, _ = parse_arguments([*common, "--labels", *labels])
         assert data_args.labels == ("sad", "neu", "ang", "hap")
+    from fdrl.training.arguments import DataArguments
+
+    assert DataArguments(data_dir=str(corpus["data_dir"]), labels="sad, neu").labels == ("sad", "neu")  # Python
+    assert DataArguments(data_dir=str(corpus["data_dir"])).labels is None
     with pytest.raises(ValueError, match="--labels needs at least two classes"):
         parse_arguments([*common, "--labels", "neu"])
     with pytest.raises(ValueError, match="--labels names each class once, got neu more than once"):
