@@ -1,11 +1,12 @@
-"""The protocol: every (seed, fold), every named system on the same splits and backbones, the summary table, the
-model folder, the model card and the Hub push. A fold is a test session (leave-one-session-out) or, for a corpus with
-official train / validation / test splits (MELD), the one pseudo-fold "official" (`fdrl.data.corpus.OFFICIAL`).
-`run_fdrl.py` parses the arguments and calls `run_protocol`.
+"""The leave-one-session-out protocol: every (seed, test session), every named system on the same splits and
+backbones, the summary table, the model folder, the model card and the Hub push. `run_fdrl.py` parses the arguments
+and calls `run_protocol`.
 
-Per (seed, fold) the run record `runs/seed{S}_fold{F}.json` (`runs/seed{S}_official.json`) is rewritten (atomically)
-after every system, with the system's test metrics and log-probabilities, so an interrupted protocol resumes at the
-system it was training.
+A corpus with official train / validation / test splits (MELD) has one pseudo-fold instead, "official"
+(`fdrl.data.corpus.OFFICIAL`): one run per seed, recorded as `runs/seed{S}_official.json` in `seed{S}/official`.
+
+Per (seed, fold) the run record `runs/seed{S}_fold{F}.json` is rewritten (atomically) after every system, with the
+system's test metrics and log-probabilities, so an interrupted protocol resumes at the system it was training.
 """
 
 import copy
