@@ -7,10 +7,10 @@ import json
 import shutil
 
 import pytest
+from test_run_fdrl import TINY, _args
 
 import run_fdrl
 from iemocap_fixture import make_iemocap_fixture
-from test_run_fdrl import TINY, _args
 
 
 @pytest.fixture(scope="module")
