@@ -148,6 +148,8 @@ def transcript_problem(tokenizer, text) -> str | None:
     """
     if not text or not text.strip():
         return "the transcript is empty"
+    if tokenizer is None:  # no tokenizer yet (the corpus before a fold's vocabulary is learnt): the blank rule only
+        return None
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if tokenizer.unk_token_id is not None and all(token == tokenizer.unk_token_id for token in ids):
         return (

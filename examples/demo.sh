@@ -10,7 +10,8 @@ PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 start=$(date +%s)
 "$PY" -m fdrl.data.demo_corpus --output_dir demo_data --seed 0 --workers 2
-"$PY" run_fdrl.py examples/base.yaml examples/demo.yaml
+# A demo trains anew each time: the output folder of an earlier demo is deleted first (run_fdrl.py refuses it otherwise)
+"$PY" run_fdrl.py examples/base.yaml examples/demo.yaml --overwrite_output_dir true
 "$PY" - <<'PYTHON'
 import glob
 from transformers import pipeline

@@ -6,10 +6,13 @@ test split.
 
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import datasets
 from transformers.utils import logging
+
+from processing_fdrl import transcript_problem
 
 from .audio import SAMPLING_RATE
 from .labels import apply_labels, has_official_splits, official_splits
@@ -132,13 +135,17 @@ def column(split, name):
     return split[name][:] if hasattr(split, "column_names") else [example[name] for example in split]
 
 
-def drop_empty_transcripts(split, name):
-    """Utterances without words cannot feed the text branch: skipped, counted and named in a warning."""
-    empty = [i for i, text in enumerate(split["text"][:]) if not str(text).strip()]
-    if empty:
-        ids = split.select(empty[:5])["id"][:] if "id" in split.column_names else empty[:5]
-        logger.warning(f"{name}: skipped {len(empty)} utterance(s) with an empty transcript, e.g. {ids}")
-        split = split.select(sorted(set(range(len(split))) - set(empty)))
+def drop_empty_transcripts(split, name, tokenizer=None):
+    """Utterances whose transcript the text branch cannot read are skipped, counted and named in a warning. The
+    rule is inference's, `processing_fdrl.transcript_problem`: blank, or (given the run's `tokenizer`) nothing but
+    its unknown token, e.g. emoji only."""
+    problems = {i: transcript_problem(tokenizer, text) for i, text in enumerate(split["text"][:])}
+    bad = [i for i, problem in problems.items() if problem]
+    if bad:
+        ids = split.select(bad[:5])["id"][:] if "id" in split.column_names else bad[:5]
+        examples = "; ".join(f"{uid}: {problems[i]}" for uid, i in zip(ids, bad))
+        logger.warning(f"{name}: skipped {len(bad)} utterance(s) whose transcript has no word to read, e.g. {examples}")
+        split = split.select(sorted(set(range(len(split))) - set(bad)))
     return split
 
 
@@ -173,15 +180,83 @@ def fold_splits(data, test_session, validation_fraction, seed):
     splits = type(splits)(
         {name: add_length_column(drop_empty_transcripts(split, name)) for name, split in splits.items()}
     )
+    _check_not_empty(splits, test_session)
+    ids = {name: set(split["id"][:]) for name, split in splits.items()}
+    if ids["test"] & (ids["train"] | ids["validation"]):
+        raise RuntimeError(f"{fold_title(test_session)}: the test split leaked into training or validation")
+    return splits
+
+
+def _classes(labels, names):
+    counts = Counter(labels)
+    present = ", ".join(f"{names[i]} ({counts[i]})" for i in sorted(counts)) or "none"
+    missing = [name for i, name in enumerate(names) if i not in counts]
+    return present, missing
+
+
+def _lacking(test_session, split_name, present, missing):
+    return f"{fold_title(test_session)}: the {split_name} split lacks {', '.join(missing)} (it has {present})"
+
+
+def check_fold_classes(splits, names, test_session):
+    """A training split lacking a class is refused (a model trained on it never predicts that class, and a split of
+    one class scores 100% on itself); a validation or test split lacking one is named in a warning."""
+    for split_name, split in splits.items():
+        present, missing = _classes(column(split, "label"), names)
+        if not missing:
+            continue
+        message = _lacking(test_session, split_name, present, missing)
+        if split_name == "train":
+            raise ValueError(f"{message}; every class must be trained on: fix the labels or sessions of the data")
+        logger.warning(f"{message}; its per-class figures leave those out")
+
+
+def check_training_classes(data, test_sessions, names):
+    """`check_fold_classes`'s refusal for the training split of every fold at once, before the first one trains:
+    a fold trains on every session but its test session (the validation draw keeps each class in training), less
+    utterances without a transcript. For the official splits (`test_sessions == [OFFICIAL]`): their train split."""
+    if list(test_sessions) == [OFFICIAL]:
+        train = official_splits(data)["train"]
+        texts = train["text"][:]
+        labels = [y for y, text in zip(train["label"][:], texts) if not transcript_problem(None, text)]
+        present, missing = _classes(labels, names)
+        if missing:
+            raise ValueError(
+                _lacking(OFFICIAL, "train", present, missing) + "; every class must be trained on: fix the labels of "
+                "the data, or leave the missing classes out of --labels"
+            )
+        return
+    rows = []
+    for split in splits_of(data):
+        texts, sessions = split["text"][:], split[session_column(split)][:]
+        rows += [(s, y) for s, y, text in zip(sessions, split["label"][:], texts) if not transcript_problem(None, text)]
+    problems = []
+    for test_session in test_sessions:
+        labels = [label for session, label in rows if session not in (test_session, NO_SESSION)]
+        present, missing = _classes(labels, names)
+        if missing:
+            problems.append(_lacking(test_session, "train", present, missing))
+    if problems:
+        raise ValueError(
+            "\n".join(problems) + "\nEvery class must be trained on (a model trained without a class never predicts "
+            "it): fix the labels or sessions of the data, or leave those test sessions out of --folds"
+        )
+
+
+def _check_not_empty(splits, test_session):
     for name, split in splits.items():
         if len(split) == 0:
             raise ValueError(
                 f"{fold_title(test_session)}: the {name} split is empty"
                 + (" (raise --validation_fraction)" if name == "validation" and test_session != OFFICIAL else "")
             )
-    ids = {name: set(split["id"][:]) for name, split in splits.items()}
-    if ids["test"] & (ids["train"] | ids["validation"]):
-        raise RuntimeError(f"{fold_title(test_session)}: the test split leaked into training or validation")
+
+
+def drop_unreadable_transcripts(splits, tokenizer, test_session):
+    """The fold's splits less the utterances whose transcript the run's `tokenizer` reads as unknown tokens only
+    (`drop_empty_transcripts`), once the fold's tokenizer exists; a split left empty is an error."""
+    splits = type(splits)({name: drop_empty_transcripts(split, name, tokenizer) for name, split in splits.items()})
+    _check_not_empty(splits, test_session)
     return splits
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from modeling_fdrl import safetensors_problem
+
 
 logger = logging.get_logger(__name__)
 
@@ -66,9 +68,20 @@ def missing_files(checkpoint):
     return missing
 
 
+def damaged_weights(checkpoint):
+    """'name (problem)' for each of `checkpoint`'s safetensors files whose header does not describe its bytes (a
+    copy cut short, a disk error): `modeling_fdrl.safetensors_problem`, the rule inference applies too."""
+    found = []
+    for path in sorted(Path(checkpoint).glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            found.append(f"{path.name} ({problem})")
+    return found
+
+
 def latest_complete_checkpoint(folder):
-    """The newest `checkpoint-N` in `folder` with every file a resume reads, or None. Incomplete ones are named in
-    a warning and left as they are."""
+    """The newest `checkpoint-N` in `folder` with every file a resume reads and undamaged weights, or None.
+    Incomplete or damaged ones are named in a warning and left as they are."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -77,6 +90,10 @@ def latest_complete_checkpoint(folder):
     )
     for _, path in reversed(checkpoints):
         missing = missing_files(path)
+        damaged = [] if missing else damaged_weights(path)
+        if damaged:
+            logger.warning(f"skipping the checkpoint {path}: its weights are damaged ({'; '.join(damaged)})")
+            continue
         if not missing:
             return str(path)
         logger.warning(

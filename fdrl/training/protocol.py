@@ -28,8 +28,11 @@ from transformers.utils import logging
 
 from fdrl.data.corpus import (
     OFFICIAL,
+    check_fold_classes,
+    check_training_classes,
     column,
     corpus_folds,
+    drop_unreadable_transcripts,
     fold_name,
     fold_splits,
     fold_title,
@@ -39,7 +42,7 @@ from fdrl.data.corpus import (
 )
 from fdrl.data.corpus import label_names as corpus_label_names
 from fdrl.data.validation import check_corpus_audio
-from fdrl.evaluation.metrics import classification_metrics
+from fdrl.evaluation.metrics import SCALAR_METRICS, classification_metrics
 from fdrl.evaluation.plots import fdrl_training_panels, plot_confusion_matrix, plot_training
 from fdrl.evaluation.reporting import summarize_runs, write_report
 from fdrl.io import write_json
@@ -50,8 +53,9 @@ from processing_fdrl import FDRLProcessor
 from .checkpoints import latest_complete_checkpoint
 from .features import cached_pooled_features
 from .hub import assemble_hub_folder, push_folder, save_model_folder
+from .run_folder import check_output_dir
 from .systems import DESCRIPTIONS, build_system_model, reference_system, resolve_systems
-from .trainer import FDRLDataCollator, KeepBestTrainable
+from .trainer import FDRLDataCollator, KeepBestTrainable, resuming
 
 
 logger = logging.get_logger(__name__)
@@ -207,7 +211,7 @@ def _train(trainer, resume_from):
 def resume_checkpoint(resume, folder):
     """`--resume_from_checkpoint true` resumes from the newest complete checkpoint in `folder` (none: from scratch);
     a path resumes from that checkpoint."""
-    if resume is None or str(resume).lower() in ("false", "none", ""):
+    if not resuming(resume):
         return None
     if str(resume).lower() == "true":
         return latest_complete_checkpoint(folder)
@@ -216,14 +220,47 @@ def resume_checkpoint(resume, folder):
 
 # ----- one (seed, fold) -----------------------------------------------------------------------------------------------
 def read_record(path):
-    """A run record, or {} if there is none; a truncated one (killed while writing) is reported and started anew."""
+    """A run record, or {} if there is none; a truncated one (killed while writing) or a damaged one
+    (`record_problem`) is reported and started anew."""
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         logger.warning(f"{path} is not valid JSON ({error}): that run starts again")
         return {}
+    problem = record_problem(record)
+    if problem:
+        logger.warning(f"{path} is damaged ({problem}): that run starts again")
+        return {}
+    return record
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def record_problem(record):
+    """What makes a run record unusable, or None: each system's entry must hold what the summary, the confusion
+    plot and late fusion read: the scalar metrics and per-class recall as numbers, the matrix, the log-probabilities."""
+    systems = record.get("systems") if isinstance(record, dict) else None
+    if not isinstance(systems, dict):
+        return f"'systems' is {type(systems).__name__}, not a mapping of systems to metrics"
+    for name, metrics in systems.items():
+        if not isinstance(metrics, dict):
+            return f"system {name}: {type(metrics).__name__}, not a mapping of metrics"
+        for key in (*SCALAR_METRICS, "recall", "confusion_matrix", "log_probs"):
+            if key not in metrics:
+                return f"system {name}: no {key!r}"
+        bad = [key for key in SCALAR_METRICS if not _is_number(metrics[key])]
+        recall = metrics["recall"]
+        if not isinstance(recall, dict) or not all(v is None or _is_number(v) for v in recall.values()):
+            bad.append("recall")
+        if bad:
+            return f"system {name}: {', '.join(f'{key} = {metrics[key]!r}' for key in bad)} is not a number"
+        if not isinstance(metrics["confusion_matrix"], list) or not isinstance(metrics["log_probs"], list):
+            return f"system {name}: 'confusion_matrix' or 'log_probs' is not a list"
+    return None
 
 
 def prepare_fold(context, seed, fold):
@@ -235,11 +272,13 @@ def prepare_fold(context, seed, fold):
     record = read_record(record_path) if str(args.resume_from_checkpoint).lower() == "true" else {}
     with args.main_process_first(desc="fold splits"):
         splits = fold_splits(context.data, fold, args.validation_fraction, seed)
+    processor = build_processor(model_args, splits["train"]["text"][:] + splits["validation"]["text"][:], fold_dir)
+    splits = drop_unreadable_transcripts(splits, processor.tokenizer, fold)  # inference's transcript rule
+    check_fold_classes(splits, context.label_names, fold)
     if data_args.test_transcripts:  # e.g. a speech recogniser's, to test as users would
         source = data_args.test_transcripts
         splits = replace_test_transcripts(splits, read_transcripts(source), source)
     logger.info(f"seed {seed}, {fold_title(fold)}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
-    processor = build_processor(model_args, splits["train"]["text"][:] + splits["validation"]["text"][:], fold_dir)
     audio, text = build_backbones(model_args, processor, seed)
     if args.should_save:
         write_json(fold_dir / "splits.json", {name: column(split, "id") for name, split in splits.items()})
@@ -358,11 +397,13 @@ def run_protocol(model_args, data_args, training_args):
     reference = reference_system(systems)
     lock = lock_output_dir(training_args)
     try:
+        check_output_dir(model_args, data_args, training_args)  # an earlier run is neither replaced nor mixed in
         with training_args.main_process_first(desc="load data"):
             data = load_corpus(data_args)
         folds = corpus_folds(data, training_args.folds, source=_corpus_source(data_args))
         label_names = corpus_label_names(data)
         data, audio_report = check_corpus_audio(data, model_args, data_args)
+        check_training_classes(data, folds, label_names)  # every fold, before the first one trains
         context = RunContext(
             model_args=model_args,
             data_args=data_args,

@@ -47,6 +47,11 @@ def _as_list(values, name, cast):
     return parsed
 
 
+def resuming(resume_from_checkpoint):
+    """Whether `--resume_from_checkpoint` asks to carry on: `true` or a checkpoint path (not unset, false or none)."""
+    return resume_from_checkpoint is not None and str(resume_from_checkpoint).lower() not in ("false", "none", "")
+
+
 @dataclass
 class FDRLTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the paper's defaults (AdamW, lr 1e-5, batch 8, up to 100 epochs), model selection on
@@ -110,6 +115,14 @@ class FDRLTrainingArguments(TrainingArguments):
     feature_cache_dir: Optional[str] = field(
         default=None, metadata={"help": "Where pooled features are cached (default: ~/.cache/fdrl/features)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an --output_dir that holds an earlier run: its records, results, model and "
+            "fold folders are deleted first (other files are left). Without it (or --resume_from_checkpoint true) "
+            "such a folder is refused."
+        },
+    )
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep each fold's checkpoints after it finished (the best model is saved)."}
     )
@@ -135,6 +148,17 @@ class FDRLTrainingArguments(TrainingArguments):
         self.folds = _as_list(self.folds, "folds", int)
         self.seeds = _as_list(self.seeds, "seeds", int) or [self.seed]
         self.systems = _as_list(self.systems, "systems", str) or ["S0"]
+        if self.overwrite_output_dir and resuming(self.resume_from_checkpoint):
+            raise ValueError(
+                "--overwrite_output_dir (start over) and --resume_from_checkpoint (carry on) contradict each other: "
+                "give one of them"
+            )
+        if not self.num_train_epochs > 0 and not self.max_steps > 0:
+            raise ValueError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "unimodal_epochs"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name} must be positive, got {value}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"--validation_fraction must lie in (0, 1), got {self.validation_fraction}")
         for name in ("learning_rate", "backbone_learning_rate", "unimodal_learning_rate"):
