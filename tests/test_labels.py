@@ -113,3 +113,15 @@ def test_official_splits_have_the_shape_of_a_fold():
     )
     with pytest.raises(ValueError, match="official validation split is empty"):
         official_splits(empty)
+
+
+def test_the_official_train_split_must_hold_every_class():
+    from fdrl.data.corpus import OFFICIAL, check_training_classes, corpus_folds
+
+    corpus = _corpus()
+    assert corpus_folds(corpus, None) == [OFFICIAL]
+    check_training_classes(corpus, [OFFICIAL], ["neutral", "joy", "anger"])  # train has all three: no error
+    corpus["train"] = corpus["train"].select([0, 1, 3])  # anger only in dev and test
+    lacking = r"^the official splits: the train split lacks anger \(it has neutral \(2\), joy \(1\)\); every class"
+    with pytest.raises(ValueError, match=lacking):
+        check_training_classes(corpus, [OFFICIAL], ["neutral", "joy", "anger"])
