@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_features import _context, _model
+from test_features import fold as fold  # noqa: F401 (the module fixture of the feature-cache tests)
 
 import run_fdrl
 from fdrl.training.features import cached_pooled_features, feature_key
 from fdrl.training.parallel import parallel_workers, usable_cores
 from iemocap_fixture import make_iemocap_fixture
-from test_features import _context, _model
-from test_features import fold as fold  # noqa: F401 (the module fixture of the feature-cache tests)
 
 
 SYSTEMS = ["S0", "speech", "text", "late_fusion"]

@@ -50,9 +50,7 @@ def parallel_workers(training_args, num_runs):
         return 1
     if training_args.world_size > 1 or training_args.device.type != "cpu":
         if requested and requested > 1:
-            where = (
-                f"{training_args.world_size} processes" if training_args.world_size > 1 else training_args.device
-            )
+            where = f"{training_args.world_size} processes" if training_args.world_size > 1 else training_args.device
             logger.warning(f"--parallel_runs {requested} ignored on {where}: the runs go one after the other")
         return 1
     return max(1, min(requested or usable_cores(), num_runs))
