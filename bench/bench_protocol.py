@@ -64,6 +64,7 @@ def parse_args(argv=None):
     parser.add_argument("--new", default=None, help="The new git revision (default: this working tree as it is).")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="What to time.")
     parser.add_argument("--seeds", nargs="+", default=None, help="Seeds of the ablations case (default: the file's).")
+    parser.add_argument("--folds", nargs="+", default=None, help="Test sessions of every case (default: the files').")
     parser.add_argument("--warm_cache", action="store_true", help="Time demo and ablations on a filled cache.")
     parser.add_argument("--tiny", action="store_true", help="The tiny preset on --data_dir, 2 epochs (smoke test).")
     parser.add_argument("--data_dir", default=None, help="The corpus (IEMOCAP layout; default: the base file's).")
@@ -134,9 +135,7 @@ def table_numbers(output_dir):
     import json
 
     summary = json.loads((Path(output_dir) / "results.json").read_text())
-    means = {
-        name: {k: row["mean"][k] for k in ("war", "uar", "macro_f1")} for name, row in summary["systems"].items()
-    }
+    means = {name: {k: row["mean"][k] for k in ("war", "uar", "macro_f1")} for name, row in summary["systems"].items()}
     runs = {
         f"seed{run['seed']}_fold{run['fold']}": {name: metrics["uar"] for name, metrics in run["systems"].items()}
         for run in summary["runs"]
@@ -156,7 +155,11 @@ def compare(old, new):
     same_keys = old_leaves.keys() == new_leaves.keys()
     common_keys = old_leaves.keys() & new_leaves.keys()
     difference = max((abs(old_leaves[k] - new_leaves[k]) for k in common_keys), default=0.0)
-    return {"equal": same_keys and old_leaves == new_leaves, "same_entries": same_keys, "max_abs_difference": difference}
+    return {
+        "equal": same_keys and old_leaves == new_leaves,
+        "same_entries": same_keys,
+        "max_abs_difference": difference,
+    }
 
 
 def run_case(case, trees, base_for, args, workdir):
@@ -168,6 +171,8 @@ def run_case(case, trees, base_for, args, workdir):
         flags = ["--feature_cache_dir", str(folder / "features"), "--cache_dir", str(workdir / label / "datasets")]
         if args.data_dir:
             flags += ["--data_dir", str(Path(args.data_dir).resolve())]
+        if args.folds and case != "fdrl_system":
+            flags += ["--folds", *args.folds]
         argv = case_arguments(case, base_for[label], args.seeds) + flags
         if warm:
             logger.info(f"{case}, {label}: untimed run to fill the feature cache")

@@ -120,3 +120,27 @@ def test_results_table_renders_committed_results():
     tables = importlib.import_module("results_table").render(REPO / "bench" / "results")
     for script in ("bench_train_step.py", "bench_inference.py", "bench_preprocessing.py"):
         assert f"### {script}" in tables
+
+
+def test_protocol_old_and_new_revision(tmp_path):
+    """Old and new are the same commit here, so the tables must agree exactly (a broken comparison fails)."""
+    from iemocap_fixture import make_iemocap_fixture
+
+    corpus = make_iemocap_fixture(tmp_path / "corpus", sessions=(1, 2, 3), utterances_per_dialog=4, defects=False)
+    output = tmp_path / "protocol.json"
+    argv = ["--tiny", "--data_dir", str(corpus["data_dir"]), "--old", "HEAD", "--new", "HEAD", "--cases", "demo"]
+    importlib.import_module("bench_protocol").main([*argv, "--folds", "2", "--output", str(output)])
+    payload = json.loads(output.read_text())
+    assert payload["machine"]["cpu_cores"] and payload["machine"]["load_average_1m_at_start"] is not None
+    revisions = payload["results"]["revisions"]
+    assert revisions["old"]["commit"] == revisions["new"]["commit"] and len(revisions["old"]["commit"]) == 40
+    case = payload["results"]["cases"]["demo"]
+    assert case["feature_cache"].startswith("fresh")
+    for label in ("old", "new"):
+        assert case[label]["wall_s"] > 0
+        table = case[label]["table"]
+        assert list(table["mean"]) == ["S0", "speech", "text", "late_fusion"]
+        assert list(table["run_uar"]) == ["seed0_fold2"]
+        assert all(0.0 <= row["uar"] <= 1.0 for row in table["mean"].values())
+    assert case["tables"] == {"equal": True, "same_entries": True, "max_abs_difference": 0.0}
+    assert case["speedup_old_over_new"] == pytest.approx(case["old"]["wall_s"] / case["new"]["wall_s"])
