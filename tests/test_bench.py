@@ -144,3 +144,18 @@ def test_protocol_old_and_new_revision(tmp_path):
         assert all(0.0 <= row["uar"] <= 1.0 for row in table["mean"].values())
     assert case["tables"] == {"equal": True, "same_entries": True, "max_abs_difference": 0.0}
     assert case["speedup_old_over_new"] == pytest.approx(case["old"]["wall_s"] / case["new"]["wall_s"])
+
+
+def test_gpu_script_dry_run(tmp_path):
+    output = tmp_path / "gpu.json"
+    payload = importlib.import_module("bench_gpu").main(["--dry_run", "--output", str(output)])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(payload))
+    assert payload["settings"]["device"] == "cpu" and payload["settings"]["steps"] == 2
+    assert set(payload["results"]) == {"paper", "whisper_minilm"}
+    for row in payload["results"].values():
+        assert row["fine_tuning"]["step_s"]["n"] == 2 and row["fine_tuning"]["utterances_per_s"] > 0
+        assert row["fine_tuning"]["peak_memory_allocated_gib"] is None  # measured on CUDA only
+        rates = row["frozen_extraction"]["utterances_per_s"]
+        assert row["frozen_extraction"]["utterances"] == 3 and set(rates) == {"audio", "text", "both"}
+        assert rates["both"] == pytest.approx(1 / (1 / rates["audio"] + 1 / rates["text"]))
+    assert all_finite(payload["results"])

@@ -123,13 +123,15 @@ def torch_threads(threads):
 @torch.no_grad()
 def extract_pooled(encoder, examples, processor, modality, max_text_length, progress=False):
     """(n, hidden) pooled vectors of one modality for `examples`, the backbone in eval mode, one utterance per
-    forward, so a vector never depends on what it was batched with. `progress` shows a bar over the utterances."""
+    forward, so a vector never depends on what it was batched with, on the encoder's device (the vectors come back
+    there). `progress` shows a bar over the utterances."""
     encoder.eval()
     collator = FDRLDataCollator(processor, max_text_length, modalities=(modality,))
     vectors = []
     bar = tqdm(range(len(examples)), desc=f"{modality} features", unit="utt", leave=False, disable=not progress)
+    device = next(encoder.parameters()).device
     for index in bar:
-        batch = collator([examples[index]])
+        batch = {k: v.to(device) for k, v in collator([examples[index]]).items()}
         if modality == "audio":
             speech = batch["input_values"] if "input_values" in batch else batch["input_features"]  # wav2vec2 / Whisper
             vectors.append(encoder.encode_audio(speech, batch.get("audio_attention_mask")).float())
