@@ -174,12 +174,12 @@ def run_case(case, trees, base_for, args, workdir):
         if args.folds and case != "fdrl_system":
             flags += ["--folds", *args.folds]
         argv = case_arguments(case, base_for[label], args.seeds) + flags
+        folder.mkdir(parents=True, exist_ok=True)
         if warm:
             logger.info(f"{case}, {label}: untimed run to fill the feature cache")
-            run_tree(tree, argv + ["--output_dir", str(folder / "warmup")], folder.with_suffix(".warmup.log"),
+            run_tree(tree, argv + ["--output_dir", str(folder / "warmup")], folder / "warmup.log",
                      args.timeout_s)  # fmt: skip
         logger.info(f"{case}, {label}: timed run")
-        folder.mkdir(parents=True, exist_ok=True)
         timing = run_tree(tree, argv + ["--output_dir", str(folder / "output")], folder / "run.log", args.timeout_s)
         result[label] = {**timing, "table": table_numbers(folder / "output")}
         logger.info(f"{case}, {label}: {timing['wall_s']:.1f} s")

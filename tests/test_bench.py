@@ -129,13 +129,13 @@ def test_protocol_old_and_new_revision(tmp_path):
     corpus = make_iemocap_fixture(tmp_path / "corpus", sessions=(1, 2, 3), utterances_per_dialog=4, defects=False)
     output = tmp_path / "protocol.json"
     argv = ["--tiny", "--data_dir", str(corpus["data_dir"]), "--old", "HEAD", "--new", "HEAD", "--cases", "demo"]
-    importlib.import_module("bench_protocol").main([*argv, "--folds", "2", "--output", str(output)])
+    importlib.import_module("bench_protocol").main([*argv, "--folds", "2", "--warm_cache", "--output", str(output)])
     payload = json.loads(output.read_text())
     assert payload["machine"]["cpu_cores"] and payload["machine"]["load_average_1m_at_start"] is not None
     revisions = payload["results"]["revisions"]
     assert revisions["old"]["commit"] == revisions["new"]["commit"] and len(revisions["old"]["commit"]) == 40
     case = payload["results"]["cases"]["demo"]
-    assert case["feature_cache"].startswith("fresh")
+    assert case["feature_cache"].startswith("warm")  # an untimed run filled it first
     for label in ("old", "new"):
         assert case[label]["wall_s"] > 0
         table = case[label]["table"]
