@@ -15,7 +15,8 @@ Cases (the argument files are the tree's own):
   timed run reads it.
 
 Recorded per case and tree: wall seconds, the 1-minute load average before and after, and the table's numbers
-(every system's mean WAR, UAR and macro F1, and the UAR of every run); then whether old and new agree exactly.
+(every system's mean WAR, UAR and macro F1, and the UAR of every run); then whether old and new agree exactly, on
+the table and on every run record (`runs/*.json`: metrics, log-probabilities, diagnostics).
 
     .venv/bin/python bench/bench_protocol.py --old eb616c9 --cases demo fdrl_system     # minutes
     .venv/bin/python bench/bench_protocol.py --old eb616c9 --cases ablations --seeds 0 # the 5-run subset
@@ -143,9 +144,25 @@ def table_numbers(output_dir):
     return {"mean": means, "run_uar": runs}
 
 
+def run_records(output_dir):
+    """Every run record (`runs/seed{S}_fold{F}.json`: each system's metrics, log-probabilities, diagnostics)."""
+    import json
+
+    return {path.name: json.loads(path.read_text()) for path in sorted((Path(output_dir) / "runs").glob("*.json"))}
+
+
+def differing_entries(old, new, limit=10):
+    """The first `limit` leaves (paths) where two run-record trees differ."""
+    old_leaves, new_leaves = _leaves(old), _leaves(new)
+    keys = sorted(old_leaves.keys() | new_leaves.keys())
+    return [key for key in keys if old_leaves.get(key, None) != new_leaves.get(key, None)][:limit]
+
+
 def _leaves(tree, prefix=""):
     if isinstance(tree, dict):
         return {k: v for key, value in tree.items() for k, v in _leaves(value, f"{prefix}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for index, value in enumerate(tree) for k, v in _leaves(value, f"{prefix}/{index}").items()}
     return {prefix: tree}
 
 
@@ -166,6 +183,7 @@ def run_case(case, trees, base_for, args, workdir):
     """Old then new on one case; each tree with its own output folder and feature cache."""
     warm = case == "fdrl_system" or args.warm_cache
     result = {"feature_cache": "warm (filled by an untimed run)" if warm else "fresh (empty)"}
+    records = {}
     for label, tree in trees.items():
         folder = workdir / label / case
         flags = ["--feature_cache_dir", str(folder / "features"), "--cache_dir", str(workdir / label / "datasets")]
@@ -182,9 +200,12 @@ def run_case(case, trees, base_for, args, workdir):
         logger.info(f"{case}, {label}: timed run")
         timing = run_tree(tree, argv + ["--output_dir", str(folder / "output")], folder / "run.log", args.timeout_s)
         result[label] = {**timing, "table": table_numbers(folder / "output")}
+        records[label] = run_records(folder / "output")
         logger.info(f"{case}, {label}: {timing['wall_s']:.1f} s")
     result["speedup_old_over_new"] = result["old"]["wall_s"] / result["new"]["wall_s"]
     result["tables"] = compare(result["old"]["table"], result["new"]["table"])
+    differing = differing_entries(records["old"], records["new"])
+    result["run_records"] = {"equal": not differing, "first_differing_entries": differing}
     return result
 
 

@@ -143,6 +143,7 @@ def test_protocol_old_and_new_revision(tmp_path):
         assert list(table["run_uar"]) == ["seed0_fold2"]
         assert all(0.0 <= row["uar"] <= 1.0 for row in table["mean"].values())
     assert case["tables"] == {"equal": True, "same_entries": True, "max_abs_difference": 0.0}
+    assert case["run_records"] == {"equal": True, "first_differing_entries": []}
     assert case["speedup_old_over_new"] == pytest.approx(case["old"]["wall_s"] / case["new"]["wall_s"])
 
 
