@@ -14,12 +14,9 @@ Arguments can also come from a JSON or YAML file, which can name a whole experim
 """
 
 import logging
-import sys
-
-import datasets
-import transformers
 
 from fdrl.training.arguments import parse_arguments
+from fdrl.training.progress import configure_logging
 from fdrl.training.protocol import run_protocol
 
 
@@ -30,24 +27,13 @@ def main(argv=None):
     # Arguments: every one checked before anything is loaded or trained
     model_args, data_args, training_args = parse_arguments(argv)
 
-    # Logging
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
+    # Logging (the protocol's own progress bar follows --protocol_progress)
     level = training_args.get_process_log_level()
     logger.setLevel(level)
-    logging.getLogger("fdrl").setLevel(level)
+    configure_logging(level, disable_progress_bars=training_args.disable_tqdm)
     if training_args.log_level == "passive" and training_args.should_log:
         # the run's classes are listed at the default level too, so that a typo in the data shows as an extra class
         logging.getLogger("fdrl.data.labels").setLevel(min(level, logging.INFO))
-    datasets.utils.logging.set_verbosity(level)
-    transformers.utils.logging.set_verbosity(level)
-    transformers.utils.logging.enable_default_handler()
-    if training_args.disable_tqdm:  # no shard-writing or dataset bars either
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
     logger.info(f"process {training_args.process_index} of {training_args.world_size}, device {training_args.device}")
 
     # The protocol: every fold, seed and system, the table, the Hub folder and the push

@@ -120,3 +120,43 @@ def test_results_table_renders_committed_results():
     tables = importlib.import_module("results_table").render(REPO / "bench" / "results")
     for script in ("bench_train_step.py", "bench_inference.py", "bench_preprocessing.py"):
         assert f"### {script}" in tables
+
+
+def test_protocol_old_and_new_revision(tmp_path):
+    """Old and new are the same commit here, so the tables must agree exactly (a broken comparison fails)."""
+    from iemocap_fixture import make_iemocap_fixture
+
+    corpus = make_iemocap_fixture(tmp_path / "corpus", sessions=(1, 2, 3), utterances_per_dialog=4, defects=False)
+    output = tmp_path / "protocol.json"
+    argv = ["--tiny", "--data_dir", str(corpus["data_dir"]), "--old", "HEAD", "--new", "HEAD", "--cases", "demo"]
+    importlib.import_module("bench_protocol").main([*argv, "--folds", "2", "--warm_cache", "--output", str(output)])
+    payload = json.loads(output.read_text())
+    assert payload["machine"]["cpu_cores"] and payload["machine"]["load_average_1m_at_start"] is not None
+    revisions = payload["results"]["revisions"]
+    assert revisions["old"]["commit"] == revisions["new"]["commit"] and len(revisions["old"]["commit"]) == 40
+    case = payload["results"]["cases"]["demo"]
+    assert case["feature_cache"].startswith("warm")  # an untimed run filled it first
+    for label in ("old", "new"):
+        assert case[label]["wall_s"] > 0
+        table = case[label]["table"]
+        assert list(table["mean"]) == ["S0", "speech", "text", "late_fusion"]
+        assert list(table["run_uar"]) == ["seed0_fold2"]
+        assert all(0.0 <= row["uar"] <= 1.0 for row in table["mean"].values())
+    assert case["tables"] == {"equal": True, "same_entries": True, "max_abs_difference": 0.0}
+    assert case["run_records"] == {"equal": True, "first_differing_entries": []}
+    assert case["speedup_old_over_new"] == pytest.approx(case["old"]["wall_s"] / case["new"]["wall_s"])
+
+
+def test_gpu_script_dry_run(tmp_path):
+    output = tmp_path / "gpu.json"
+    payload = importlib.import_module("bench_gpu").main(["--dry_run", "--output", str(output)])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(payload))
+    assert payload["settings"]["device"] == "cpu" and payload["settings"]["steps"] == 2
+    assert set(payload["results"]) == {"paper", "whisper_minilm"}
+    for row in payload["results"].values():
+        assert row["fine_tuning"]["step_s"]["n"] == 2 and row["fine_tuning"]["utterances_per_s"] > 0
+        assert row["fine_tuning"]["peak_memory_allocated_gib"] is None  # measured on CUDA only
+        rates = row["frozen_extraction"]["utterances_per_s"]
+        assert row["frozen_extraction"]["utterances"] == 3 and set(rates) == {"audio", "text", "both"}
+        assert rates["both"] == pytest.approx(1 / (1 / rates["audio"] + 1 / rates["text"]))
+    assert all_finite(payload["results"])

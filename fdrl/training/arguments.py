@@ -112,6 +112,7 @@ class _ModelSources:
 
 
 ModelArguments = make_dataclass("ModelArguments", config_argument_fields(), bases=(_ModelSources,))
+ModelArguments.__module__ = __name__  # picklable (worker processes of --parallel_runs receive the arguments)
 ModelArguments.__doc__ = (
     "Where the model comes from, and FDRL's own settings (FDRLConfig; unset fields keep its defaults)."
 )

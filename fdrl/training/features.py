@@ -11,6 +11,7 @@ same rows. A changed file or transcript is a new row (the old one is dropped), c
 vector is never read.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import datasets
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from configuration_fdrl import FDRLConfig
@@ -57,10 +59,11 @@ def _audio_signatures(split):
     return signatures
 
 
-def feature_key(modality, backbone, processor, settings):
+def feature_key(modality, backbone, processor, settings, threads=None):
     """The cache file of one modality: its backbone's weights and config, its half of the processor, the settings
-    that shape the vectors, and torch's thread count (it changes how reductions are summed, hence the last bits).
-    Nothing about which utterances, or in which order: rows are keyed one by one (`row_keys`)."""
+    that shape the vectors, and the torch thread count they are extracted with (`threads`, default torch's: it
+    changes how reductions are summed, hence the last bits). Nothing about which utterances, or in which order:
+    rows are keyed one by one (`row_keys`)."""
     digest = hashlib.sha256(modality.encode())
     _hash_module(digest, backbone)
     if modality == "audio":
@@ -73,7 +76,7 @@ def feature_key(modality, backbone, processor, settings):
                 {k: v for k, v in tokenizer.items() if k not in ("truncation", "padding")}, sort_keys=True
             ).encode()
         )
-    digest.update(json.dumps([settings, torch.get_num_threads()], default=str).encode())
+    digest.update(json.dumps([settings, threads or torch.get_num_threads()], default=str).encode())
     return digest.hexdigest()[:32]
 
 
@@ -105,15 +108,30 @@ def _write_cache(path, rows):
     )
 
 
+@contextlib.contextmanager
+def torch_threads(threads):
+    """torch's intra-op thread count set to `threads` inside the block (None: unchanged), restored after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
-def extract_pooled(encoder, examples, processor, modality, max_text_length):
+def extract_pooled(encoder, examples, processor, modality, max_text_length, progress=False):
     """(n, hidden) pooled vectors of one modality for `examples`, the backbone in eval mode, one utterance per
-    forward, so a vector never depends on what it was batched with."""
+    forward, so a vector never depends on what it was batched with, on the encoder's device (the vectors come back
+    there). `progress` shows a bar over the utterances."""
     encoder.eval()
     collator = FDRLDataCollator(processor, max_text_length, modalities=(modality,))
     vectors = []
-    for index in range(len(examples)):
-        batch = collator([examples[index]])
+    bar = tqdm(range(len(examples)), desc=f"{modality} features", unit="utt", leave=False, disable=not progress)
+    device = next(encoder.parameters()).device
+    for index in bar:
+        batch = {k: v.to(device) for k, v in collator([examples[index]]).items()}
         if modality == "audio":
             speech = batch["input_values"] if "input_values" in batch else batch["input_features"]  # wav2vec2 / Whisper
             vectors.append(encoder.encode_audio(speech, batch.get("audio_attention_mask")).float())
@@ -130,8 +148,14 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
     """Each split as a list of {"id", "label", "pooled_audio", "pooled_text"}. Each modality has one cache file per
     backbone and settings, its rows keyed by utterance (id and audio signature or transcript): a second fold, seed,
     run or `--systems` list reads them, and only utterances not yet in the file run through the backbone (new
-    transcripts from `--test_transcripts` recompute only those text vectors)."""
+    transcripts from `--test_transcripts` recompute only those text vectors).
+
+    The vectors are extracted, and keyed, with `context.feature_threads` torch threads (default: the current
+    count), so that worker processes training with one thread (`--parallel_runs`) find the rows their parent
+    extracted with the thread count a sequential run uses."""
     args, data_args = context.training_args, context.data_args
+    threads = getattr(context, "feature_threads", None) or torch.get_num_threads()
+    progress = bool(getattr(args, "protocol_progress", False)) and getattr(args, "local_process_index", 0) == 0
     union = datasets.concatenate_datasets([splits[name] for name in splits])
     ids = union["id"][:]
     config = FDRLConfig(audio_config=audio.config, text_config=text.config, **context.config_kwargs)
@@ -143,13 +167,16 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
     vectors = {}
     for modality, (backbone, signatures, settings) in sources.items():
         path = Path(args.feature_cache_dir or default_cache_dir()) / (
-            f"{modality}-{feature_key(modality, backbone, processor, settings)}.safetensors"
+            f"{modality}-{feature_key(modality, backbone, processor, settings, threads)}.safetensors"
         )
         keys = row_keys(ids, signatures)
         rows = _read_cache(path)
         missing = sorted({position for position, key in enumerate(keys) if key not in rows})
         if missing:
-            computed = extract_pooled(encoder, union.select(missing), processor, modality, data_args.max_text_length)
+            with torch_threads(threads):
+                computed = extract_pooled(
+                    encoder, union.select(missing), processor, modality, data_args.max_text_length, progress
+                )
             current, wanted = set(keys), set(ids)
             # rows of these utterances under an older signature (a changed file or transcript) are dropped
             rows = {

@@ -53,9 +53,11 @@ from processing_fdrl import FDRLProcessor
 from .checkpoints import latest_complete_checkpoint
 from .features import cached_pooled_features
 from .hub import assemble_hub_folder, push_folder, save_model_folder
+from .parallel import run_folds
+from .progress import system_line
 from .run_folder import check_output_dir
 from .systems import DESCRIPTIONS, build_system_model, reference_system, resolve_systems
-from .trainer import FDRLDataCollator, KeepBestTrainable, resuming
+from .trainer import FDRLDataCollator, KeepBestTrainable, attach_backbones, detach_backbones, resuming
 
 
 logger = logging.get_logger(__name__)
@@ -123,6 +125,14 @@ class RunContext:
     reference: Optional[str]  # the system the paired differences and the model folder refer to
     label_names: list
     config_kwargs: dict  # FDRLConfig fields of every system of the run
+    feature_threads: Optional[int] = None  # torch threads the cached features are extracted (and keyed) with
+    progress: Any = None  # where finished systems are reported (`fdrl.training.progress`)
+
+    def __getstate__(self):  # for --parallel_runs' workers: the systems by name (their builders may be closures)
+        return {**self.__dict__, "systems": [s.name for s in self.systems], "progress": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, systems=resolve_systems(state["systems"]))
 
 
 @dataclass
@@ -167,6 +177,7 @@ def train_system(system, context, fold, system_dir):
         )
     if frozen:  # best heads kept in memory, no checkpoints of the frozen backbones
         overrides.update(save_strategy="no", load_best_model_at_end=False)
+    backbones = detach_backbones(model) if frozen else None  # the heads train on cached features
     system_args = dataclasses.replace(args, **overrides)
     trainer = system.trainer_class(
         model=model,
@@ -192,6 +203,8 @@ def train_system(system, context, fold, system_dir):
     if system.is_fdrl:
         metrics.update({k: v for k, v in output.metrics.items() if k.startswith("test_alignment_")})
         metrics.update(trainer.last_epoch_metrics)  # the last epoch's test metrics, the largest norm of S_a, S_t
+    if backbones:
+        attach_backbones(model, backbones)
     return metrics, trainer
 
 
@@ -292,6 +305,7 @@ def train_fold_systems(context, fold):
     labels = column(fold.splits["test"], "label")
     for system in context.systems:
         if system.name in fold.done:
+            _report(context, fold, system, resumed=True)
             continue
         if system.trains:
             system_dir = fold.directory / system.name
@@ -299,11 +313,17 @@ def train_fold_systems(context, fold):
             save_system_outputs(context, fold, system, trainer, system_dir)
         else:
             fold.done[system.name] = system.combine(fold.done, labels, context.label_names)
-        metrics = fold.done[system.name]
-        logger.info(
-            f"seed {fold.seed}, fold {fold.fold}, {system.name}: UAR {metrics['uar']:.4f}, WAR {metrics['war']:.4f}"
-        )
         save_fold_record(context, fold, system)
+        _report(context, fold, system)
+
+
+def _report(context, fold, system, resumed=False):
+    """One finished system to the progress bar and its line (validation and test UAR), or to the log."""
+    metrics = fold.done[system.name]
+    if context.progress is not None:
+        context.progress.system_done(fold.seed, fold.fold, system.name, metrics, resumed)
+    elif not resumed:
+        logger.info(system_line(fold.seed, fold.fold, system.name, metrics))
 
 
 def save_system_outputs(context, fold, system, trainer, system_dir):
@@ -413,8 +433,10 @@ def run_protocol(model_args, data_args, training_args):
             reference=reference,
             label_names=label_names,
             config_kwargs=config_kwargs(model_args, label_names),
+            feature_threads=torch.get_num_threads(),
         )
-        runs = [run_fold(context, seed, fold) for seed in training_args.seeds for fold in folds]
+        pairs = [(seed, fold) for seed in training_args.seeds for fold in folds]
+        runs = run_folds(context, pairs, run_fold, prepare_fold)
         summary = summarize_runs(
             [{k: v for k, v in run.items()} for run in _without_log_probs(runs)],
             label_names,

@@ -178,6 +178,8 @@ class BackboneClassifier(nn.Module):
             raise ValueError("BackboneClassifier needs at least one of `audio_model` and `text_model`")
         self.config = fdrl_config
         self.audio_model, self.text_model = audio_model, text_model
+        # what it reads, fixed here: on cached features the backbones are detached while the head trains
+        self.reads_audio, self.reads_text = audio_model is not None, text_model is not None
         width = sum(m.config.hidden_size for m in (audio_model, text_model) if m is not None)
         self.dropout = nn.Dropout(fdrl_config.classifier_dropout)
         self.classifier = nn.Linear(width, fdrl_config.num_labels)
@@ -197,14 +199,14 @@ class BackboneClassifier(nn.Module):
         input_features=None,
     ):
         pooled = []
-        if self.audio_model is not None:
+        if self.reads_audio:
             if pooled_audio is None:
                 speech = {"input_values": input_values, "input_features": input_features}[
                     speech_backbone(self.audio_model.config).input_name
                 ]
                 pooled_audio = self.encode_audio(speech, audio_attention_mask)
             pooled.append(pooled_audio)
-        if self.text_model is not None:
+        if self.reads_text:
             if pooled_text is None:
                 pooled_text = self.encode_text(input_ids, text_attention_mask, token_type_ids)
             pooled.append(pooled_text)

@@ -123,6 +123,23 @@ class FDRLTrainingArguments(TrainingArguments):
             "such a folder is refused."
         },
     )
+    parallel_runs: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "With --freeze_backbones true on CPU: how many (seed, fold) runs train at once, each in its own "
+            "worker process with one torch thread, on features the parent extracted first; the run records are "
+            "identical to a sequential run's with one torch thread. Default: min(runs, usable cores); 1 when "
+            "fine-tuning, on a GPU or with several processes (accelerate launch). Not a setting of the run."
+        },
+    )
+    protocol_progress: bool = field(
+        default=True,
+        metadata={
+            "help": "Show the protocol's progress bar over runs and systems (with the time left), the feature "
+            "extraction's bar and one line per finished system, whatever --log_level and --disable_tqdm say "
+            "(--disable_tqdm hides the Trainer's per-step bars)."
+        },
+    )
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep each fold's checkpoints after it finished (the best model is saved)."}
     )
@@ -165,6 +182,13 @@ class FDRLTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name} must be positive, got {value}")
+        if self.parallel_runs is not None and self.parallel_runs < 1:
+            raise ValueError(f"--parallel_runs must be at least 1, got {self.parallel_runs}")
+        if self.parallel_runs and self.parallel_runs > 1 and not self.freeze_backbones:
+            raise ValueError(
+                f"--parallel_runs {self.parallel_runs} needs --freeze_backbones true: runs that fine-tune the "
+                f"backbones use every core (or a GPU) each; scale them with accelerate launch instead"
+            )
         if self.alignment_train_samples < 0:
             raise ValueError(f"--alignment_train_samples must be >= 0, got {self.alignment_train_samples}")
         if not self.divergence_factor > 1:
@@ -206,6 +230,26 @@ class FDRLDataCollator:
                 text=[example["text"] for example in examples], truncation=True, max_length=self.max_text_length
             )
         return dict(self.processor(**kwargs))
+
+
+def detach_backbones(model):
+    """Take the frozen backbones out of `model` while its heads train on cached features, and return them for
+    `attach_backbones`. The model then holds only what trains: every step's `model.train()`, `zero_grad` and
+    gradient clipping no longer walk the backbones' hundreds of frozen tensors (about 6 ms of a 30 ms step for
+    Whisper-base + MiniLM), and the numbers do not change (the backbones get no gradients, and a model given
+    pooled features never calls them)."""
+    backbones = {name: getattr(model, name, None) for name in ("audio_model", "text_model")}
+    for name, backbone in backbones.items():
+        if backbone is not None:
+            setattr(model, name, None)
+    return backbones
+
+
+def attach_backbones(model, backbones):
+    """Put back what `detach_backbones` took out (before the model is saved)."""
+    for name, backbone in backbones.items():
+        if backbone is not None:
+            setattr(model, name, backbone)
 
 
 def parameter_groups(model, learning_rate, backbone_learning_rate=None, adversarial_learning_rate=None):
