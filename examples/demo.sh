@@ -10,8 +10,9 @@ PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 start=$(date +%s)
 "$PY" -m fdrl.data.demo_corpus --output_dir demo_data --seed 0 --workers 2
-# A demo trains anew each time: the output folder of an earlier demo is deleted first (run_fdrl.py refuses it otherwise)
-"$PY" run_fdrl.py examples/base.yaml examples/demo.yaml --overwrite_output_dir true
+# A finished demo is never replaced: a second `make demo` carries on from demo_output's run records (the same
+# settings; other settings are refused, naming them). To train anew: `rm -r demo_output` first.
+"$PY" run_fdrl.py examples/base.yaml examples/demo.yaml --resume_from_checkpoint true
 "$PY" - <<'PYTHON'
 import glob
 from transformers import pipeline

@@ -73,13 +73,12 @@ def test_parallel_runs_write_the_records_of_a_sequential_run(corpus, tmp_path, o
 
 def test_a_failing_worker_names_its_run_and_the_other_records_stay(corpus, tmp_path, one_thread):
     output_dir = tmp_path / "run"
-    (output_dir / "runs").mkdir(parents=True)
-    # a record whose speech system lacks its log-probabilities: late fusion fails in fold 3's worker only
-    damaged = {"seed": 5, "fold": 3, "systems": {"speech": {"uar": 0.5, "war": 0.5}}, "test_ids": []}
-    (output_dir / "runs" / "seed5_fold3.json").write_text(json.dumps(damaged))
+    # fold 3's worker cannot write S0's trainer state (a folder stands where the file goes): it fails, fold 1 does not
+    (output_dir / "seed5" / "fold3" / "S0" / "trainer_state.json").mkdir(parents=True)
     argv = _args(corpus, output_dir, "--parallel_runs", "2", "--resume_from_checkpoint", "true")
-    with pytest.raises(RuntimeError, match=r"1 of 2 runs failed .*seed 5, fold 3: KeyError: 'log_probs'"):
+    with pytest.raises(RuntimeError, match=r"1 of 2 runs failed .*seed 5, fold 3: IsADirectoryError: .*trainer_state"):
         run_fdrl.main(argv)
+    assert not (output_dir / "runs" / "seed5_fold3.json").exists()  # the failed run left no record to be mistaken
     record = json.loads((output_dir / "runs" / "seed5_fold1.json").read_text())
     assert list(record["systems"]) == SYSTEMS  # fold 1 finished in the other worker and kept its record
 
