@@ -27,6 +27,7 @@ import torch
 import common
 from common import logger
 from configuration_fdrl import FDRLConfig
+from fdrl.presets import TINY
 from modeling_fdrl import FDRLModel
 from pipeline_fdrl import save_pipeline
 from processing_fdrl import FDRLProcessor
@@ -89,19 +90,7 @@ def tiny_asr_pipeline(folder):
 
     vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}}
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    config = Wav2Vec2Config(
-        vocab_size=len(vocab),
-        pad_token_id=0,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        conv_dim=(32, 32, 32),
-        conv_stride=(4, 4, 4),
-        conv_kernel=(8, 8, 8),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-    )
+    config = Wav2Vec2Config(vocab_size=len(vocab), pad_token_id=0, **TINY["audio"])  # the tiny preset's shapes
     model = Wav2Vec2ForCTC(config).eval()
     with torch.no_grad():
         model.lm_head.bias[0] = -5.0  # never blank: a non-empty transcript
