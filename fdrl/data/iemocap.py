@@ -72,6 +72,7 @@ from pathlib import Path
 import datasets
 
 from .audio import SAMPLING_RATE
+from .builder import LocalFolderBuilder, prepare
 from .demo_corpus import STAMP_NAME as DEMO_CORPUS_STAMP
 from .manifest import leave_one_session_out
 
@@ -147,7 +148,7 @@ class IemocapConfig(datasets.BuilderConfig):
         return code if code in self.classes else None
 
 
-class Iemocap(datasets.GeneratorBasedBuilder):
+class Iemocap(LocalFolderBuilder):
     """IEMOCAP utterances with audio, transcript, categorical and dimensional labels."""
 
     VERSION = datasets.Version("1.0.0")
@@ -169,13 +170,8 @@ class Iemocap(datasets.GeneratorBasedBuilder):
     ]
     DEFAULT_CONFIG_NAME = "4class"
 
-    def __init__(self, *args, data_dir=None, **kwargs):
-        # An absolute path: the cache is keyed by it, and the audio column stores paths below it.
-        if data_dir is not None:
-            data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
-            if os.path.isdir(data_dir):  # else _split_generators names the problem
-                kwargs.setdefault("input_fingerprint", input_fingerprint(data_dir))
-        super().__init__(*args, data_dir=data_dir, **kwargs)
+    def input_fingerprint(self, data_dir):
+        return input_fingerprint(data_dir)
 
     def _info(self):
         for code, target in self.config.merge:
@@ -305,8 +301,7 @@ def load_iemocap(data_dir, config_name="4class", cache_dir=None, rebuild=False, 
         config_kwargs: `strip_tags`, `strict`, `classes`, `merge` (see `IemocapConfig`).
     """
     builder = Iemocap(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
-    builder.download_and_prepare(download_mode="force_redownload" if rebuild else None)
-    return builder.as_dataset()
+    return prepare(builder, rebuild)
 
 
 def _check_data_dir(data_dir):

@@ -75,6 +75,8 @@ import datasets
 import numpy as np
 import soundfile
 
+from .audio import SAMPLING_RATE
+from .builder import LocalFolderBuilder, prepare
 from .validation import check_samples
 
 
@@ -83,7 +85,6 @@ logger = logging.getLogger(__name__)
 # ClassLabel order: the order of the MELD paper's emotion table.
 EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
 SENTIMENTS = ("neutral", "positive", "negative")
-SAMPLING_RATE = 16000
 
 # (DatasetDict split, MELD's split name, CSV, video folders in the order they are looked for)
 SPLITS = (
@@ -127,7 +128,7 @@ class MeldConfig(datasets.BuilderConfig):
     input_fingerprint: str = ""
 
 
-class Meld(datasets.GeneratorBasedBuilder):
+class Meld(LocalFolderBuilder):
     """MELD utterances with audio (from the videos), transcript, emotion and sentiment, in MELD's own splits."""
 
     VERSION = datasets.Version("1.0.0")
@@ -137,13 +138,8 @@ class Meld(datasets.GeneratorBasedBuilder):
     ]
     DEFAULT_CONFIG_NAME = "emotion"
 
-    def __init__(self, *args, data_dir=None, **kwargs):
-        # An absolute path: the cache is keyed by it.
-        if data_dir is not None:
-            data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
-            if os.path.isdir(data_dir):  # else _split_generators names the problem
-                kwargs.setdefault("input_fingerprint", input_fingerprint(data_dir))
-        super().__init__(*args, data_dir=data_dir, **kwargs)
+    def input_fingerprint(self, data_dir):
+        return input_fingerprint(data_dir)
 
     def _info(self):
         return datasets.DatasetInfo(
@@ -209,8 +205,7 @@ def load_meld(data_dir, cache_dir=None, rebuild=False, **config_kwargs):
         config_kwargs: `strict` (see `MeldConfig`).
     """
     builder = Meld(data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
-    builder.download_and_prepare(download_mode="force_redownload" if rebuild else None)
-    dataset = builder.as_dataset()
+    dataset = prepare(builder, rebuild)
     check_counts(dataset, builder.config.data_dir)
     return dataset
 

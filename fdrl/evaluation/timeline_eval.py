@@ -27,11 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fdrl.data.audio import SAMPLING_RATE
+
 
 logger = logging.getLogger(__name__)
 
 
-def build_recordings(examples, per_recording, pause, rate=16000):
+def build_recordings(examples, per_recording, pause, rate=SAMPLING_RATE):
     """[(samples, [{"start", "end", "label", "text", "id"}])]: `examples` in order, `per_recording` at a time."""
     from fdrl.data.audio import decode_audio
     from fdrl.inference.recognizer import to_16k_mono
@@ -169,7 +171,9 @@ def main(argv=None):
 
     per_recording, totals = [], {}
     for number, (samples, truth) in enumerate(recordings, start=1):
-        timeline = recording_timeline(samples, classifier, recognizer, sampling_rate=16000, name=f"recording{number}")
+        timeline = recording_timeline(
+            samples, classifier, recognizer, sampling_rate=SAMPLING_RATE, name=f"recording{number}"
+        )
         scores = score_timeline(timeline["segments"], truth, classes, args.tolerance)
         per_recording.append(
             {

@@ -25,11 +25,12 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
+from fdrl.data.audio import SAMPLING_RATE  # what Whisper hears
+
 
 logger = logging.getLogger(__name__)
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every call at INFO
 
-SAMPLING_RATE = 16000  # what Whisper hears
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ASR_MODEL = REPO / "pretrained" / "whisper-base"
 CTRANSLATE2_SUFFIX = "-ct2"  # pretrained/whisper-base -> pretrained/whisper-base-ct2
