@@ -19,6 +19,7 @@ from pathlib import Path
 
 import datasets
 import torch
+import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -41,6 +42,10 @@ def default_cache_dir():
 
 def _hash_module(digest, module):
     digest.update(module.config.to_json_string().encode())
+    # not in the config's JSON, yet they change the vectors' last bits: the attention kernel (eager, sdpa, ...) and
+    # the library versions that implement it
+    implementation = getattr(module.config, "_attn_implementation", None)
+    digest.update(json.dumps([implementation, torch.__version__, transformers.__version__]).encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -60,10 +65,10 @@ def _audio_signatures(split):
 
 
 def feature_key(modality, backbone, processor, settings, threads=None):
-    """The cache file of one modality: its backbone's weights and config, its half of the processor, the settings
-    that shape the vectors, and the torch thread count they are extracted with (`threads`, default torch's: it
-    changes how reductions are summed, hence the last bits). Nothing about which utterances, or in which order:
-    rows are keyed one by one (`row_keys`)."""
+    """The cache file of one modality: its backbone's weights, config and attention kernel, its half of the
+    processor, the settings that shape the vectors, and the torch thread count they are extracted with (`threads`,
+    default torch's: it changes how reductions are summed, hence the last bits). Nothing about which utterances, or
+    in which order: rows are keyed one by one (`row_keys`)."""
     digest = hashlib.sha256(modality.encode())
     _hash_module(digest, backbone)
     if modality == "audio":
