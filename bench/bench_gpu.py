@@ -123,17 +123,9 @@ def fine_tuning(model, processor, args, device, dtype, rng):
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for index, batch in enumerate(batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        common.synchronize(device)
-        start = time.perf_counter()
-        with common.autocast(device, dtype):
-            loss = model(**batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        common.synchronize(device)
+        seconds = common.timed_step(model, optimizer, {k: v.to(device) for k, v in batch.items()}, device, dtype, index)
         if index >= args.warmup:
-            times.append(time.perf_counter() - start)
+            times.append(seconds)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {
         "step_s": common.summarize(times),

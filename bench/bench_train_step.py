@@ -86,21 +86,6 @@ def head_parameters(model):
     return [p for name, p in model.named_parameters() if not name.startswith(("audio_model.", "text_model."))]
 
 
-def timed_step(model, optimizer, batch, device, dtype, seed):
-    """Seconds of one forward + backward + AdamW step."""
-    torch.manual_seed(seed)  # the same layerdrop, dropout and SpecAugment draws for both models
-    np.random.seed(seed)
-    common.synchronize(device)
-    start = time.perf_counter()
-    with common.autocast(device, dtype):
-        loss = model(**batch)["loss"]
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    common.synchronize(device)
-    return time.perf_counter() - start
-
-
 def pair_order(models, index):
     """a, b then b, a: whichever model meets a new batch first may pay for fresh memory; alternating cancels it."""
     names = list(models) if index % 2 == 0 else list(reversed(models))
@@ -122,7 +107,7 @@ def time_full_steps(models, optimizers, batches, args, device, dtype):
         for name, model in pair_order(models, index):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            pair[name] = timed_step(model, optimizers[name], batch, device, dtype, args.seed + index)
+            pair[name] = common.timed_step(model, optimizers[name], batch, device, dtype, args.seed + index)
             if device.type == "cuda":
                 peak_memory[name] = max(peak_memory[name], torch.cuda.max_memory_allocated(device))
         last_pair_s = sum(pair.values())
@@ -159,7 +144,7 @@ def time_head_steps(models, batch_size, args, device, dtype):
             logger.warning(f"heads: stopping after {index - 10} pairs, past --head_time_budget_s")
             break
         for name, model in pair_order(models, index):
-            seconds = timed_step(model, optimizers[name], batch, device, dtype, args.seed + index)
+            seconds = common.timed_step(model, optimizers[name], batch, device, dtype, args.seed + index)
             if index >= 10:
                 times[name].append(seconds)
     return times

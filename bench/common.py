@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,22 @@ def autocast(device, dtype):
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_step(model, optimizer, batch, device, dtype, seed):
+    """Seconds of one forward + backward + AdamW step, its random draws (layerdrop, dropout, SpecAugment) seeded
+    with `seed`, so two models timed on the same batch draw alike."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    synchronize(device)
+    start = time.perf_counter()
+    with autocast(device, dtype):
+        loss = model(**batch)["loss"]
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def summarize(values):

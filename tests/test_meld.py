@@ -13,6 +13,7 @@ from meld_fixture import (
     have_ffmpeg,
     make_meld_fixture,
 )
+from test_run_fdrl import TINY
 
 from fdrl.data.audio import decode_audio
 from fdrl.data.labels import official_splits
@@ -226,26 +227,7 @@ def test_strict_stops_at_a_video_without_usable_audio(fixture, tmp_path):
 
 
 # ----- the protocol on MELD's official splits (run_fdrl.py --dataset meld) --------------------------------------------
-TINY_RUN = [
-    "--model_preset",
-    "tiny",
-    "--num_train_epochs",
-    "2",
-    "--per_device_train_batch_size",
-    "4",
-    "--learning_rate",
-    "1e-3",
-    "--use_cpu",
-    "true",
-    "--logging_steps",
-    "1",
-    "--dataloader_num_workers",
-    "0",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-]
+TINY_RUN = [*TINY, "--num_train_epochs", "2", "--per_device_train_batch_size", "4"]  # later flags win
 
 
 def _weighted_f1_by_hand(matrix):

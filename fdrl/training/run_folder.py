@@ -32,7 +32,7 @@ RESULT_FILES = ("results.json", "results.md", RUN_SETTINGS_FILE)
 RESULT_FOLDERS = ("runs", "model")
 _FOLD_FOLDER = re.compile(r"^seed-?\d+$")
 # Fields of ModelArguments and DataArguments that only say where things are cached (every other one defines a run).
-NOT_DEFINING = ("cache_dir", "rebuild_cache", "parallel_runs")
+NOT_DEFINING = ("cache_dir", "rebuild_cache")
 # The training settings that change the numbers. The rest of TrainingArguments places, logs, schedules checkpoints
 # or spreads the work (output_dir, logging_steps, report_to, disable_tqdm, hub ids, dataloader workers, parallel
 # runs, the eval batch size) or names what to run (seeds, folds, systems).
@@ -73,8 +73,15 @@ TRAINING_SETTINGS = (
     "full_determinism",
 )
 # Arguments naming a local file or folder: recorded as an absolute path, so a resume from another folder matches.
-PATH_SETTINGS = ("model_name_or_path", "audio_model", "text_model", "processor_name_or_path", "data_dir", "manifest")
-PATH_SETTINGS += ("test_transcripts",)
+PATH_SETTINGS = (
+    "model_name_or_path",
+    "audio_model",
+    "text_model",
+    "processor_name_or_path",
+    "data_dir",
+    "manifest",
+    "test_transcripts",
+)
 
 
 def _jsonable(value):
