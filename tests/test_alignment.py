@@ -9,6 +9,8 @@ from fdrl.evaluation.alignment import (
     pooled_spread,
     relative_centroid_distance,
     retrieval_at_1,
+    transfer_probes,
+    transfer_uar,
 )
 
 
@@ -201,3 +203,23 @@ def test_a_short_training_run_logs_mu_rates_and_alignment_without_nan():
             "alignment_norm_audio",
         } <= set(log)
         assert all(math.isfinite(value) for value in log.values()), log
+
+
+def test_warm_started_probes_reach_the_cold_fit_in_fewer_iterations():
+    """A run's transfer classifiers start each evaluation from the last one's solution: on representations that
+    moved a little since, they classify the held-out vectors as a fresh fit does, in fewer L-BFGS iterations."""
+    train, held_out = _reference(shift=0.5)
+    moved = tuple(x + 0.05 * np.random.default_rng(3).normal(size=x.shape) for x in train[:2]) + (train[2],)
+    probes = transfer_probes()
+    first = alignment_metrics(*held_out, id2label=ID2LABEL, reference=train, probes=probes)
+    assert first == alignment_metrics(*held_out, id2label=ID2LABEL, reference=train)  # a first fit is a cold fit
+    warm = alignment_metrics(*held_out, id2label=ID2LABEL, reference=moved, probes=probes)
+    cold = alignment_metrics(*held_out, id2label=ID2LABEL, reference=moved)
+    for direction in ("audio_to_text", "text_to_audio"):
+        assert warm[f"alignment_transfer_{direction}"] == pytest.approx(
+            cold[f"alignment_transfer_{direction}"], abs=0.01
+        )
+    fresh = transfer_probes()["audio_to_text"]
+    transfer_uar(moved[0], moved[2], held_out[1], held_out[2], classifier=fresh)
+    warm_iterations = probes["audio_to_text"][-1].n_iter_[0]
+    assert warm_iterations < fresh[-1].n_iter_[0]

@@ -714,17 +714,45 @@ def test_attached_class_weights_train_predictor_and_encoder(batch):
 @pytest.mark.parametrize("overrides", [{"gamma": 0.0}, {"use_predictor": False}])
 def test_s6_weighs_the_local_discriminators_with_the_labels(batch, overrides):
     model = _model(**overrides)
-    inputs = {}
-    for c, discriminator in enumerate(model.local_discriminators):
-        discriminator.register_forward_hook(lambda module, args, output, c=c: inputs.update({c: args[0]}))
     with torch.no_grad():
         out = model(**batch)
+        weights_audio, weights_text = model._local_weights(out.shared_audio, out.shared_text, batch["labels"])
+        inputs = model._class_weighted(weights_audio, weights_text, out.shared_audio, out.shared_text)
     one_hot = torch.nn.functional.one_hot(batch["labels"], 4).float()  # (4, 4)
-    for c in range(4):
+    assert torch.equal(weights_audio, one_hot) and torch.equal(weights_text, one_hot)
+    for c in range(4):  # class c's discriminator sees the representations of class c's utterances, zeros elsewhere
         expected = torch.cat([one_hot[:, c : c + 1] * out.shared_audio, one_hot[:, c : c + 1] * out.shared_text])
         torch.testing.assert_close(inputs[c], expected, rtol=0, atol=0)
     # one-hot weights: each class counts the two representations of its own utterances
     assert out.local_counts.tolist() == (2 * one_hot.sum(0)).tolist()
+
+
+def test_the_batched_local_discriminators_are_each_class_discriminator_on_its_own_inputs():
+    """One batched call gives, for every class, what that class's discriminator module gives on y^c S (logits,
+    loss, statistics), and each discriminator's gradient is its own loss's."""
+    torch.manual_seed(0)
+    model = _model()
+    hidden = model.config.hidden_size
+    audio, text = torch.randn(3, hidden), torch.randn(3, hidden)
+    weights_audio, weights_text = torch.rand(3, 4), torch.rand(3, 4)
+    loss, stats = model._local_alignment(audio, text, weights_audio, weights_text)
+    loss.backward()
+    batched = [[p.grad.clone() for p in d.parameters()] for d in model.local_discriminators]
+    model.zero_grad()
+    total = 0.0
+    for c, discriminator in enumerate(model.local_discriminators):
+        sample_weights = torch.cat([weights_audio[:, c], weights_text[:, c]])
+        one, loss_sum, errors = modality_cross_entropy(
+            discriminator, weights_audio[:, c : c + 1] * audio, weights_text[:, c : c + 1] * text, sample_weights
+        )
+        total = total + one
+        torch.testing.assert_close(stats["local_loss_sums"][c], loss_sum)
+        assert stats["local_errors"][c].item() == pytest.approx(errors.item())
+    total.backward()
+    torch.testing.assert_close(loss, total)
+    for c, discriminator in enumerate(model.local_discriminators):
+        for grad, p in zip(batched[c], discriminator.parameters()):
+            torch.testing.assert_close(grad, p.grad)
 
 
 # ----- the local error rates, weighted by the class weights ----------------------------------------------------------

@@ -39,8 +39,10 @@ from sklearn.preprocessing import StandardScaler
 PREFIX = "alignment_"
 
 
-def _classifier(random_state=0):
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=random_state))
+def _classifier(random_state=0, warm_start=False):
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=1000, random_state=random_state, warm_start=warm_start)
+    )
 
 
 def _fit(model, features, targets):
@@ -68,12 +70,13 @@ def relative_centroid_distance(shared_audio, shared_text):
     return centroid_distance(shared_audio, shared_text) / spread if spread > 0 else None
 
 
-def transfer_uar(train_features, train_labels, features, labels, random_state=0):
+def transfer_uar(train_features, train_labels, features, labels, random_state=0, classifier=None):
     """UAR on (`features`, `labels`) of a standardised logistic regression fit on the training split's vectors of
-    the other modality; None when the training labels hold a single class."""
+    the other modality; None when the training labels hold a single class. `classifier` (from `transfer_probes`)
+    is refit warm-started from its last solution."""
     if len(np.unique(train_labels)) < 2:
         return None
-    classifier = _fit(_classifier(random_state), train_features, train_labels)
+    classifier = _fit(classifier or _classifier(random_state), train_features, train_labels)
     with warnings.catch_warnings():  # a predicted class absent from `labels`
         warnings.simplefilter("ignore", UserWarning)
         return float(balanced_accuracy_score(labels, classifier.predict(features)))
@@ -93,7 +96,15 @@ def mean_norm(vectors):
     return float(np.linalg.norm(vectors, axis=1).mean())
 
 
-def alignment_metrics(shared_audio, shared_text, labels, id2label=None, reference=None, random_state=0):
+def transfer_probes(random_state=0):
+    """The two transfer classifiers (a->t, t->a) of one training run, for `alignment_metrics(probes=...)` at each of
+    its evaluations. Each refit starts from the solution of the previous evaluation (scikit-learn's `warm_start`):
+    the objective is the same strictly convex, L2-regularised logistic loss, so L-BFGS reaches the same optimum,
+    up to its tolerance, in fewer iterations; the representations move little between two epochs."""
+    return {"audio_to_text": _classifier(random_state, True), "text_to_audio": _classifier(random_state, True)}
+
+
+def alignment_metrics(shared_audio, shared_text, labels, id2label=None, reference=None, random_state=0, probes=None):
     """The alignment diagnostics of paired shared representations, as a flat dict of floats.
 
     Args:
@@ -105,6 +116,8 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
         reference (`tuple` of `(train_audio, train_text, train_labels)`, *optional*): S_a (m, hidden), S_t (m,
             hidden) and the labels (m,) of training utterances, for the cross-modal transfer.
         random_state (`int`, *optional*, defaults to 0): seeds the classifiers' solvers.
+        probes (`dict`, *optional*): from `transfer_probes`, kept across a run's evaluations: the transfer
+            classifiers start from their previous solution (same optimum, fewer iterations).
 
     Returns:
         `dict`: `alignment_norm_audio`, `alignment_norm_text`; `alignment_relative_centroid_distance_<label>` and
@@ -142,11 +155,14 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
             raise ValueError(
                 f"`reference` vectors must have {shared_audio.shape[1]} columns, got {train_audio.shape[1]}"
             )
-        to_text = transfer_uar(train_audio, train_labels, shared_text, labels, random_state)
+        probes = probes or {}
+        to_text = transfer_uar(
+            train_audio, train_labels, shared_text, labels, random_state, probes.get("audio_to_text")
+        )
         if to_text is not None:
             metrics[PREFIX + "transfer_audio_to_text"] = to_text
             metrics[PREFIX + "transfer_text_to_audio"] = transfer_uar(
-                train_text, train_labels, shared_audio, labels, random_state
+                train_text, train_labels, shared_audio, labels, random_state, probes.get("text_to_audio")
             )
     return metrics
 
@@ -181,5 +197,6 @@ __all__ = [
     "pooled_spread",
     "relative_centroid_distance",
     "retrieval_at_1",
+    "transfer_probes",
     "transfer_uar",
 ]

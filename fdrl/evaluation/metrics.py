@@ -63,6 +63,7 @@ class fdrl_metrics:  # noqa: N801 (used like trainer_metrics, a factory of compu
         self.label_names = list(label_names)
         self.reference = None
         self.first_norm = None
+        self.probes = None  # the transfer classifiers, warm-started from one evaluation to the next
 
     def __call__(self, eval_prediction):
         predictions = eval_prediction.predictions
@@ -71,13 +72,20 @@ class fdrl_metrics:  # noqa: N801 (used like trainer_metrics, a factory of compu
         return metrics
 
     def alignment(self, predictions, labels, prefix=""):
-        from .alignment import PREFIX, alignment_metrics, mean_norm
+        from .alignment import PREFIX, alignment_metrics, mean_norm, transfer_probes
 
         if len(predictions) < 3:
             return {}
         shared_audio, shared_text = np.asarray(predictions[1], np.float64), np.asarray(predictions[2], np.float64)
+        if self.probes is None:
+            self.probes = transfer_probes()
         diagnostics = alignment_metrics(
-            shared_audio, shared_text, np.asarray(labels), dict(enumerate(self.label_names)), reference=self.reference
+            shared_audio,
+            shared_text,
+            np.asarray(labels),
+            dict(enumerate(self.label_names)),
+            reference=self.reference,
+            probes=self.probes,
         )
         diagnostics[PREFIX + "norm"] = (diagnostics[PREFIX + "norm_audio"] + diagnostics[PREFIX + "norm_text"]) / 2
         source = (shared_audio, shared_text) if self.reference is None else self.reference[:2]
