@@ -100,6 +100,41 @@ def test_collator_stacks_cached_pooled_features():
     assert set(FDRLDataCollator(modalities=("text",))(examples)) == {"pooled_text", "labels"}
 
 
+def test_training_representations_of_cached_features_are_the_model_on_a_fixed_subset(tmp_path):
+    """On cached pooled features the reference subset is collated once and runs as one batch: the same S_a and S_t
+    as the model gives each row alone, on min(alignment_train_samples, rows) rows fixed by the seed."""
+    torch.manual_seed(0)
+    config = tiny_fdrl_config()
+    audio_size, text_size = config.audio_config.hidden_size, config.text_config.hidden_size
+    rows = [
+        {"id": f"u{i}", "label": i % 4, "pooled_audio": torch.randn(audio_size), "pooled_text": torch.randn(text_size)}
+        for i in range(11)
+    ]
+    args = FDRLTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        alignment_train_samples=7,
+        seed=3,
+    )
+    trainer = FDRLTrainer(model=FDRLModel(config), args=args, train_dataset=rows, data_collator=FDRLDataCollator())
+    trainer.model.train()
+    shared_audio, shared_text, labels = trainer.training_representations()
+    assert trainer.model.training  # left as it was
+    chosen = np.sort(np.random.default_rng(3).permutation(11)[:7])
+    assert labels.tolist() == [rows[i]["label"] for i in chosen]
+    model = trainer.model.eval()
+    with torch.no_grad():
+        for position, i in enumerate(chosen):
+            alone = model(pooled_audio=rows[i]["pooled_audio"][None], pooled_text=rows[i]["pooled_text"][None])
+            np.testing.assert_allclose(shared_audio[position], alone.shared_audio[0].numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(shared_text[position], alone.shared_text[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert trainer.training_representations()[0].shape == (7, config.hidden_size)  # the cached batch, again
+
+
 def test_backbones_and_heads_get_their_own_learning_rates():
     model = FDRLModel(tiny_fdrl_config())
     heads, backbones = parameter_groups(model, 1e-3, 1e-5)
