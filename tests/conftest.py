@@ -68,3 +68,11 @@ def fdrl_config():
 @pytest.fixture
 def batch():
     return make_batch()
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the thread count the workers train with: "identical" is defined at this count
+    yield
+    torch.set_num_threads(threads)

@@ -25,14 +25,6 @@ def corpus(tmp_path_factory):
     return make_iemocap_fixture(root, sessions=(1, 2, 3), utterances_per_dialog=6, defects=False)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the thread count the workers train with: "identical" is defined at this count
-    yield
-    torch.set_num_threads(threads)
-
-
 def _args(corpus, output_dir, *extra):
     root = corpus["data_dir"].parent
     return [

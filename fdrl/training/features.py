@@ -9,12 +9,17 @@ sums). Inside, one row per utterance, keyed by its id with its audio file's sign
 time) or its transcript; split order, seed and fold play no part, so every fold, seed and run of a corpus reads the
 same rows. A changed file or transcript is a new row (the old one is dropped), changed weights a new file; a stale
 vector is never read.
+
+A fold's look-up has three steps: which rows are missing (`cached_rows`), extract them (`extract_rows`, here; with
+`--parallel_runs`, shards of them in the worker processes, `parallel.py`), merge them into the file and write it
+(`store_rows`, in the one process that writes the cache).
 """
 
 import contextlib
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -149,7 +154,71 @@ def extract_pooled(encoder, examples, processor, modality, max_text_length, prog
     return torch.cat(vectors)
 
 
-def cached_pooled_features(audio, text, processor, splits, context, fold_dir=None):
+def feature_encoder(audio, text, config_kwargs):
+    """The two backbones as the extraction runs them: pooled as FDRL pools (`BackboneClassifier.encode_audio` /
+    `encode_text`), under the run's FDRLConfig (its `text_pooling` shapes the text vectors)."""
+    config = FDRLConfig(audio_config=audio.config, text_config=text.config, **config_kwargs)
+    return BackboneClassifier(config, audio_model=audio, text_model=text)
+
+
+@dataclass
+class CachedRows:
+    """One modality's cache file as a fold sees it: `keys`, one row key per utterance of the fold (in the order of
+    its splits' union), `rows`, what the file holds, and `missing`, the positions of the keys it lacks."""
+
+    modality: str
+    path: Path
+    keys: list
+    rows: dict
+    missing: list
+
+
+def cached_rows(encoder, processor, union, context, threads):
+    """Which rows are missing: each modality's cache file (named by `feature_key`), read and held against the row
+    keys of `union`'s utterances."""
+    args, data_args = context.training_args, context.data_args
+    ids = union["id"][:]
+    sources = {
+        "audio": (encoder.audio_model, _audio_signatures(union), [processor.max_duration]),
+        "text": (encoder.text_model, union["text"][:], [encoder.config.text_pooling, data_args.max_text_length]),
+    }
+    caches = []
+    for modality, (backbone, signatures, settings) in sources.items():
+        path = Path(args.feature_cache_dir or default_cache_dir()) / (
+            f"{modality}-{feature_key(modality, backbone, processor, settings, threads)}.safetensors"
+        )
+        keys = row_keys(ids, signatures)
+        rows = _read_cache(path)
+        caches.append(CachedRows(modality, path, keys, rows, [i for i, key in enumerate(keys) if key not in rows]))
+    return caches
+
+
+def extract_rows(encoder, processor, jobs, max_text_length, threads=None, progress=False):
+    """Extract these rows: (modality, its (n, hidden) vectors) for each of `jobs` ({modality: examples}), one
+    modality after the other, in this process with `threads` torch threads (None: the current count)."""
+    for modality, examples in jobs.items():
+        with torch_threads(threads):
+            vectors = extract_pooled(encoder, examples, processor, modality, max_text_length, progress)
+        yield modality, vectors
+
+
+def store_rows(cache, ids, computed, should_save):
+    """Merge and write: the file's rows with `computed` (the vectors of `cache.missing`, in that order) added and
+    the rows of these utterances under an older signature (a changed file or transcript) dropped, written atomically
+    by the one process that saves; returns the merged rows."""
+    current, wanted = set(cache.keys), set(ids)
+    rows = {key: vector for key, vector in cache.rows.items() if key in current or key.rsplit(":", 1)[0] not in wanted}
+    rows.update(zip((cache.keys[position] for position in cache.missing), computed))
+    if should_save:
+        _write_cache(cache.path, rows)
+    logger.info(
+        f"pooled {cache.modality} features: {len(cache.missing)} of {len(ids)} utterances computed, cached in "
+        f"{cache.path}"
+    )
+    return rows
+
+
+def cached_pooled_features(audio, text, processor, splits, context, fold_dir=None, extract=None):
     """Each split as a list of {"id", "label", "pooled_audio", "pooled_text"}. Each modality has one cache file per
     backbone and settings, its rows keyed by utterance (id and audio signature or transcript): a second fold, seed,
     run or `--systems` list reads them, and only utterances not yet in the file run through the backbone (new
@@ -157,45 +226,28 @@ def cached_pooled_features(audio, text, processor, splits, context, fold_dir=Non
 
     The vectors are extracted, and keyed, with `context.feature_threads` torch threads (default: the current
     count), so that worker processes training with one thread (`--parallel_runs`) find the rows their parent
-    extracted with the thread count a sequential run uses."""
-    args, data_args = context.training_args, context.data_args
+    stored. `extract(processor, jobs)` extracts the missing rows elsewhere (`--parallel_runs`: shards in the
+    worker processes, one thread each) and yields what `extract_rows` yields; by default they are extracted here.
+    Either way this process merges them into the cache files and writes them."""
+    args = context.training_args
     threads = getattr(context, "feature_threads", None) or torch.get_num_threads()
     progress = bool(getattr(args, "protocol_progress", False)) and getattr(args, "local_process_index", 0) == 0
     union = datasets.concatenate_datasets([splits[name] for name in splits])
     ids = union["id"][:]
-    config = FDRLConfig(audio_config=audio.config, text_config=text.config, **context.config_kwargs)
-    encoder = BackboneClassifier(config, audio_model=audio, text_model=text)
-    sources = {
-        "audio": (audio, _audio_signatures(union), [processor.max_duration]),
-        "text": (text, union["text"][:], [config.text_pooling, data_args.max_text_length]),
-    }
+    encoder = feature_encoder(audio, text, context.config_kwargs)
+    caches = {cache.modality: cache for cache in cached_rows(encoder, processor, union, context, threads)}
+    jobs = {modality: union.select(cache.missing) for modality, cache in caches.items() if cache.missing}
+    if extract is None:
+        extracted = extract_rows(encoder, processor, jobs, context.data_args.max_text_length, threads, progress)
+    else:
+        extracted = extract(processor, jobs)
+    for modality, computed in extracted:  # stored as soon as extracted: an interrupted run keeps what is done
+        caches[modality].rows = store_rows(caches[modality], ids, computed, args.should_save)
     vectors = {}
-    for modality, (backbone, signatures, settings) in sources.items():
-        path = Path(args.feature_cache_dir or default_cache_dir()) / (
-            f"{modality}-{feature_key(modality, backbone, processor, settings, threads)}.safetensors"
-        )
-        keys = row_keys(ids, signatures)
-        rows = _read_cache(path)
-        missing = sorted({position for position, key in enumerate(keys) if key not in rows})
-        if missing:
-            with torch_threads(threads):
-                computed = extract_pooled(
-                    encoder, union.select(missing), processor, modality, data_args.max_text_length, progress
-                )
-            current, wanted = set(keys), set(ids)
-            # rows of these utterances under an older signature (a changed file or transcript) are dropped
-            rows = {
-                key: vector for key, vector in rows.items() if key in current or key.rsplit(":", 1)[0] not in wanted
-            }
-            rows.update(zip((keys[position] for position in missing), computed))
-            if args.should_save:
-                _write_cache(path, rows)
-            logger.info(
-                f"pooled {modality} features: {len(missing)} of {len(ids)} utterances computed, cached in {path}"
-            )
-        else:
-            logger.info(f"pooled {modality} features of {len(ids)} utterances read from the cache {path}")
-        vectors[modality] = torch.stack([rows[key] for key in keys])
+    for modality, cache in caches.items():
+        if not cache.missing:
+            logger.info(f"pooled {modality} features of {len(ids)} utterances read from the cache {cache.path}")
+        vectors[modality] = torch.stack([cache.rows[key] for key in cache.keys])
     row = {utterance: index for index, utterance in enumerate(ids)}
     return {
         name: [

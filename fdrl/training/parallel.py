@@ -3,10 +3,16 @@ side in worker processes (`--parallel_runs N`).
 
 How the parallel path works, and what "the same numbers" means:
 
-- The parent first extracts the backbones' pooled features of every utterance the runs need (the feature cache,
-  `features.py`), with the torch thread count the parent has, i.e. the count a sequential run extracts with; the
-  cache key records that count. Workers only read the cache: they key their look-up with the parent's count
-  (`RunContext.feature_threads`), so they never run a backbone.
+- One pool of N workers serves first the feature extraction, then the runs (a worker's start costs seconds of
+  imports, paid once). Before any run starts, every pooled feature the runs need is in the feature cache
+  (`features.py`): the parent finds the rows missing from it, the workers extract them in contiguous shards of
+  the missing utterances (each worker loads the pretrained backbones once, from the model arguments), and the
+  parent merges the shards into the cache files, their one writer. With pretrained backbones that is one pass over
+  the corpus; a preset's tiny backbones, drawn per seed with a vocabulary learnt per fold, are extracted in the
+  parent (`warm_feature_cache`). The runs then only read the cache, so they never run a backbone.
+- Features are extracted, and keyed, with one torch thread (`RunContext.feature_threads`), each utterance in its own
+  forward: a vector does not depend on the worker or shard that computed it, and the rows are bit for bit those a
+  sequential run with one thread (`OMP_NUM_THREADS=1`, as `make demo` runs) stores.
 - Each worker is a `concurrent.futures.ProcessPoolExecutor` process started with the "spawn" method (as torch
   recommends for processes that use torch), with `OMP_NUM_THREADS=1` and `torch.set_num_threads(1)`: N runs use
   N cores, and no run's threads fight another's.
@@ -23,19 +29,25 @@ How the parallel path works, and what "the same numbers" means:
   a multi-GPU launch must see the same runs in the same order.
 """
 
+import collections
 import concurrent.futures
 import contextlib
+import functools
 import multiprocessing
 import os
 
 import torch
+from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from .features import extract_pooled, feature_encoder
 from .progress import ProtocolProgress, QueueProgress, configure_logging, drain
 
 
 logger = logging.get_logger(__name__)
+SHARDS_PER_WORKER = 4  # feature shards per worker and modality: a moving bar and a balanced finish
 _WORKER_PROGRESS = None  # a worker process's QueueProgress, set by `_start_worker`
+_WORKER_ENCODER = None  # a worker process's backbones for the extraction's shards, loaded by `_worker_extract`
 
 
 def usable_cores():
@@ -67,9 +79,19 @@ def run_folds(context, pairs, run_fold, prepare_fold):
     try:
         if workers == 1:
             return [run_fold(context, seed, fold) for seed, fold in pairs]
-        warm_feature_cache(context, pairs, prepare_fold)
-        logger.info(f"{len(pairs)} runs in {workers} worker processes, one torch thread each")
-        return _run_in_pool(context, pairs, workers)
+        context.feature_threads = 1  # the rows are extracted, and keyed, with the workers' one thread
+        spawn = multiprocessing.get_context("spawn")
+        queue = spawn.Queue()
+        # the workers inherit the environment when they start (at the first task): one OpenMP thread each, and no
+        # tokenizers threads either
+        with _environment(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"):
+            with _pool(spawn, workers, queue, args.get_process_log_level()) as pool:
+                extract = functools.partial(_extract_in_pool, pool, workers, context, enabled)
+                warm_feature_cache(context, pairs, prepare_fold, extract)
+                logger.info(f"{len(pairs)} runs in {workers} worker processes, one torch thread each")
+                outcomes = _run_in_pool(context, pairs, pool, queue)
+        drain(queue, context.progress)  # the workers have exited: every event they sent is in the queue
+        return _records(context, pairs, outcomes)
     finally:
         context.progress.close()
         context.progress = None
@@ -83,15 +105,51 @@ def _features_depend_on(model_args, data_args, seed, fold):
     return fold if data_args.test_transcripts else None
 
 
-def warm_feature_cache(context, pairs, prepare_fold):
-    """Extract, in this process, every pooled feature the runs will read; with pretrained backbones that is one
-    pass over the corpus (a fold's splits hold every utterance)."""
+def warm_feature_cache(context, pairs, prepare_fold, extract):
+    """Fill the feature cache with every pooled feature the runs will read, before they start. This process finds
+    the missing rows and merges them into the cache files (one writer); `extract` has the workers compute them. With
+    pretrained backbones that is one pass over the corpus (a fold's splits hold every utterance). A preset's
+    backbones are drawn per seed with a vocabulary learnt per fold, so a worker would have to rebuild them for each
+    (seed, fold): they are tiny, and this process extracts their features itself, with one thread."""
     seen = set()
     for seed, fold in pairs:
         key = _features_depend_on(context.model_args, context.data_args, seed, fold)
         if key not in seen:
             seen.add(key)
-            prepare_fold(context, seed, fold)
+            prepare_fold(context, seed, fold, extract=None if context.model_args.model_preset else extract)
+
+
+def shard_bounds(count, shards):
+    """`shards` contiguous (start, stop) ranges, in order, covering range(count) once; their sizes differ by at most
+    one."""
+    shards = max(1, min(shards, count))
+    return [(count * index // shards, count * (index + 1) // shards) for index in range(shards)]
+
+
+def _extract_in_pool(pool, workers, context, enabled, processor, jobs):
+    """`extract_rows` in the worker processes: each modality's examples cut into contiguous shards, several per
+    worker, so that the bar moves as shards finish and a worker done early takes the next one; each vector is
+    computed by one worker, one utterance per forward with one thread, as a one-thread sequential run computes it.
+    Yields (modality, vectors) as each modality's shards are all back."""
+    shards = {
+        pool.submit(
+            _worker_extract, context.model_args, context.config_kwargs, processor, modality,
+            examples.select(range(start, stop)), context.data_args.max_text_length,
+        ): (modality, start)
+        for modality, examples in jobs.items()
+        for start, stop in shard_bounds(len(examples), SHARDS_PER_WORKER * workers)
+    }  # fmt: skip
+    parts = {modality: {} for modality in jobs}
+    left = collections.Counter(modality for modality, _ in shards.values())
+    total = sum(len(examples) for examples in jobs.values())
+    with tqdm(total=total, desc="features", unit="utt", leave=False, disable=not enabled or not total) as bar:
+        for future in concurrent.futures.as_completed(shards):
+            modality, start = shards[future]
+            parts[modality][start] = future.result()
+            bar.update(len(parts[modality][start]))
+            left[modality] -= 1
+            if not left[modality]:
+                yield modality, torch.cat([parts[modality][start] for start in sorted(parts[modality])])
 
 
 @contextlib.contextmanager
@@ -108,28 +166,34 @@ def _environment(**values):
                 os.environ[name] = value
 
 
-def _run_in_pool(context, pairs, workers):
-    spawn = multiprocessing.get_context("spawn")
-    queue = spawn.Queue()
-    level = context.training_args.get_process_log_level()
-    records, failures = {}, []
-    # the workers inherit the environment at start: one OpenMP thread each, and no tokenizers threads either
-    with _environment(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"):
-        with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=spawn, initializer=_start_worker, initargs=(queue, level)
-        ) as pool:
-            futures = {pool.submit(_worker_run_fold, context, seed, fold): (seed, fold) for seed, fold in pairs}
-            pending = set(futures)
-            while pending:
-                done, pending = concurrent.futures.wait(pending, timeout=0.5)
-                drain(queue, context.progress)
-                for future in done:
-                    error = future.exception()
-                    if error is None:
-                        records[futures[future]] = future.result()
-                    else:
-                        failures.append((*futures[future], error))
-    drain(queue, context.progress)
+@contextlib.contextmanager
+def _pool(spawn, workers, queue, level):
+    """The one pool of the protocol: the extraction's shards, then the runs. On an error the shards and runs not
+    started yet are cancelled; those running finish."""
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=spawn, initializer=_start_worker, initargs=(queue, level)
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _run_in_pool(context, pairs, pool, queue):
+    """{(seed, fold): its record, or the error its run raised}, the progress events drained as the runs go."""
+    futures = {pool.submit(_worker_run_fold, context, seed, fold): (seed, fold) for seed, fold in pairs}
+    outcomes, pending = {}, set(futures)
+    while pending:
+        done, pending = concurrent.futures.wait(pending, timeout=0.5)
+        drain(queue, context.progress)
+        for future in done:
+            outcomes[futures[future]] = future.exception() or future.result()
+    return outcomes
+
+
+def _records(context, pairs, outcomes):
+    """The records in the order of `pairs`; a failed run raises, naming every (seed, fold) that failed."""
+    failures = [(*pair, outcomes[pair]) for pair in pairs if isinstance(outcomes[pair], BaseException)]
     if failures:
         seed, fold, error = failures[0]
         runs = "; ".join(f"seed {s}, fold {f}: {type(e).__name__}: {e}" for s, f, e in failures)
@@ -138,7 +202,7 @@ def _run_in_pool(context, pairs, workers):
             f"are in {context.training_args.output_dir}/runs; rerun with --resume_from_checkpoint true to redo only "
             f"what is missing"
         ) from error
-    return [records[pair] for pair in pairs]
+    return [outcomes[pair] for pair in pairs]
 
 
 def _start_worker(queue, level):
@@ -149,9 +213,23 @@ def _start_worker(queue, level):
     _WORKER_PROGRESS = QueueProgress(queue)
 
 
+def _worker_extract(model_args, config_kwargs, processor, modality, examples, max_text_length):
+    """One shard's pooled vectors, with this worker's one torch thread. The backbones are loaded from the model
+    arguments at the worker's first shard, as `build_backbones` loads them in the parent (the very weights the
+    parent's cache key hashes), and kept for its next shards."""
+    global _WORKER_ENCODER
+    if _WORKER_ENCODER is None:
+        from .protocol import build_backbones
+
+        _WORKER_ENCODER = feature_encoder(*build_backbones(model_args, processor, None), config_kwargs)
+    return extract_pooled(_WORKER_ENCODER, examples, processor, modality, max_text_length)
+
+
 def _worker_run_fold(context, seed, fold):
     from .protocol import run_fold
 
+    global _WORKER_ENCODER
+    _WORKER_ENCODER = None  # the extraction is over; the run loads the backbones it keeps
     context.progress = _WORKER_PROGRESS
     context.training_args.disable_tqdm = True  # the parent's bar only: per-step bars of N processes would interleave
     return run_fold(context, seed, fold)

@@ -276,9 +276,10 @@ def record_problem(record):
     return None
 
 
-def prepare_fold(context, seed, fold):
+def prepare_fold(context, seed, fold, extract=None):
     """The fold's splits (test transcripts replaced if asked), processor and starting backbones, the systems a
-    resumed run has already done, and `splits.json`; with frozen backbones, the splits become cached features."""
+    resumed run has already done, and `splits.json`; with frozen backbones, the splits become cached features (the
+    missing ones extracted by `extract`, see `cached_pooled_features`)."""
     args, model_args, data_args = context.training_args, context.model_args, context.data_args
     fold_dir = Path(args.output_dir) / f"seed{seed}" / fold_name(fold)
     record_path = Path(args.output_dir) / "runs" / f"seed{seed}_{fold_name(fold)}.json"
@@ -296,7 +297,7 @@ def prepare_fold(context, seed, fold):
     if args.should_save:
         write_json(fold_dir / "splits.json", {name: column(split, "id") for name, split in splits.items()})
     if args.freeze_backbones:
-        splits = cached_pooled_features(audio, text, processor, splits, context, fold_dir)
+        splits = cached_pooled_features(audio, text, processor, splits, context, fold_dir, extract)
     return FoldRun(seed, fold, fold_dir, record_path, splits, processor, audio, text, record.get("systems", {}))
 
 
