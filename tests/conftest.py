@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny backbone configs (the sizes of `fdrl.presets.TINY`) and a small fixed batch."""
+"""Shared fixtures: tiny backbone configs (the sizes of `fdrl.presets.TINY`), a small fixed batch, and one torch thread
+(`one_thread`, the count the `--parallel_runs` workers run with)."""
 
 import os
 import sys

@@ -21,7 +21,7 @@ from fdrl.data.iemocap import load_iemocap
 from fdrl.training import features, parallel
 from fdrl.training.features import cached_pooled_features
 from fdrl.training.parallel import shard_bounds
-from fdrl.training.protocol import build_processor
+from fdrl.training.protocol import build_backbones, build_processor
 from iemocap_fixture import make_iemocap_fixture
 from processing_fdrl import FDRLProcessor
 
@@ -76,7 +76,7 @@ def test_sharded_extraction_gives_the_rows_of_a_sequential_one_thread_extraction
 ):
     splits = fold_splits(pretrained.data, 1, 0.3, seed=0)
     processor = build_processor(pretrained.model_args, [], tmp_path)
-    audio, text = _model(processor).audio_model, _model(processor).text_model  # the saved weights (same seed)
+    audio, text = build_backbones(pretrained.model_args, processor, None)
     sequential, sharded = _context(tmp_path / "sequential"), _context(tmp_path / "sharded")
     for context in (sequential, sharded):
         context.model_args, context.feature_threads = pretrained.model_args, 1
@@ -89,7 +89,9 @@ def test_sharded_extraction_gives_the_rows_of_a_sequential_one_thread_extraction
         return features.extract_pooled(encoder, examples, processor, modality, max_text_length)
 
     monkeypatch.setattr(parallel, "extract_pooled", counted)
-    monkeypatch.setattr(parallel, "_WORKER_ENCODER", None)
+    # the workers' backbones loaded here, once: from_pretrained in two threads at once is not safe (transformers swaps
+    # PreTrainedModel.tie_weights out while it loads, and two loads can leave it swapped out)
+    monkeypatch.setattr(parallel, "_WORKER_ENCODER", features.feature_encoder(audio, text, sharded.config_kwargs))
     # the workers' code in two threads of this process (one torch thread, as in a worker), so that the shards can be
     # counted; the worker processes: the next test
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
