@@ -147,6 +147,22 @@ def test_protocol_old_and_new_revision(tmp_path):
     assert case["speedup_old_over_new"] == pytest.approx(case["old"]["wall_s"] / case["new"]["wall_s"])
 
 
+def test_heads_breakdown_on_a_tiny_run(tmp_path):
+    """One system's parts are timed on the protocol's own loop: 2 epochs of the fixture's training split, one
+    evaluation per epoch, each with the alignment diagnostics."""
+    from iemocap_fixture import make_iemocap_fixture
+
+    corpus = make_iemocap_fixture(tmp_path / "corpus", sessions=(1, 2, 3), utterances_per_dialog=4, defects=False)
+    results = run_script("bench_heads", tmp_path, "--data_dir", str(corpus["data_dir"]), "--fold", "2")
+    parts = results["parts"]
+    assert parts["system"]["calls"] == 1 and results["evaluations"] == 2
+    assert parts["alignment_diagnostics"]["calls"] >= 2  # every validation evaluation, and the test
+    assert parts["training_step"]["calls"] == results["steps"] > 0
+    assert parts["backward"]["calls"] == results["steps"] and parts["optimizer_step"]["calls"] == results["steps"]
+    assert 0 < results["alignment_diagnostics_share_of_system"] < 1
+    assert parts["training_step"]["seconds"] < parts["system"]["seconds"] <= results["run_wall_s"]
+
+
 def test_gpu_script_dry_run(tmp_path):
     output = tmp_path / "gpu.json"
     payload = importlib.import_module("bench_gpu").main(["--dry_run", "--output", str(output)])
