@@ -128,7 +128,8 @@ def main(argv=None):
         "ms_per_training_step": 1000 * parts["training_step"]["seconds"] / parts["training_step"]["calls"],
         "evaluations": evaluations,
         "ms_per_evaluation": 1000 * parts["evaluation"]["seconds"] / evaluations,
-        "alignment_diagnostics_ms_per_evaluation": 1000 * diagnostics / evaluations,
+        # per call: the validation evaluations and the test predictions (which carry them too)
+        "alignment_diagnostics_ms_per_evaluation": 1000 * diagnostics / parts["alignment_diagnostics"]["calls"],
         "alignment_diagnostics_share_of_system": diagnostics / system_s,
         "load_average_1m_at_end": os.getloadavg()[0],
     }
