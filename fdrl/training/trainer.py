@@ -316,6 +316,7 @@ class FDRLTrainer(SystemTrainer):
         self._term_sums, self._term_steps = {}, 0
         self._epoch_stats = {}
         self.last_epoch_dataset, self.last_epoch_metrics = None, {}
+        self._reference_cache = None  # the collated alignment reference of cached features (`_reference_batches`)
         self.add_callback(DynamicFactorCallback(self))
         self.add_callback(DivergenceGuard(self.args.divergence_factor))
         self.callback_handler.callbacks.insert(0, LastEpochTest(self))  # before KeepBestTrainable restores
@@ -330,8 +331,8 @@ class FDRLTrainer(SystemTrainer):
     def training_representations(self):
         """(S_a, S_t, labels) as numpy arrays of at most `alignment_train_samples` training utterances (a subset
         fixed by the seed), from the current model in eval mode; None without a training set or with 0 samples.
-        On cached pooled features the subset is collated once per trainer and runs as one batch (about 14 ms saved
-        at every evaluation of a frozen-feature run); raw speech and text run in evaluation batches."""
+        On cached pooled features the subset is collated once per trainer and runs as one batch; raw speech and text
+        run in evaluation batches."""
         batches = self._reference_batches()
         if batches is None:
             return None
@@ -340,7 +341,7 @@ class FDRLTrainer(SystemTrainer):
         audio, text, labels = [], [], []
         with torch.no_grad():
             for batch in batches:
-                batch = self._prepare_inputs(dict(batch))
+                batch = self._prepare_inputs(dict(batch))  # a copy: the cached batch keeps its labels
                 labels.append(batch.pop("labels").cpu())
                 outputs = model(**batch)
                 audio.append(outputs.shared_audio.float().cpu())
@@ -351,7 +352,7 @@ class FDRLTrainer(SystemTrainer):
     def _reference_batches(self):
         """The batches of the fixed training subset of `training_representations`: kept as one collated batch for
         cached pooled features, a fresh loader (decoding as it goes) otherwise; None with fewer than 2 rows."""
-        if getattr(self, "_reference_cache", None) is not None:
+        if self._reference_cache is not None:
             return self._reference_cache
         count = min(self.args.alignment_train_samples, len(self.train_dataset) if self.train_dataset else 0)
         if count <= 1:
