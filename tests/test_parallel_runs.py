@@ -63,16 +63,34 @@ def test_parallel_runs_write_the_records_of_a_sequential_run(corpus, tmp_path, o
     assert sum("fold 3, late_fusion: validation UAR -, test UAR" in line for line in parallel_lines) == 1
 
 
-def test_a_failing_worker_names_its_run_and_the_other_records_stay(corpus, tmp_path, one_thread):
+def test_a_failing_system_names_its_run_and_every_other_system_is_recorded(corpus, tmp_path, one_thread):
     output_dir = tmp_path / "run"
     # fold 3's worker cannot write S0's trainer state (a folder stands where the file goes): it fails, fold 1 does not
     (output_dir / "seed5" / "fold3" / "S0" / "trainer_state.json").mkdir(parents=True)
     argv = _args(corpus, output_dir, "--parallel_runs", "2", "--resume_from_checkpoint", "true")
     with pytest.raises(RuntimeError, match=r"1 of 2 runs failed .*seed 5, fold 3: IsADirectoryError: .*trainer_state"):
         run_fdrl.main(argv)
-    assert not (output_dir / "runs" / "seed5_fold3.json").exists()  # the failed run left no record to be mistaken
     record = json.loads((output_dir / "runs" / "seed5_fold1.json").read_text())
-    assert list(record["systems"]) == SYSTEMS  # fold 1 finished in the other worker and kept its record
+    assert list(record["systems"]) == SYSTEMS  # fold 1 finished and kept its record
+    # fold 3's other systems finished too and are recorded, in the run's order; S0, which failed, is not
+    record = json.loads((output_dir / "runs" / "seed5_fold3.json").read_text())
+    assert list(record["systems"]) == ["speech", "text", "late_fusion"]
+    # once the obstacle is gone, a resumed run trains only S0 and ends with fold 3's record whole. Fold 1's S0 and
+    # late fusion, taken out of its record, come back the same: S0 trained again in a worker, late fusion computed in
+    # the parent from the recorded speech and text systems (before any worker has sent fold 1's test labels)
+    (output_dir / "seed5" / "fold3" / "S0" / "trainer_state.json").rmdir()
+    speech_state = output_dir / "seed5" / "fold3" / "speech" / "trainer_state.json"
+    written = speech_state.stat().st_mtime_ns
+    fold1 = json.loads((output_dir / "runs" / "seed5_fold1.json").read_text())
+    fusion, s0 = fold1["systems"].pop("late_fusion"), fold1["systems"].pop("S0")
+    (output_dir / "runs" / "seed5_fold1.json").write_text(json.dumps(fold1))
+    run_fdrl.main(argv)
+    record = json.loads((output_dir / "runs" / "seed5_fold3.json").read_text())
+    assert list(record["systems"]) == SYSTEMS
+    assert speech_state.stat().st_mtime_ns == written  # speech was read back from the record, not trained again
+    fold1 = json.loads((output_dir / "runs" / "seed5_fold1.json").read_text())
+    assert list(fold1["systems"]) == SYSTEMS
+    assert fold1["systems"]["late_fusion"] == fusion and fold1["systems"]["S0"] == s0
 
 
 def test_parallel_runs_default_and_where_it_does_not_apply(caplog):

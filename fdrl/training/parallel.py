@@ -16,14 +16,18 @@ How the parallel path works, and what "the same numbers" means:
 - Each worker is a `concurrent.futures.ProcessPoolExecutor` process started with the "spawn" method (as torch
   recommends for processes that use torch), with `OMP_NUM_THREADS=1` and `torch.set_num_threads(1)`: N runs use
   N cores, and no run's threads fight another's.
-- A worker writes the same files a sequential run writes (`runs/seed{S}_fold{F}.json`, the fold folders) and
-  returns its run's record to the parent, which builds the table, the model folder and the card as before. Its
-  finished systems reach the parent's progress bar through a queue.
+- The workers train one system of one run at a time, in the runs' order: every trained system of every (seed,
+  fold) is a task, so the load evens out to within one system at the end instead of one whole run (5 runs on 2
+  workers were 3 rounds of runs). A worker prepares a fold (its splits, cached features and backbones) at its first
+  system of that fold and keeps its two latest folds. It writes what a sequential run writes of the system (its
+  folder, its confusion matrix) and returns the test metrics to the parent, which writes the run records (their
+  one writer, with the systems in the run's order), computes late fusion when speech and text are back, reports
+  each finished system on the progress bar, and builds the table, the model folder and the card as before.
 - The run records are identical to those of a sequential run whose heads train with one torch thread
   (`OMP_NUM_THREADS=1`, as `make demo` runs): floating-point sums depend on the thread count, so a sequential run
   with two threads gives records that differ in the last bits.
-- A failing run does not stop the others: they finish and keep their records, then the error names the failed
-  (seed, fold) and `--resume_from_checkpoint true` redoes only what is missing.
+- A failing system does not stop the others: they finish and are recorded (the failed run's other systems too),
+  then the error names the failed (seed, fold) and `--resume_from_checkpoint true` redoes only what is missing.
 - Fine-tuning runs (`--freeze_backbones false`), a GPU and several processes (`accelerate launch`, world size > 1)
   run one (seed, fold) at a time, as before: each of those runs already uses the whole device, and every process of
   a multi-GPU launch must see the same runs in the same order.
@@ -40,23 +44,27 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from fdrl.data.corpus import column
+
 from .features import extract_pooled, feature_encoder
-from .progress import ProtocolProgress, QueueProgress, configure_logging, drain
+from .progress import ProtocolProgress, configure_logging
 
 
 logger = logging.get_logger(__name__)
 SHARDS_PER_WORKER = 4  # feature shards per worker and modality: a moving bar and a balanced finish
-_WORKER_PROGRESS = None  # a worker process's QueueProgress, set by `_start_worker`
+FOLDS_PER_WORKER = 2  # prepared folds a worker keeps (the runs' systems are handed out in order: mostly one fold)
 _WORKER_ENCODER = None  # a worker process's backbones for the extraction's shards, loaded by `_worker_extract`
+_WORKER_FOLDS = collections.OrderedDict()  # a worker process's prepared folds, (seed, fold) -> FoldRun
 
 
 def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def parallel_workers(training_args, num_runs):
-    """How many worker processes run the (seed, fold) runs: `--parallel_runs`, by default min(runs, usable cores)
-    for frozen backbones on CPU in a single process, else 1 (with a log line when a request is ignored)."""
+def parallel_workers(training_args, num_tasks):
+    """How many worker processes train the runs' systems: `--parallel_runs`, by default min(systems to train,
+    usable cores) for frozen backbones on CPU in a single process, else 1 (with a log line when a request is
+    ignored)."""
     requested = training_args.parallel_runs
     if not training_args.freeze_backbones:  # arguments refuse --parallel_runs > 1 here
         return 1
@@ -65,33 +73,38 @@ def parallel_workers(training_args, num_runs):
             where = f"{training_args.world_size} processes" if training_args.world_size > 1 else training_args.device
             logger.warning(f"--parallel_runs {requested} ignored on {where}: the runs go one after the other")
         return 1
-    return max(1, min(requested or usable_cores(), num_runs))
+    return max(1, min(requested or usable_cores(), num_tasks))
 
 
 def run_folds(context, pairs, run_fold, prepare_fold):
-    """The records of every (seed, fold) in `pairs`, in that order, run in this process or in worker processes
-    (`parallel_workers`), with the protocol's progress bar over every system of every run."""
+    """The records of every (seed, fold) in `pairs`, in that order, run in this process or, system by system, in
+    worker processes (`parallel_workers`), with the protocol's progress bar over every system of every run."""
+    from .protocol import resumed_fold
+
     args = context.training_args
-    workers = parallel_workers(args, len(pairs))
     enabled = args.protocol_progress and args.local_process_index == 0
-    description = "protocol" if workers == 1 else f"protocol, {workers} runs at a time"
-    context.progress = ProtocolProgress(len(pairs) * len(context.systems), enabled, description)
+    context.progress = ProtocolProgress(len(pairs) * len(context.systems), enabled, "protocol")
     try:
-        if workers == 1:
+        trained = [system.name for system in context.systems if system.trains]
+        workers, tasks = parallel_workers(args, len(pairs) * len(trained)), []
+        if workers > 1:  # the systems left to train (a resumed run's records hold some)
+            runs = {pair: resumed_fold(context, *pair) for pair in pairs}
+            tasks = [(pair, name) for pair in pairs for name in trained if name not in runs[pair].done]
+            workers = min(workers, len(tasks))
+        if workers <= 1:
             return [run_fold(context, seed, fold) for seed, fold in pairs]
+        context.progress.bar.set_description(f"protocol, {workers} workers")
         context.feature_threads = 1  # the rows are extracted, and keyed, with the workers' one thread
         spawn = multiprocessing.get_context("spawn")
-        queue = spawn.Queue()
         # the workers inherit the environment when they start (at the first task): one OpenMP thread each, and no
         # tokenizers threads either
         with _environment(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"):
-            with _pool(spawn, workers, queue, args.get_process_log_level()) as pool:
+            with _pool(spawn, workers, args.get_process_log_level()) as pool:
                 extract = functools.partial(_extract_in_pool, pool, workers, context, enabled)
                 warm_feature_cache(context, pairs, prepare_fold, extract)
-                logger.info(f"{len(pairs)} runs in {workers} worker processes, one torch thread each")
-                outcomes = _run_in_pool(context, pairs, pool, queue)
-        drain(queue, context.progress)  # the workers have exited: every event they sent is in the queue
-        return _records(context, pairs, outcomes)
+                logger.info(f"{len(tasks)} systems of {len(pairs)} runs in {workers} worker processes, one thread each")
+                failures = _train_in_pool(context, runs, tasks, pool, prepare_fold)
+        return _records(context, pairs, runs, failures)
     finally:
         context.progress.close()
         context.progress = None
@@ -167,11 +180,11 @@ def _environment(**values):
 
 
 @contextlib.contextmanager
-def _pool(spawn, workers, queue, level):
-    """The one pool of the protocol: the extraction's shards, then the runs. On an error the shards and runs not
-    started yet are cancelled; those running finish."""
+def _pool(spawn, workers, level):
+    """The one pool of the protocol: the extraction's shards, then the systems. On an error the shards and systems
+    not started yet are cancelled; those running finish."""
     pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=spawn, initializer=_start_worker, initargs=(queue, level)
+        workers, mp_context=spawn, initializer=_start_worker, initargs=(level,)
     )
     try:
         yield pool
@@ -179,38 +192,65 @@ def _pool(spawn, workers, queue, level):
         pool.shutdown(cancel_futures=True)
 
 
-def _run_in_pool(context, pairs, pool, queue):
-    """{(seed, fold): its record, or the error its run raised}, the progress events drained as the runs go."""
-    futures = {pool.submit(_worker_run_fold, context, seed, fold): (seed, fold) for seed, fold in pairs}
-    outcomes, pending = {}, set(futures)
-    while pending:
-        done, pending = concurrent.futures.wait(pending, timeout=0.5)
-        drain(queue, context.progress)
-        for future in done:
-            outcomes[futures[future]] = future.exception() or future.result()
-    return outcomes
+def _train_in_pool(context, runs, tasks, pool, prepare_fold):
+    """Every task (a trained system of a run) in the pool; each finished one is recorded, reported, and followed by
+    the computed systems it completes. Returns {(seed, fold): the first error one of its systems raised}."""
+    from .protocol import finish_system, report_system, write_run_record
+
+    def record(fold, system, metrics):
+        fold.done[system.name] = metrics
+        write_run_record(context, fold)
+        report_system(context, fold, system)
+
+    def combine_ready(pair):  # late fusion, once speech and text are back (in the run's order)
+        fold = runs[pair]
+        for system in context.systems:
+            if system.trains or system.name in fold.done or not all(r in fold.done for r in system.requires):
+                continue
+            if fold.splits is None:  # every input was in the record of an earlier run: the test labels are needed
+                fold.splits = {"test": prepare_fold(context, *pair).splits["test"]}
+            record(fold, system, finish_system(context, fold, system))
+
+    for pair, fold in runs.items():
+        for system in context.systems:
+            if system.name in fold.done:
+                report_system(context, fold, system, resumed=True)
+        combine_ready(pair)
+    by_name = {system.name: system for system in context.systems}
+    futures = {pool.submit(_worker_system, context, *pair, name): (pair, name) for pair, name in tasks}
+    failures = {}
+    for future in concurrent.futures.as_completed(futures):
+        pair, name = futures[future]
+        if future.exception() is not None:
+            failures.setdefault(pair, future.exception())
+            continue
+        metrics, test_rows = future.result()
+        fold = runs[pair]
+        if fold.splits is None:
+            fold.splits = {"test": test_rows}
+        record(fold, by_name[name], metrics)
+        combine_ready(pair)
+    return failures
 
 
-def _records(context, pairs, outcomes):
+def _records(context, pairs, runs, failures):
     """The records in the order of `pairs`; a failed run raises, naming every (seed, fold) that failed."""
-    failures = [(*pair, outcomes[pair]) for pair in pairs if isinstance(outcomes[pair], BaseException)]
     if failures:
-        seed, fold, error = failures[0]
-        runs = "; ".join(f"seed {s}, fold {f}: {type(e).__name__}: {e}" for s, f, e in failures)
+        error = next(iter(failures.values()))
+        names = "; ".join(f"seed {s}, fold {f}: {type(e).__name__}: {e}" for (s, f), e in failures.items())
         raise RuntimeError(
-            f"{len(failures)} of {len(pairs)} runs failed in their worker process ({runs}). The other runs' records "
-            f"are in {context.training_args.output_dir}/runs; rerun with --resume_from_checkpoint true to redo only "
-            f"what is missing"
+            f"{len(failures)} of {len(pairs)} runs failed in their worker process ({names}). Every other system "
+            f"finished and is in the records in {context.training_args.output_dir}/runs; rerun with "
+            f"--resume_from_checkpoint true to redo only what is missing"
         ) from error
-    return [outcomes[pair] for pair in pairs]
+    names = [system.name for system in context.systems]
+    return [{"seed": s, "fold": f, "systems": {n: runs[(s, f)].done[n] for n in names}} for s, f in pairs]
 
 
-def _start_worker(queue, level):
-    """A worker process's start: one torch thread, the parent's log level, progress through the queue."""
-    global _WORKER_PROGRESS
+def _start_worker(level):
+    """A worker process's start: one torch thread, the parent's log level."""
     torch.set_num_threads(1)
     configure_logging(level, disable_progress_bars=True)
-    _WORKER_PROGRESS = QueueProgress(queue)
 
 
 def _worker_extract(model_args, config_kwargs, processor, modality, examples, max_text_length):
@@ -225,11 +265,19 @@ def _worker_extract(model_args, config_kwargs, processor, modality, examples, ma
     return extract_pooled(_WORKER_ENCODER, examples, processor, modality, max_text_length)
 
 
-def _worker_run_fold(context, seed, fold):
-    from .protocol import run_fold
+def _worker_system(context, seed, fold, name):
+    """One system of one run, trained and tested in this worker (`finish_system`): (its test metrics, the test
+    split's ids and labels, for the parent's record and late fusion)."""
+    from .protocol import finish_system, prepare_fold
 
     global _WORKER_ENCODER
-    _WORKER_ENCODER = None  # the extraction is over; the run loads the backbones it keeps
-    context.progress = _WORKER_PROGRESS
+    _WORKER_ENCODER = None  # the extraction is over; the folds load the backbones they keep
     context.training_args.disable_tqdm = True  # the parent's bar only: per-step bars of N processes would interleave
-    return run_fold(context, seed, fold)
+    prepared = _WORKER_FOLDS.pop((seed, fold), None) or prepare_fold(context, seed, fold)
+    _WORKER_FOLDS[(seed, fold)] = prepared
+    while len(_WORKER_FOLDS) > FOLDS_PER_WORKER:
+        _WORKER_FOLDS.popitem(last=False)
+    system = next(system for system in context.systems if system.name == name)
+    metrics = finish_system(context, prepared, system)
+    test = prepared.splits["test"]
+    return metrics, [{"id": i, "label": label} for i, label in zip(column(test, "id"), column(test, "label"))]

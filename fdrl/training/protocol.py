@@ -281,8 +281,7 @@ def prepare_fold(context, seed, fold, extract=None):
     resumed run has already done, and `splits.json`; with frozen backbones, the splits become cached features (the
     missing ones extracted by `extract`, see `cached_pooled_features`)."""
     args, model_args, data_args = context.training_args, context.model_args, context.data_args
-    fold_dir = Path(args.output_dir) / f"seed{seed}" / fold_name(fold)
-    record_path = Path(args.output_dir) / "runs" / f"seed{seed}_{fold_name(fold)}.json"
+    fold_dir, record_path = fold_paths(args, seed, fold)
     record = read_record(record_path) if str(args.resume_from_checkpoint).lower() == "true" else {}
     with args.main_process_first(desc="fold splits"):
         splits = fold_splits(context.data, fold, args.validation_fraction, seed)
@@ -301,24 +300,43 @@ def prepare_fold(context, seed, fold, extract=None):
     return FoldRun(seed, fold, fold_dir, record_path, splits, processor, audio, text, record.get("systems", {}))
 
 
+def fold_paths(args, seed, fold):
+    """The fold's folder `{output_dir}/seed{S}/fold{F}` and its run record `{output_dir}/runs/seed{S}_fold{F}.json`."""
+    output_dir = Path(args.output_dir)
+    return output_dir / f"seed{seed}" / fold_name(fold), output_dir / "runs" / f"seed{seed}_{fold_name(fold)}.json"
+
+
 def train_fold_systems(context, fold):
     """Every system of the fold not done yet, in order; the record and the system's outputs are saved after each."""
-    labels = column(fold.splits["test"], "label")
     for system in context.systems:
         if system.name in fold.done:
-            _report(context, fold, system, resumed=True)
+            report_system(context, fold, system, resumed=True)
             continue
-        if system.trains:
-            system_dir = fold.directory / system.name
-            fold.done[system.name], trainer = train_system(system, context, fold, system_dir)
-            save_system_outputs(context, fold, system, trainer, system_dir)
-        else:
-            fold.done[system.name] = system.combine(fold.done, labels, context.label_names)
-        save_fold_record(context, fold, system)
-        _report(context, fold, system)
+        fold.done[system.name] = finish_system(context, fold, system)
+        write_run_record(context, fold)
+        report_system(context, fold, system)
 
 
-def _report(context, fold, system, resumed=False):
+def finish_system(context, fold, system):
+    """Train and test `system` on the prepared `fold` and save its outputs, or compute it from the systems the fold
+    has done (late fusion); then plot its test confusion matrix. Returns its test metrics (not yet recorded)."""
+    if system.trains:
+        system_dir = fold.directory / system.name
+        metrics, trainer = train_system(system, context, fold, system_dir)
+        save_system_outputs(context, fold, system, trainer, system_dir)
+    else:
+        metrics = system.combine(fold.done, column(fold.splits["test"], "label"), context.label_names)
+    if context.training_args.should_save:
+        plot_confusion_matrix(
+            metrics["confusion_matrix"],
+            context.label_names,
+            _mkdir(fold.directory) / f"confusion_{system.name}.png",
+            title=f"{system.name}, {fold.title}",
+        )
+    return metrics
+
+
+def report_system(context, fold, system, resumed=False):
     """One finished system to the progress bar and its line (validation and test UAR), or to the log."""
     metrics = fold.done[system.name]
     if context.progress is not None:
@@ -349,20 +367,26 @@ def save_system_outputs(context, fold, system, trainer, system_dir):
             shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def save_fold_record(context, fold, system):
-    """The run record (atomically, so a resumed run starts at the next system) and the system's confusion matrix."""
+def write_run_record(context, fold):
+    """The run record, atomically, so a resumed run starts at the next system: the systems done so far in the
+    run's order (whichever order they finished in), and the test utterances."""
     if not context.training_args.should_save:
         return
+    order = {system.name: index for index, system in enumerate(context.systems)}
+    systems = dict(sorted(fold.done.items(), key=lambda item: order.get(item[0], len(order))))
     write_json(
         fold.record_path,
-        {"seed": fold.seed, "fold": fold.fold, "systems": fold.done, "test_ids": column(fold.splits["test"], "id")},
+        {"seed": fold.seed, "fold": fold.fold, "systems": systems, "test_ids": column(fold.splits["test"], "id")},
     )
-    plot_confusion_matrix(
-        fold.done[system.name]["confusion_matrix"],
-        context.label_names,
-        _mkdir(fold.directory) / f"confusion_{system.name}.png",
-        title=f"{system.name}, {fold.title}",
-    )
+
+
+def resumed_fold(context, seed, fold):
+    """One (seed, fold) as the parent of `--parallel_runs` tracks it: its paths and, when resuming, the systems its
+    record holds; no splits yet (the test split's ids and labels come back with its first finished system)."""
+    args = context.training_args
+    directory, record_path = fold_paths(args, seed, fold)
+    record = read_record(record_path) if str(args.resume_from_checkpoint).lower() == "true" else {}
+    return FoldRun(seed, fold, directory, record_path, None, None, None, None, record.get("systems", {}))
 
 
 def run_fold(context, seed, fold):
