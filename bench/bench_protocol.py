@@ -90,15 +90,16 @@ def revision_info(revision):
     return {"revision": revision, "commit": git("rev-parse", "--verify", f"{revision}^{{commit}}"), "dirty": False}
 
 
-def archive_tree(revision, folder):
-    """`git archive` of `revision` unpacked in `folder`, with links to this checkout's pretrained/ and demo_data/."""
+def archive_tree(revision, folder, linked=LINKED):
+    """`git archive` of `revision` unpacked in `folder`, with links to this checkout's `linked` folders (pretrained/
+    and demo_data/)."""
     folder.mkdir(parents=True)
     tar = folder.parent / f"{folder.name}.tar"
     subprocess.run(["git", "archive", "--format=tar", "-o", str(tar), revision], cwd=common.REPO, check=True)
     with tarfile.open(tar) as archive:
         archive.extractall(folder, filter="data")
     tar.unlink()
-    for name in LINKED:
+    for name in linked:
         if (common.REPO / name).exists() and not (folder / name).exists():
             (folder / name).symlink_to((common.REPO / name).resolve())
     return folder

@@ -3,7 +3,9 @@
 import importlib
 import json
 import math
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +178,49 @@ def test_gpu_script_dry_run(tmp_path):
         assert row["frozen_extraction"]["utterances"] == 3 and set(rates) == {"audio", "text", "both"}
         assert rates["both"] == pytest.approx(1 / (1 / rates["audio"] + 1 / rates["text"]))
     assert all_finite(payload["results"])
+
+
+def test_demo_benchmark_runs_each_tree_as_a_first_run(tmp_path):
+    """The harness of `make demo`'s benchmark, on a script that records what each run found: the trees alternate
+    (old, new, new, old), and every run starts without the corpus and results the previous run of its tree left,
+    with a cache folder holding nothing but matplotlib's font cache."""
+    seen = tmp_path / "seen.txt"
+    script = tmp_path / "first_run.sh"
+    script.write_text(
+        "set -e\n"
+        f'echo "$(basename "$(dirname "$PWD")")/$(basename "$PWD") cache=[$(ls -A "$XDG_CACHE_HOME" | tr "\\n" " ")] '
+        f"$([ -e demo_data ] || [ -e demo_output ] && echo leftovers || echo clean) $([ -e pretrained ] && echo "
+        f'pretrained)" >> {seen}\n'
+        "mkdir -p demo_data demo_output\n"
+    )
+    output = tmp_path / "demo.json"
+    argv = ["--old", "HEAD", "--new", "HEAD", "--repeats", "2", "--script", str(script), "--output", str(output)]
+    results = importlib.import_module("bench_demo").main(argv)
+    assert json.loads(output.read_text())["results"] == json.loads(json.dumps(results))
+    assert [run["tree"] for run in results["runs"]] == ["old", "new", "new", "old"]
+    lines = seen.read_text().splitlines()
+    assert [line.split()[0].split("/")[1] for line in lines] == ["old", "new", "new", "old"]
+    fonts = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "matplotlib").is_dir()
+    for line in lines:
+        assert line.split(" ", 1)[1] == f"cache=[{'matplotlib ' if fonts else ''}] clean pretrained"
+    means = results["mean_wall_s"]
+    assert means["old"] == pytest.approx(sum(r["wall_s"] for r in results["runs"] if r["tree"] == "old") / 2)
+    assert results["speedup_old_over_new"] == pytest.approx(means["old"] / means["new"])
+
+
+def test_demo_benchmark_copies_the_working_tree_without_what_git_ignores(tmp_path):
+    """The new tree of `bench_demo.py` is this checkout's files that git tracks or would add, edits included, and
+    nothing it ignores (no .venv, no result or model folders), with `pretrained/` linked."""
+    import subprocess
+
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    expected = {name for name in listing.split("\0") if name and (REPO / name).is_file()}
+    tree = importlib.import_module("bench_demo").copy_working_tree(tmp_path / "tree")
+    copied = {str(path.relative_to(tree)) for path in tree.rglob("*") if path.is_file() and not path.is_symlink()}
+    assert copied == expected and "examples/demo.sh" in copied
+    assert (tree / "examples/demo.sh").read_bytes() == (REPO / "examples/demo.sh").read_bytes()
+    assert not (tree / ".venv").exists() and not (tree / ".git").exists()
+    assert (tree / "pretrained").is_symlink()
