@@ -54,14 +54,15 @@ def order(repeats):
 
 def copy_working_tree(folder):
     """This working tree's tracked and untracked-but-not-ignored files (uncommitted edits included; no outputs,
-    caches or model folders), with a link to this checkout's `pretrained/`."""
+    caches or model folders), with a link to this checkout's `pretrained/` when it has one."""
     listing = git("ls-files", "--cached", "--others", "--exclude-standard", "-z")
     for name in filter(None, listing.split("\0")):
         source = common.REPO / name
         if source.is_file():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, folder / name)
-    (folder / "pretrained").symlink_to((common.REPO / "pretrained").resolve())
+    if (common.REPO / "pretrained").exists():  # as `archive_tree` links it
+        (folder / "pretrained").symlink_to((common.REPO / "pretrained").resolve())
     return folder
 
 
