@@ -281,8 +281,8 @@ def prepare_fold(context, seed, fold, extract=None):
     resumed run has already done, and `splits.json`; with frozen backbones, the splits become cached features (the
     missing ones extracted by `extract`, see `cached_pooled_features`)."""
     args, model_args, data_args = context.training_args, context.model_args, context.data_args
-    fold_dir, record_path = fold_paths(args, seed, fold)
-    record = read_record(record_path) if str(args.resume_from_checkpoint).lower() == "true" else {}
+    run = resumed_fold(context, seed, fold)
+    fold_dir = run.directory
     with args.main_process_first(desc="fold splits"):
         splits = fold_splits(context.data, fold, args.validation_fraction, seed)
     processor = build_processor(model_args, splits["train"]["text"][:] + splits["validation"]["text"][:], fold_dir)
@@ -297,13 +297,7 @@ def prepare_fold(context, seed, fold, extract=None):
         write_json(fold_dir / "splits.json", {name: column(split, "id") for name, split in splits.items()})
     if args.freeze_backbones:
         splits = cached_pooled_features(audio, text, processor, splits, context, fold_dir, extract)
-    return FoldRun(seed, fold, fold_dir, record_path, splits, processor, audio, text, record.get("systems", {}))
-
-
-def fold_paths(args, seed, fold):
-    """The fold's folder `{output_dir}/seed{S}/fold{F}` and its run record `{output_dir}/runs/seed{S}_fold{F}.json`."""
-    output_dir = Path(args.output_dir)
-    return output_dir / f"seed{seed}" / fold_name(fold), output_dir / "runs" / f"seed{seed}_{fold_name(fold)}.json"
+    return dataclasses.replace(run, splits=splits, processor=processor, audio=audio, text=text)
 
 
 def train_fold_systems(context, fold):
@@ -381,11 +375,15 @@ def write_run_record(context, fold):
 
 
 def resumed_fold(context, seed, fold):
-    """One (seed, fold) as the parent of `--parallel_runs` tracks it: its paths and, when resuming, the systems its
-    record holds; no splits yet (the test split's ids and labels come back with its first finished system)."""
+    """One (seed, fold) before it is prepared: its folder `{output_dir}/seed{S}/fold{F}`, its run record
+    `{output_dir}/runs/seed{S}_fold{F}.json` and, when resuming, the systems that record holds; no splits,
+    processor or backbones yet (`prepare_fold` adds them; the parent of `--parallel_runs` tracks a run with it, the
+    test split's ids and labels coming back with the run's first finished system)."""
     args = context.training_args
-    directory, record_path = fold_paths(args, seed, fold)
+    output_dir, name = Path(args.output_dir), fold_name(fold)
+    record_path = output_dir / "runs" / f"seed{seed}_{name}.json"
     record = read_record(record_path) if str(args.resume_from_checkpoint).lower() == "true" else {}
+    directory = output_dir / f"seed{seed}" / name
     return FoldRun(seed, fold, directory, record_path, None, None, None, None, record.get("systems", {}))
 
 
