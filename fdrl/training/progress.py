@@ -1,8 +1,8 @@
 """What a user sees while the protocol runs: one progress bar over every system of every (seed, fold), with tqdm's
 estimate of the time left, and one line per finished system with its validation and test UAR. It has its own switch
 (`--protocol_progress`, on by default), independent of `--log_level` and of `--disable_tqdm` (which hides the
-Trainer's per-step bars), so that `make demo` stays quiet and still shows where it is. Worker processes of
-`--parallel_runs` send their finished systems to the parent's bar through a queue (`QueueProgress`)."""
+Trainer's per-step bars), so that `make demo` stays quiet and still shows where it is. Under `--parallel_runs` the
+parent reports each system as its result comes back from a worker."""
 
 import logging
 import sys
@@ -60,26 +60,3 @@ class ProtocolProgress:
 
     def close(self):
         self.bar.close()
-
-
-class QueueProgress:
-    """In a worker process: `system_done` calls, sent to the parent's `ProtocolProgress` (`drain`)."""
-
-    def __init__(self, queue):
-        self.queue = queue
-
-    def system_done(self, seed, fold, name, metrics, resumed=False):
-        summary = {k: metrics.get(k) for k in ("uar", "war", "best_validation_uar")}
-        self.queue.put((seed, fold, name, summary, resumed))
-
-
-def drain(queue, progress):
-    """Hand every event waiting in `queue` to `progress`."""
-    import queue as queue_module
-
-    while True:
-        try:
-            seed, fold, name, metrics, resumed = queue.get_nowait()
-        except queue_module.Empty:
-            return
-        progress.system_done(seed, fold, name, metrics, resumed)
