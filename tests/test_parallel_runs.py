@@ -57,7 +57,7 @@ def test_parallel_runs_write_the_records_of_a_sequential_run(corpus, tmp_path, o
     assert summary["systems"] == json.loads((tmp_path / "sequential" / "results.json").read_text())["systems"]
     # the parent's cache served the workers: no feature file was added
     assert sorted(os.listdir(corpus["data_dir"].parent / "features")) == features
-    # one line per finished system in both modes, with its validation and test UAR (the workers' through the queue)
+    # one line per finished system in both modes, with its validation and test UAR (the workers' reported by the parent)
     assert len(sequential_lines) == len(parallel_lines) == 2 * len(SYSTEMS)
     assert sorted(parallel_lines) == sorted(sequential_lines)
     assert sum("fold 3, late_fusion: validation UAR -, test UAR" in line for line in parallel_lines) == 1

@@ -30,13 +30,15 @@ def configure_logging(level, disable_progress_bars=False):
 
 
 def system_line(seed, fold, name, metrics):
-    """`seed 0, fold 1, S0: validation UAR 0.6120, test UAR 0.6400 (WAR 0.6500)`; late fusion, which is not
-    trained, has no validation UAR (`-`)."""
+    """`seed 0, fold 1, S0: validation UAR 0.6120, test UAR 0.6400 (WAR 0.6500), 18 epochs`; late fusion, which is
+    not trained, has no validation UAR (`-`) and no epochs (nor has a record written before they were recorded)."""
     validation = metrics.get("best_validation_uar")
     validation = "-" if validation is None else f"{validation:.4f}"
+    epochs = metrics.get("epochs_trained")
+    epochs = "" if epochs is None else f", {epochs:g} epochs"
     return (
         f"seed {seed}, fold {fold}, {name}: validation UAR {validation}, test UAR {metrics['uar']:.4f} "
-        f"(WAR {metrics['war']:.4f})"
+        f"(WAR {metrics['war']:.4f}){epochs}"
     )
 
 

@@ -57,7 +57,7 @@ from .parallel import run_folds
 from .progress import system_line
 from .run_folder import check_output_dir
 from .systems import DESCRIPTIONS, build_system_model, reference_system, resolve_systems
-from .trainer import FDRLDataCollator, KeepBestTrainable, attach_backbones, detach_backbones, resuming
+from .trainer import FDRLDataCollator, attach_backbones, detach_backbones, resuming, system_callbacks
 
 
 logger = logging.get_logger(__name__)
@@ -186,7 +186,7 @@ def train_system(system, context, fold, system_dir):
         eval_dataset=fold.splits["validation"],
         data_collator=FDRLDataCollator(fold.processor, context.data_args.max_text_length, system.modalities),
         compute_metrics=system.metrics(label_names),
-        callbacks=[KeepBestTrainable()] if frozen else None,
+        callbacks=system_callbacks(system_args, frozen),
     )
     if system.is_fdrl:
         trainer.last_epoch_dataset = fold.splits["test"]
@@ -197,7 +197,11 @@ def train_system(system, context, fold, system_dir):
     predictions = output.predictions if isinstance(output.predictions, tuple) else (output.predictions,)
     log_probs = torch.log_softmax(torch.as_tensor(predictions[0], dtype=torch.float64), -1).numpy()
     metrics = classification_metrics(log_probs.argmax(-1), output.label_ids, label_names)
-    metrics.update(best_validation_uar=trainer.state.best_metric, log_probs=np.round(log_probs, 6).tolist())
+    metrics.update(
+        best_validation_uar=trainer.state.best_metric,
+        epochs_trained=round(trainer.state.epoch, 4),
+        log_probs=np.round(log_probs, 6).tolist(),
+    )
     if system.test_metrics is not None:
         metrics.update(system.test_metrics(trainer, predictions, output.label_ids, label_names))
     if system.is_fdrl:

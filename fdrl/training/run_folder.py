@@ -64,6 +64,7 @@ TRAINING_SETTINGS = (
     "metric_for_best_model",
     "greater_is_better",
     "load_best_model_at_end",
+    "early_stopping_patience",
     "validation_fraction",
     "freeze_backbones",
     "alignment_train_samples",

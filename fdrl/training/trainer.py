@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
@@ -140,6 +140,15 @@ class FDRLTrainingArguments(TrainingArguments):
             "(--disable_tqdm hides the Trainer's per-step bars)."
         },
     )
+    early_stopping_patience: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Stop a system's training once `metric_for_best_model` has not improved for this many "
+            "evaluations in a row (transformers' EarlyStoppingCallback): num_train_epochs becomes the most it trains, "
+            "as the paper's 'at most 100 epochs'. The learning-rate and reversal schedules still span "
+            "num_train_epochs. Default: every epoch."
+        },
+    )
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep each fold's checkpoints after it finished (the best model is saved)."}
     )
@@ -189,6 +198,14 @@ class FDRLTrainingArguments(TrainingArguments):
                 f"--parallel_runs {self.parallel_runs} needs --freeze_backbones true: runs that fine-tune the "
                 f"backbones use every core (or a GPU) each; scale them with accelerate launch instead"
             )
+        if self.early_stopping_patience is not None:
+            if not self.early_stopping_patience >= 1:
+                raise ValueError(f"--early_stopping_patience must be at least 1, got {self.early_stopping_patience}")
+            if self.eval_strategy == IntervalStrategy.NO or not self.metric_for_best_model:
+                raise ValueError(
+                    "--early_stopping_patience needs evaluations to count: an --eval_strategy other than 'no' and a "
+                    f"--metric_for_best_model (got {self.eval_strategy.value!r}, {self.metric_for_best_model!r})"
+                )
         if self.alignment_train_samples < 0:
             raise ValueError(f"--alignment_train_samples must be >= 0, got {self.alignment_train_samples}")
         if not self.divergence_factor > 1:
@@ -503,6 +520,28 @@ class LastEpochTest(TrainerCallback):
                 }
             )
         trainer.last_epoch_metrics = results
+
+
+class EarlyStopping(EarlyStoppingCallback):
+    """transformers' `EarlyStoppingCallback`, also where `KeepBestTrainable` (heads on cached features) restores the
+    best model instead of `load_best_model_at_end`: there, no warning that the best model will not be loaded (it is).
+    What the parent asserts at the start of training, `FDRLTrainingArguments` checks when the arguments are parsed."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.load_best_model_at_end:
+            super().on_train_begin(args, state, control, **kwargs)
+
+
+def system_callbacks(args, frozen):
+    """The callbacks of one system's Trainer: early stopping when `args.early_stopping_patience` asks for it, and
+    `KeepBestTrainable` for heads on cached features (`frozen`), in that order: both compare the evaluation with
+    `state.best_metric`, which `KeepBestTrainable` raises as it keeps a better model."""
+    callbacks = []
+    if args.early_stopping_patience:
+        callbacks.append(EarlyStopping(args.early_stopping_patience))
+    if frozen:
+        callbacks.append(KeepBestTrainable())
+    return callbacks
 
 
 class KeepBestTrainable(TrainerCallback):

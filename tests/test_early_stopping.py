@@ -1,0 +1,98 @@
+"""`--early_stopping_patience`: a system stops once validation UAR has not improved for that many evaluations, keeps
+its best epoch, and says how many epochs it trained; on cached features (KeepBestTrainable) and when fine-tuning
+(checkpoints and `load_best_model_at_end`) alike."""
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerControl, TrainerState
+
+import run_fdrl
+from fdrl.training.trainer import EarlyStopping, FDRLTrainingArguments, KeepBestTrainable, system_callbacks
+from iemocap_fixture import make_iemocap_fixture
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("iemocap")
+    return make_iemocap_fixture(root, sessions=(1, 2, 3), utterances_per_dialog=6, defects=False)
+
+
+def _args(corpus, output_dir, *extra):
+    root = corpus["data_dir"].parent
+    return [
+        "--data_dir", str(corpus["data_dir"]), "--cache_dir", str(root / "cache"),
+        "--feature_cache_dir", str(root / "features"), "--output_dir", str(output_dir),
+        "--model_preset", "tiny", "--folds", "1", "--seed", "5", "--per_device_train_batch_size", "8",
+        "--use_cpu", "true", "--logging_steps", "1", "--dataloader_num_workers", "0", "--report_to", "none",
+        "--disable_tqdm", "true", "--validation_fraction", "0.3", "--log_level", "warning",
+        *extra,
+    ]  # fmt: skip
+
+
+def _evaluations(system_dir):
+    state = json.loads((system_dir / "trainer_state.json").read_text())
+    return [entry["epoch"] for entry in state["log_history"] if "eval_uar" in entry]
+
+
+@pytest.mark.parametrize("frozen", ["true", "false"])
+def test_a_flat_validation_uar_stops_after_patience_evaluations(corpus, tmp_path, frozen, capsys):
+    # at lr 1e-12 no prediction moves: the first evaluation is the best and each later one fails to improve, so
+    # patience 2 stops after epoch 3 of 6 (the first one plus two without improvement)
+    extra = ["--freeze_backbones", frozen, "--learning_rate", "1e-12", "--num_train_epochs", "6", "--systems", "S0"]
+    run_fdrl.main(_args(corpus, tmp_path, *extra, "speech", "--early_stopping_patience", "2"))
+    record = json.loads((tmp_path / "runs" / "seed5_fold1.json").read_text())
+    lines = [line for line in capsys.readouterr().err.splitlines() if "validation UAR" in line]
+    for name in ("S0", "speech"):
+        assert _evaluations(tmp_path / "seed5" / "fold1" / name) == [1.0, 2.0, 3.0]
+        assert record["systems"][name]["epochs_trained"] == 3.0
+        assert sum(f"fold 1, {name}: validation UAR" in line and line.endswith(", 3 epochs") for line in lines) == 1
+    assert len(lines) == 2
+    # the patience defines the run: carrying it on with another one would mix systems trained for other budgets
+    with pytest.raises(ValueError, match="--early_stopping_patience 2 -> 3"):
+        run_fdrl.main(
+            _args(corpus, tmp_path, *extra, "--early_stopping_patience", "3", "--resume_from_checkpoint", "true")
+        )
+
+
+def test_without_patience_every_epoch_is_trained(corpus, tmp_path):
+    run_fdrl.main(_args(corpus, tmp_path, "--freeze_backbones", "true", "--learning_rate", "1e-12",
+                        "--num_train_epochs", "4", "--systems", "speech"))  # fmt: skip
+    assert _evaluations(tmp_path / "seed5" / "fold1" / "speech") == [1.0, 2.0, 3.0, 4.0]
+    assert json.loads((tmp_path / "runs" / "seed5_fold1.json").read_text())["systems"]["speech"]["epochs_trained"] == 4
+
+
+def test_early_stopping_counts_against_the_best_before_keep_best_raises_it(tmp_path):
+    # the callbacks of a system on cached features, in the Trainer's order, on validation UAR 0.5, 0.6, 0.6, 0.55:
+    # 0.6 is an improvement, so the count is 0, 0, 1, 2 and patience 2 stops after the fourth evaluation (with
+    # KeepBestTrainable first, the second evaluation would count as no improvement and training stop after the third)
+    args = FDRLTrainingArguments(output_dir=str(tmp_path), early_stopping_patience=2, use_cpu=True)
+    callbacks = system_callbacks(args, frozen=True)
+    assert [type(c) for c in callbacks] == [EarlyStopping, KeepBestTrainable]
+    model = torch.nn.Linear(2, 1)
+    state, control = TrainerState(), TrainerControl()
+    stops = []
+    for evaluation, uar in enumerate([0.5, 0.6, 0.6, 0.55]):
+        with torch.no_grad():
+            model.bias.fill_(evaluation)  # which evaluation's weights KeepBestTrainable kept
+        for callback in callbacks:
+            callback.on_evaluate(args, state, control, metrics={"eval_uar": uar}, model=model)
+        stops.append(control.should_training_stop)
+    assert stops == [False, False, False, True]
+    assert state.best_metric == 0.6 and callbacks[1].best_state["bias"].item() == 1.0
+    assert system_callbacks(FDRLTrainingArguments(output_dir=str(tmp_path), use_cpu=True), frozen=False) == []
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--early_stopping_patience", "0"], "--early_stopping_patience must be at least 1, got 0"),
+        (["--early_stopping_patience", "3", "--eval_strategy", "no", "--save_strategy", "no",
+          "--load_best_model_at_end", "false"], "--early_stopping_patience needs evaluations to count"),
+    ],
+)  # fmt: skip
+def test_bad_patience_is_refused_before_anything_runs(corpus, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        run_fdrl.main(_args(corpus, tmp_path, *extra))
+    assert not (tmp_path / "seed5").exists()
