@@ -3,6 +3,7 @@ its best epoch, and says how many epochs it trained; on cached features (KeepBes
 (checkpoints and `load_best_model_at_end`) alike."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -96,3 +97,26 @@ def test_bad_patience_is_refused_before_anything_runs(corpus, tmp_path, extra, m
     with pytest.raises(ValueError, match=message):
         run_fdrl.main(_args(corpus, tmp_path, *extra))
     assert not (tmp_path / "seed5").exists()
+
+
+def test_a_resumed_fine_tuning_run_stops_where_the_uninterrupted_one_did(corpus, tmp_path):
+    # patience 2 on a flat validation UAR stops after epoch 3 of 6; the checkpoint of epoch 2 holds one evaluation
+    # without improvement, so a run resumed from it stops after epoch 3 too (with the count started anew from 0 it
+    # would stop after epoch 4)
+    common = ["--freeze_backbones", "false", "--learning_rate", "1e-12", "--num_train_epochs", "6", "--systems", "S0",
+              "--early_stopping_patience", "2", "--keep_checkpoints", "true", "--save_total_limit", "10"]  # fmt: skip
+    run_fdrl.main(_args(corpus, tmp_path / "full", *common))
+    full_dir = tmp_path / "full" / "seed5" / "fold1"
+    checkpoints = sorted((full_dir / "S0").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) == 3  # epochs 1, 2, 3
+    state = json.loads((checkpoints[1] / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["EarlyStopping"]["attributes"]["early_stopping_patience_counter"] == 1
+    resumed_dir = tmp_path / "resumed" / "seed5" / "fold1"
+    shutil.copytree(checkpoints[1], resumed_dir / "S0" / checkpoints[1].name)
+    shutil.copytree(full_dir / "processor", resumed_dir / "processor")
+    run_fdrl.main(_args(corpus, tmp_path / "resumed", *common, "--resume_from_checkpoint", "true"))
+    assert _evaluations(resumed_dir / "S0") == [1.0, 2.0, 3.0]
+    record = json.loads((tmp_path / "resumed" / "runs" / "seed5_fold1.json").read_text())
+    assert record["systems"]["S0"]["epochs_trained"] == 3.0
+    full = json.loads((tmp_path / "full" / "runs" / "seed5_fold1.json").read_text())["systems"]["S0"]
+    assert record["systems"]["S0"]["log_probs"] == full["log_probs"]  # the same kept model (epoch 1)

@@ -206,6 +206,9 @@ class FDRLTrainingArguments(TrainingArguments):
                     "--early_stopping_patience needs evaluations to count: an --eval_strategy other than 'no' and a "
                     f"--metric_for_best_model (got {self.eval_strategy.value!r}, {self.metric_for_best_model!r})"
                 )
+            # a resumed run carries on the count of evaluations without improvement that its checkpoint holds,
+            # so that it stops where the uninterrupted run would have (Trainer's default starts it from 0)
+            self.restore_callback_states_from_checkpoint = True
         if self.alignment_train_samples < 0:
             raise ValueError(f"--alignment_train_samples must be >= 0, got {self.alignment_train_samples}")
         if not self.divergence_factor > 1:
