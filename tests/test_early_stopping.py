@@ -50,6 +50,9 @@ def test_a_flat_validation_uar_stops_after_patience_evaluations(corpus, tmp_path
         assert record["systems"][name]["epochs_trained"] == 3.0
         assert sum(f"fold 1, {name}: validation UAR" in line and line.endswith(", 3 epochs") for line in lines) == 1
     assert len(lines) == 2
+    card = (tmp_path / "model" / "README.md").read_text()
+    budget = "at most 6 epochs, stopping once validation UAR has not improved for 2 evaluations.\n"
+    assert f"- **Training budget:** AdamW, learning rate 1e-12, batch 8 per device, {budget}" in card
     # the patience defines the run: carrying it on with another one would mix systems trained for other budgets
     with pytest.raises(ValueError, match="--early_stopping_patience 2 -> 3"):
         run_fdrl.main(

@@ -214,6 +214,7 @@ def test_hub_folder_loads_in_a_fresh_process_and_predicts_like_the_trained_model
     card = (hub / "README.md").read_text()
     assert "model-index" in card and "leave-one-session-out" in card and "Intended use" in card
     assert "multimodal-emotion-recognition" in card and "| speech: speech only" in card  # baseline rows
+    assert "- **Training budget:** AdamW, learning rate 0.001, batch 8 per device, 2 epochs.\n" in card
     config = json.loads((hub / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_fdrl.FDRLModel"
     # the same test session's predictions, in this process (saved weights) and in a fresh one (remote code)

@@ -129,6 +129,12 @@ def write_model_card(folder, summary, fold, model_args, data_args, training_args
             f"on the held-out one. This repository holds the {reference} model trained with **session {fold} held "
             f"out**; the table reports every system on every fold."
         )
+    patience = training_args.early_stopping_patience
+    budget = (
+        f"AdamW, learning rate {training_args.learning_rate:g}, batch {training_args.per_device_train_batch_size} "
+        f"per device, {'at most ' if patience else ''}{training_args.num_train_epochs:g} epochs"
+        + (f", stopping once validation UAR has not improved for {patience} evaluations" if patience else "")
+    )
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -144,6 +150,7 @@ orthogonality loss keep the private ones distinct, and multi-head self-attention
 - **Labels ({len(summary["label_names"])} classes, in label-id order):** {labels}
 - **Training data:** {dataset_name}
 - **Protocol:** {protocol}
+- **Training budget:** {budget}.
 - **Metrics:** WAR (weighted average recall) = accuracy; UAR (unweighted average recall) = mean of the per-class
   recalls; macro F1 and weighted F1 (each class's F1 weighted by its share of the test set, MELD's usual figure).
   Differences from {reference} are paired by run (same split, seed and starting backbones).
