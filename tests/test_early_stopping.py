@@ -7,29 +7,16 @@ import shutil
 
 import pytest
 import torch
+from test_parallel_runs import corpus as corpus  # noqa: F401 (the same module fixture: a corpus without defects)
+from test_parallel_runs import tiny_cpu_args
 from transformers import TrainerControl, TrainerState
 
 import run_fdrl
 from fdrl.training.trainer import EarlyStopping, FDRLTrainingArguments, KeepBestTrainable, system_callbacks
-from iemocap_fixture import make_iemocap_fixture
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("iemocap")
-    return make_iemocap_fixture(root, sessions=(1, 2, 3), utterances_per_dialog=6, defects=False)
 
 
 def _args(corpus, output_dir, *extra):
-    root = corpus["data_dir"].parent
-    return [
-        "--data_dir", str(corpus["data_dir"]), "--cache_dir", str(root / "cache"),
-        "--feature_cache_dir", str(root / "features"), "--output_dir", str(output_dir),
-        "--model_preset", "tiny", "--folds", "1", "--seed", "5", "--per_device_train_batch_size", "8",
-        "--use_cpu", "true", "--logging_steps", "1", "--dataloader_num_workers", "0", "--report_to", "none",
-        "--disable_tqdm", "true", "--validation_fraction", "0.3", "--log_level", "warning",
-        *extra,
-    ]  # fmt: skip
+    return tiny_cpu_args(corpus, output_dir, "--folds", "1", "--seed", "5", *extra)
 
 
 def _evaluations(system_dir):

@@ -25,17 +25,24 @@ def corpus(tmp_path_factory):
     return make_iemocap_fixture(root, sessions=(1, 2, 3), utterances_per_dialog=6, defects=False)
 
 
-def _args(corpus, output_dir, *extra):
+def tiny_cpu_args(corpus, output_dir, *extra):
+    """run_fdrl.py's flags for the tiny preset on `corpus` on one CPU process, quiet, caches beside the corpus."""
     root = corpus["data_dir"].parent
     return [
         "--data_dir", str(corpus["data_dir"]), "--cache_dir", str(root / "cache"),
         "--feature_cache_dir", str(root / "features"), "--output_dir", str(output_dir),
-        "--model_preset", "tiny", "--freeze_backbones", "true", "--folds", "1", "3", "--seed", "5",
-        "--systems", *SYSTEMS, "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
-        "--learning_rate", "1e-3", "--use_cpu", "true", "--logging_steps", "1", "--dataloader_num_workers", "0",
-        "--report_to", "none", "--disable_tqdm", "true", "--validation_fraction", "0.3", "--log_level", "warning",
+        "--model_preset", "tiny", "--per_device_train_batch_size", "8", "--use_cpu", "true", "--logging_steps", "1",
+        "--dataloader_num_workers", "0", "--report_to", "none", "--disable_tqdm", "true",
+        "--validation_fraction", "0.3", "--log_level", "warning",
         *extra,
     ]  # fmt: skip
+
+
+def _args(corpus, output_dir, *extra):
+    return tiny_cpu_args(
+        corpus, output_dir, "--freeze_backbones", "true", "--folds", "1", "3", "--seed", "5", "--systems", *SYSTEMS,
+        "--num_train_epochs", "2", "--learning_rate", "1e-3", *extra,
+    )  # fmt: skip
 
 
 def _records(output_dir):
