@@ -37,6 +37,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import gc
 import multiprocessing
 import os
 
@@ -108,6 +109,7 @@ def run_folds(context, pairs, run_fold, prepare_fold):
     finally:
         context.progress.close()
         context.progress = None
+        gc.unfreeze()  # what `prepare_fold` froze (`freeze_long_lived_objects`) is collected as usual again
 
 
 def _features_depend_on(model_args, data_args, seed, fold):

@@ -12,6 +12,7 @@ system's test metrics and log-probabilities, so an interrupted protocol resumes 
 import copy
 import dataclasses
 import errno
+import gc
 import json
 import logging as python_logging
 import shutil
@@ -301,7 +302,21 @@ def prepare_fold(context, seed, fold, extract=None):
         write_json(fold_dir / "splits.json", {name: column(split, "id") for name, split in splits.items()})
     if args.freeze_backbones:
         splits = cached_pooled_features(audio, text, processor, splits, context, fold_dir, extract)
-    return dataclasses.replace(run, splits=splits, processor=processor, audio=audio, text=text)
+    prepared = dataclasses.replace(run, splits=splits, processor=processor, audio=audio, text=text)
+    freeze_long_lived_objects()
+    return prepared
+
+
+def freeze_long_lived_objects():
+    """Take the objects alive now (the libraries, the corpus, the fold's splits and backbones) out of the garbage
+    collector's full passes, once the previous fold's garbage is collected. Each `Trainer.train()` starts with a
+    full `gc.collect()` (accelerate's `free_memory`), which walks every tracked object: half a million in a
+    protocol's process, 0.25-0.35 s on this CPU per system, a fifth of a baseline's training on cached features.
+    Frozen objects are not walked, so that pass only meets what was made since the fold was prepared. Once per
+    prepared fold; `run_folds` unfreezes them at the end of the protocol (`gc.unfreeze`)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def train_fold_systems(context, fold):
