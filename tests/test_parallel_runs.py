@@ -1,8 +1,10 @@
 """`--parallel_runs`: frozen-backbone (seed, fold) runs in worker processes give the very records of a sequential run
 (one torch thread), a failing run is named and leaves the others' records, and the progress lines reach the user."""
 
+import gc
 import json
 import os
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +15,7 @@ from test_features import fold as fold  # noqa: F401 (the module fixture of the 
 import run_fdrl
 from fdrl.training.features import cached_pooled_features, feature_key
 from fdrl.training.parallel import parallel_workers, usable_cores
+from fdrl.training.protocol import freeze_long_lived_objects
 from iemocap_fixture import make_iemocap_fixture
 
 
@@ -51,9 +54,11 @@ def _records(output_dir):
 
 def test_parallel_runs_write_the_records_of_a_sequential_run(corpus, tmp_path, one_thread, capsys):
     run_fdrl.main(_args(corpus, tmp_path / "sequential", "--parallel_runs", "1"))
+    assert gc.get_freeze_count() == 0  # what each prepared fold froze is unfrozen at the end
     sequential_lines = [line for line in capsys.readouterr().err.splitlines() if "validation UAR" in line]
     features = sorted(os.listdir(corpus["data_dir"].parent / "features"))
     run_fdrl.main(_args(corpus, tmp_path / "parallel", "--parallel_runs", "2"))
+    assert gc.get_freeze_count() == 0
     parallel_lines = [line for line in capsys.readouterr().err.splitlines() if "validation UAR" in line]
     sequential, parallel = _records(tmp_path / "sequential"), _records(tmp_path / "parallel")
     assert list(sequential) == ["seed5_fold1.json", "seed5_fold3.json"] == list(parallel)
@@ -68,6 +73,28 @@ def test_parallel_runs_write_the_records_of_a_sequential_run(corpus, tmp_path, o
     assert len(sequential_lines) == len(parallel_lines) == 2 * len(SYSTEMS)
     assert sorted(parallel_lines) == sorted(sequential_lines)
     assert sum("fold 3, late_fusion: validation UAR -, test UAR" in line for line in parallel_lines) == 1
+
+
+def test_a_prepared_fold_collects_the_garbage_then_freezes_what_lives():
+    class Node:
+        pass
+
+    garbage, alive = Node(), Node()
+    garbage.self, alive.self = garbage, alive  # cycles: only the collector frees `garbage` once unreachable
+    collected = weakref.ref(garbage)
+    gc.disable()  # no automatic pass: only `freeze_long_lived_objects` may collect it
+    del garbage
+    try:
+        assert collected() is not None
+        freeze_long_lived_objects()
+        assert collected() is None
+        assert gc.get_freeze_count() > 0 and alive.self is alive
+        frozen = gc.get_freeze_count()
+        freeze_long_lived_objects()  # the next fold: unfrozen, collected, frozen again; nothing piles up
+        assert abs(gc.get_freeze_count() - frozen) < frozen // 100
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 def test_a_failing_system_names_its_run_and_every_other_system_is_recorded(corpus, tmp_path, one_thread):
