@@ -1,13 +1,17 @@
 """The systems table: each entry carries what the protocol needs (no `kind` switches), and a computed system pulls in
 the systems it reads."""
 
+import hashlib
+
 import pytest
-from transformers import AutoModel
+import torch
+from transformers import AutoModel, set_seed
 
 from conftest import tiny_audio_config, tiny_text_config
 from fdrl.training.systems import (
     SYSTEMS,
     BackboneClassifier,
+    InitialHeads,
     System,
     build_system_model,
     reference_system,
@@ -56,3 +60,52 @@ def test_a_new_system_is_one_entry():
     assert model.audio_model is None and model.dropout.p == 0.5
     with pytest.raises(ValueError, match="'late_fusion' is not trained"):
         build_system_model(SYSTEMS["late_fusion"], kwargs, audio, text)
+
+
+def _tensors(model):
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def test_initial_heads_are_those_of_a_full_build_and_so_is_every_later_draw():
+    """The second build of a (config, random state) skips the random backbones' draws: its heads, its backbones and
+    the random state it leaves are a full build's, bit for bit."""
+    audio, text = AutoModel.from_config(tiny_audio_config()), AutoModel.from_config(tiny_text_config())
+    kwargs = dict(id2label={0: "a", 1: "b", 2: "c"}, hidden_size=16, fusion_num_heads=2)
+    set_seed(5)
+    reference = FDRLModel.from_encoders_pretrained(audio, text, **kwargs)
+    expected, next_draw = _tensors(reference), torch.rand(8)
+    heads = InitialHeads()
+    for build in range(3):  # a full build, then two from the kept tensors
+        set_seed(5)
+        model = heads.build(audio, text, **kwargs)
+        assert model.audio_model is audio and model.text_model is text
+        tensors = _tensors(model)
+        assert tensors.keys() == expected.keys()
+        assert [name for name in expected if not torch.equal(tensors[name], expected[name])] == []
+        assert torch.equal(torch.rand(8), next_draw), build
+        assert len(heads.entries) == 1
+    set_seed(6)  # another seed, another key: other heads
+    other = heads.build(audio, text, **kwargs)
+    assert len(heads.entries) == 2
+    assert not torch.equal(other.fusion.classifier.weight, reference.fusion.classifier.weight)
+    set_seed(5)  # another config (an ablation), another key
+    ablation = heads.build(audio, text, **{**kwargs, "alpha": 0.0})
+    assert len(heads.entries) == 3 and ablation.config.alpha == 0.0
+
+
+def _random_state_digest(seed):
+    set_seed(seed)
+    return hashlib.sha256(torch.get_rng_state().numpy()).digest()
+
+
+def test_initial_heads_keep_only_the_latest_keys():
+    audio, text = AutoModel.from_config(tiny_audio_config()), AutoModel.from_config(tiny_text_config())
+    kwargs = dict(id2label={0: "a", 1: "b"}, hidden_size=16, fusion_num_heads=2)
+    heads = InitialHeads(kept=2)
+    for seed in (1, 2, 3, 2):  # 3 evicts 1 (the oldest); the second 2 is a hit, and becomes the latest
+        set_seed(seed)
+        heads.build(audio, text, **kwargs)
+    assert [key[-1] for key in heads.entries] == [_random_state_digest(3), _random_state_digest(2)]
+    set_seed(1)
+    heads.build(audio, text, **kwargs)
+    assert [key[-1] for key in heads.entries] == [_random_state_digest(2), _random_state_digest(1)]
