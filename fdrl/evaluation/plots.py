@@ -12,7 +12,10 @@ def plot_confusion_matrix(matrix, label_names, path, title=None):
     """Save a confusion matrix (counts and row-normalised shades) as a PNG."""
     matrix = np.asarray(matrix)
     shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    figure = Figure(figsize=(1.2 * len(label_names) + 1.5, 1.2 * len(label_names) + 1))
+    width, height = 1.2 * len(label_names) + 1.5, 1.2 * len(label_names) + 1
+    figure = Figure(figsize=(width, height))
+    # fixed margins in inches for the class names and titles (`tight_layout` would measure every text first)
+    figure.subplots_adjust(left=1.0 / width, right=1 - 0.3 / width, bottom=0.75 / height, top=1 - 0.45 / height)
     axis = figure.subplots()
     axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i, j in np.ndindex(matrix.shape):
@@ -31,7 +34,6 @@ def plot_confusion_matrix(matrix, label_names, path, title=None):
     axis.set_ylabel("true")
     if title:
         axis.set_title(title)
-    figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
