@@ -57,8 +57,10 @@ def plot_training(trainer_state, path, panels, title=None):
     figure = Figure(figsize=(width, height))
     # fixed margins in inches (tick labels, epoch label, titles) instead of `tight_layout`, which measures every
     # text first: that was 0.3 of this figure's 0.75 s, paid by each FDRL system of a protocol
-    figure.subplots_adjust(left=0.5 / width, right=1 - 0.1 / width, bottom=0.5 / height, top=1 - 0.75 / height)
-    figure.subplots_adjust(wspace=0.75 / (4.2 - 0.75))  # gaps of 0.75 in between the 4.2 in panels
+    # (gaps of 0.75 in between the 4.2 in panels)
+    figure.subplots_adjust(
+        left=0.5 / width, right=1 - 0.1 / width, bottom=0.5 / height, top=1 - 0.75 / height, wspace=0.75 / 3.45
+    )
     axes = np.atleast_1d(figure.subplots(1, len(panels)))
     for axis, (name, keys) in zip(axes, panels):
         for key in keys:

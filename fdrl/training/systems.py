@@ -14,6 +14,7 @@ fusion over the private representations P_a, P_t only and S5 over the shared S_a
 """
 
 import collections
+import contextlib
 import hashlib
 import itertools
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from configuration_fdrl import FDRLConfig
 from fdrl.evaluation.metrics import classification_metrics, fdrl_metrics, trainer_metrics
 from modeling_fdrl import FDRLModel, load_backbones, speech_backbone
 
-from .trainer import FDRLTrainer, SystemTrainer
+from .trainer import FDRLTrainer, SystemTrainer, attach_backbones, detach_backbones
 
 
 def _fdrl_model(system, config_kwargs, audio_model, text_model):
@@ -53,37 +54,42 @@ class InitialHeads:
         self.entries = collections.OrderedDict()  # key -> (heads' initial state dict, CPU random state after)
 
     def build(self, audio_model, text_model, **config_kwargs):
-        audio_model, text_model = load_backbones(audio_model, text_model)
+        audio_model, text_model = load_backbones(audio_model, text_model)  # as FDRL holds them: the key's configs
         config = FDRLConfig(audio_config=audio_model.config, text_config=text_model.config, **config_kwargs)
         random_state = torch.get_rng_state()
         key = (config.to_json_string(), str(torch.get_default_dtype()), hashlib.sha256(random_state.numpy()).digest())
         if key not in self.entries:
             model = FDRLModel.from_encoders_pretrained(audio_model, text_model, **config_kwargs)
-            heads = {name: tensor.detach().clone() for name, tensor in _head_tensors(model)}
+            with _heads_only(model):
+                heads = {name: tensor.detach().clone() for name, tensor in _tensors(model)}
             self.entries[key] = (heads, torch.get_rng_state())
             while len(self.entries) > self.kept:
                 self.entries.popitem(last=False)
             return model
         self.entries.move_to_end(key)
         heads, random_state_after = self.entries[key]
-        with torch.device("meta"):
-            model = FDRLModel(config)
-        model.audio_model = model.text_model = None  # `to_empty` must not touch the loaded backbones
-        model.to_empty(device="cpu")
-        with torch.no_grad():
-            for name, tensor in _head_tensors(model):  # every parameter and buffer (mu), the same names
+        with torch.device("meta"):  # the heads (and nothing else: the backbones are given) without a draw
+            model = FDRLModel.from_encoders_pretrained(audio_model, text_model, **config_kwargs)
+        with _heads_only(model), torch.no_grad():  # `to_empty` must not touch the loaded backbones
+            model.to_empty(device="cpu")
+            for name, tensor in _tensors(model):  # every parameter and buffer (mu), the same names
                 tensor.copy_(heads[name])
-        model.audio_model, model.text_model = audio_model, text_model
-        if config.freeze_feature_encoder:
-            model.freeze_feature_encoder()
         torch.set_rng_state(random_state_after)
         return model
 
 
-def _head_tensors(model):
-    """(name, tensor) of every parameter and buffer of `model` outside its backbones."""
-    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
-    return [(name, tensor) for name, tensor in tensors if not name.startswith(("audio_model.", "text_model."))]
+@contextlib.contextmanager
+def _heads_only(model):
+    """`model` without its backbones inside the block (`detach_backbones`), with them again after."""
+    backbones = detach_backbones(model)
+    try:
+        yield
+    finally:
+        attach_backbones(model, backbones)
+
+
+def _tensors(model):
+    return itertools.chain(model.named_parameters(), model.named_buffers())
 
 
 initial_heads = InitialHeads()  # this process's builds of FDRL systems
