@@ -35,6 +35,39 @@ def test_weighted_f1_by_hand():
     assert skewed["weighted_f1"] == pytest.approx((2 * 1.0 + 2 * 2 / 3) / 4)  # hap: P 1, R 1/2, F1 2/3
 
 
+def test_one_pass_scores_are_bit_for_bit_scikit_learns_averaging_functions():
+    """The module averages one `precision_recall_fscore_support` pass itself; each figure must equal, exactly, what
+    scikit-learn's own function for it returns, over random predictions with absent and predicted-only classes."""
+    import warnings
+
+    import numpy as np
+    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+
+    rng, metric, compared = np.random.default_rng(0), load_metric(), 0
+    for trial in range(400):
+        num_labels, count = int(rng.integers(2, 8)), int(rng.integers(1, 120))
+        references, predictions = rng.integers(0, num_labels, count), rng.integers(0, num_labels, count)
+        if trial % 3 == 0:  # the last class only predicted, never true
+            references = np.where(references == num_labels - 1, 0, references)
+        result = metric._compute(predictions=predictions, references=references, num_labels=num_labels)
+        classes = np.arange(num_labels)
+        present = np.isin(classes, references)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = {
+                "uar": balanced_accuracy_score(references, predictions),
+                "macro_f1": f1_score(
+                    references, predictions, labels=classes[present], average="macro", zero_division=0
+                ),
+                "weighted_f1": f1_score(references, predictions, labels=classes, average="weighted", zero_division=0),
+            }
+            recalls = recall_score(references, predictions, labels=classes, average=None, zero_division=0)
+        assert {key: result[key] for key in expected} == {key: float(value) for key, value in expected.items()}
+        assert result["recall"] == [float(r) if p else None for r, p in zip(recalls, present)]
+        compared += 1 + (not present.all())
+    assert compared > 500  # every draw compared, and about a third of them with an absent class
+
+
 def test_a_class_absent_from_the_test_session_has_no_recall():
     metrics = classification_metrics([0, 1, 1], [0, 1, 2], LABELS)  # no "sad" in the references
     assert metrics["recall"] == {"ang": 1.0, "hap": 1.0, "neu": 0.0, "sad": None}

@@ -8,12 +8,10 @@ Load it offline from the repository (the Hub's "accuracy" and "recall" modules c
     metric.compute(predictions=[0, 1, 1], references=[0, 1, 2], num_labels=3)
 """
 
-import warnings
-
 import datasets
 import evaluate
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, recall_score
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 _DESCRIPTION = """\
@@ -56,23 +54,20 @@ class EmotionRecognition(evaluate.Metric):
             raise ValueError(f"class ids {outside} are outside 0..{num_labels - 1} (num_labels={num_labels})")
         classes = np.arange(num_labels)
         present = np.isin(classes, references)
-        recalls = recall_score(references, predictions, labels=classes, average=None, zero_division=0)
+        # one pass of scikit-learn's per-class scores; the averages below are the operations its averaging
+        # functions apply to them (balanced_accuracy_score: the mean recall of the classes in the references;
+        # f1_score: nanmean over the present classes, and the support-weighted mean), so the values are bit for bit
+        # theirs (tested) at about a third of the cost, paid at every evaluation of every system
+        _, recalls, f1, support = precision_recall_fscore_support(
+            references, predictions, labels=classes, average=None, zero_division=0
+        )
+        support = support.astype(np.float64)
         return {
             "war": float(np.mean(predictions == references)),
-            "uar": _balanced_accuracy(references, predictions),
-            "macro_f1": float(
-                f1_score(references, predictions, labels=classes[present], average="macro", zero_division=0)
-            ),
-            "weighted_f1": float(
-                f1_score(references, predictions, labels=classes, average="weighted", zero_division=0)
-            ),
+            "uar": float(np.mean(recalls[present])),
+            "macro_f1": float(np.nanmean(f1[present])),
+            "weighted_f1": float(np.sum(f1 * support) / np.sum(support)),
             "recall": [float(r) if p else None for r, p in zip(recalls, present)],
             "confusion_matrix": confusion_matrix(references, predictions, labels=classes).tolist(),
             "num_samples": int(references.size),
         }
-
-
-def _balanced_accuracy(references, predictions):
-    with warnings.catch_warnings():  # predicting a class absent from the references is no error here
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        return float(balanced_accuracy_score(references, predictions))
