@@ -3,6 +3,8 @@
 
 import gc
 import json
+import logging
+import multiprocessing
 import os
 import weakref
 from types import SimpleNamespace
@@ -14,7 +16,7 @@ from test_features import fold as fold  # noqa: F401 (the module fixture of the 
 
 import run_fdrl
 from fdrl.training.features import cached_pooled_features, feature_key
-from fdrl.training.parallel import parallel_workers, usable_cores
+from fdrl.training.parallel import _pool, parallel_workers, usable_cores
 from fdrl.training.protocol import freeze_long_lived_objects
 from iemocap_fixture import make_iemocap_fixture
 
@@ -95,6 +97,14 @@ def test_a_prepared_fold_collects_the_garbage_then_freezes_what_lives():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_the_pool_starts_every_worker_before_any_task_with_one_thread():
+    before = len(multiprocessing.active_children())
+    with _pool(multiprocessing.get_context("spawn"), 2, logging.WARNING) as pool:
+        # both started on entry, so their imports overlap the parent's preparation of the first fold
+        assert len(multiprocessing.active_children()) - before == 2
+        assert {pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
 
 
 def test_a_failing_system_names_its_run_and_every_other_system_is_recorded(corpus, tmp_path, one_thread):

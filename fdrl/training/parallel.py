@@ -189,6 +189,10 @@ def _pool(spawn, workers, level):
         workers, mp_context=spawn, initializer=_start_worker, initargs=(level,)
     )
     try:
+        # every worker starts now (the pool starts one per submitted task while none is idle): their seconds of
+        # imports (`_start_worker`) overlap this process's preparation of the first fold instead of following it
+        for _ in range(workers):
+            pool.submit(int)
         yield pool
     finally:
         pool.shutdown(cancel_futures=True)
@@ -250,9 +254,11 @@ def _records(context, pairs, runs, failures):
 
 
 def _start_worker(level):
-    """A worker process's start: one torch thread, the parent's log level."""
+    """A worker process's start: one torch thread, the parent's log level, and the tasks' code imported (torch,
+    transformers, datasets and this package: several seconds, paid while the parent prepares the first fold)."""
     torch.set_num_threads(1)
     configure_logging(level, disable_progress_bars=True)
+    from . import protocol  # noqa: F401
 
 
 def _worker_extract(model_args, config_kwargs, processor, modality, examples, max_text_length):
