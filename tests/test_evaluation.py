@@ -43,7 +43,7 @@ def test_one_pass_scores_are_bit_for_bit_scikit_learns_averaging_functions():
     import numpy as np
     from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
-    rng, metric, compared = np.random.default_rng(0), load_metric(), 0
+    rng, metric, with_absent_class = np.random.default_rng(0), load_metric(), 0
     for trial in range(400):
         num_labels, count = int(rng.integers(2, 8)), int(rng.integers(1, 120))
         references, predictions = rng.integers(0, num_labels, count), rng.integers(0, num_labels, count)
@@ -64,8 +64,8 @@ def test_one_pass_scores_are_bit_for_bit_scikit_learns_averaging_functions():
             recalls = recall_score(references, predictions, labels=classes, average=None, zero_division=0)
         assert {key: result[key] for key in expected} == {key: float(value) for key, value in expected.items()}
         assert result["recall"] == [float(r) if p else None for r, p in zip(recalls, present)]
-        compared += 1 + (not present.all())
-    assert compared > 500  # every draw compared, and about a third of them with an absent class
+        with_absent_class += not present.all()
+    assert with_absent_class >= 130  # a third of the draws, and more by chance, have a class absent from the truth
 
 
 def test_a_class_absent_from_the_test_session_has_no_recall():

@@ -3,13 +3,14 @@ side in worker processes (`--parallel_runs N`).
 
 How the parallel path works, and what "the same numbers" means:
 
-- One pool of N workers serves first the feature extraction, then the runs (a worker's start costs seconds of
-  imports, paid once). Before any run starts, every pooled feature the runs need is in the feature cache
-  (`features.py`): the parent finds the rows missing from it, the workers extract them in contiguous shards of
-  the missing utterances (each worker loads the pretrained backbones once, from the model arguments), and the
-  parent merges the shards into the cache files, their one writer. With pretrained backbones that is one pass over
-  the corpus; a preset's tiny backbones, drawn per seed with a vocabulary learnt per fold, are extracted in the
-  parent (`warm_feature_cache`). The runs then only read the cache, so they never run a backbone.
+- One pool of N workers serves first the feature extraction, then the runs (a worker's start costs seconds of imports,
+  paid once, while the parent prepares the first fold: the pool starts every worker on entry). Before any run starts,
+  every pooled feature the runs need is in the feature cache (`features.py`): the parent finds the rows missing from it,
+  the workers extract them in contiguous shards of the missing utterances (each worker loads the pretrained backbones
+  once, from the model arguments), and the parent merges the shards into the cache files, their one writer. With
+  pretrained backbones that is one pass over the corpus; a preset's tiny backbones, drawn per seed with a vocabulary
+  learnt per fold, are extracted in the parent (`warm_feature_cache`). The runs then only read the cache, so they never
+  run a backbone.
 - Features are extracted, and keyed, with one torch thread (`RunContext.feature_threads`), each utterance in its own
   forward: a vector does not depend on the worker or shard that computed it, and the rows are bit for bit those a
   sequential run with one thread (`OMP_NUM_THREADS=1`, as `make demo` runs) stores.
