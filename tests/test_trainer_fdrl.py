@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from transformers import Trainer
 
 from conftest import make_batch, tiny_fdrl_config
 from fdrl.training.trainer import (
@@ -75,6 +76,27 @@ def test_epoch_statistics_are_summed_and_give_mu(trainer):
     assert trainer.end_epoch() == pytest.approx(expected)
     assert trainer.model.dynamic_factor.item() == pytest.approx(expected)
     assert trainer.end_epoch() is None  # statistics were reset
+
+
+def test_one_process_clipping_is_accelerates_bit_for_bit(trainer):
+    """`SystemTrainer._clip_grad_norm` calls torch's clipping directly; Trainer's goes through accelerate's
+    wrapper. Same gradients in, the same norm and the same clipped gradients out."""
+    model = trainer.model.train()
+    trainer.args.max_grad_norm = 0.05  # below the gradient norm: every gradient is scaled
+    trainer.compute_loss(model, make_batch(seed=0)).backward()
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    gradients = [p.grad.clone() for p in parameters]
+    norm = trainer._clip_grad_norm(model)
+    clipped = [p.grad.clone() for p in parameters]
+    for parameter, gradient in zip(parameters, gradients):
+        parameter.grad = gradient.clone()
+    reference = Trainer._clip_grad_norm(trainer, model)
+    assert len(parameters) > 40 and norm.item() > 0.5
+    assert torch.equal(norm, reference)
+    assert all(torch.equal(mine, p.grad) for mine, p in zip(clipped, parameters))
+    assert not torch.equal(clipped[0], gradients[0])
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in clipped]))
+    assert total.item() == pytest.approx(0.05, rel=1e-4)
 
 
 def test_logs_carry_the_averaged_terms_mu_and_grl(trainer):
