@@ -18,11 +18,12 @@ from transformers import Wav2Vec2FeatureExtractor
 import run_fdrl
 from fdrl.data.corpus import fold_splits
 from fdrl.data.iemocap import load_iemocap
-from fdrl.training import features, parallel
+from fdrl.training import features, parallel, protocol
 from fdrl.training.features import cached_pooled_features
 from fdrl.training.parallel import shard_bounds
 from fdrl.training.protocol import build_backbones, build_processor
 from iemocap_fixture import make_iemocap_fixture
+from modeling_fdrl import load_backbones
 from processing_fdrl import FDRLProcessor
 
 
@@ -142,3 +143,27 @@ def test_worker_processes_extract_the_rows_and_records_of_a_sequential_run(
     assert "features: " in bars and "audio features" not in bars  # the parent's bar over the workers' shards
     assert _records(tmp_path / "parallel") == _records(tmp_path / "sequential")
     _assert_same_files(tmp_path / "parallel_features", tmp_path / "sequential_features")
+
+
+@pytest.mark.parametrize("frozen", ["true", "false"])
+def test_the_folds_of_a_protocol_share_one_load_of_pretrained_backbones_and_leave_it_untouched(
+    pretrained, tmp_path, monkeypatch, frozen
+):
+    """Two folds, one load (`fold_backbones`); after fine-tuning (each system trains its own copy) or freezing,
+    the shared backbones still hold the saved weights; the protocol's end releases them."""
+    loaded, build = [], protocol.build_backbones
+
+    def counted(*args):
+        loaded.append(build(*args))
+        return loaded[-1]
+
+    monkeypatch.setattr(protocol, "build_backbones", counted)
+    extra = ("--parallel_runs", "1", "--freeze_backbones", frozen, "--num_train_epochs", "1")
+    run_fdrl.main(_args(pretrained, tmp_path / "run", tmp_path / "features", *extra))
+    assert len(loaded) == 1 and len(_records(tmp_path / "run")) == 2
+    assert protocol._KEPT_BACKBONES == {}
+    saved = load_backbones(pretrained.model_args.audio_model, pretrained.model_args.text_model)
+    for shared, original in zip(loaded[0], saved):
+        state, expected = shared.state_dict(), original.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in expected)

@@ -81,7 +81,7 @@ def parallel_workers(training_args, num_tasks):
 def run_folds(context, pairs, run_fold, prepare_fold):
     """The records of every (seed, fold) in `pairs`, in that order, run in this process or, system by system, in
     worker processes (`parallel_workers`), with the protocol's progress bar over every system of every run."""
-    from .protocol import resumed_fold
+    from .protocol import release_backbones, resumed_fold
 
     args = context.training_args
     enabled = args.protocol_progress and args.local_process_index == 0
@@ -110,6 +110,7 @@ def run_folds(context, pairs, run_fold, prepare_fold):
     finally:
         context.progress.close()
         context.progress = None
+        release_backbones()  # those the folds shared (`fold_backbones`)
         gc.unfreeze()  # what `prepare_fold` froze (`freeze_long_lived_objects`) is collected as usual again
 
 
@@ -268,9 +269,9 @@ def _worker_extract(model_args, config_kwargs, processor, modality, examples, ma
     parent's cache key hashes), and kept for its next shards."""
     global _WORKER_ENCODER
     if _WORKER_ENCODER is None:
-        from .protocol import build_backbones
+        from .protocol import fold_backbones
 
-        _WORKER_ENCODER = feature_encoder(*build_backbones(model_args, processor, None), config_kwargs)
+        _WORKER_ENCODER = feature_encoder(*fold_backbones(model_args, processor, None), config_kwargs)
     return extract_pooled(_WORKER_ENCODER, examples, processor, modality, max_text_length)
 
 

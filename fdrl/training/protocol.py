@@ -104,6 +104,30 @@ def build_backbones(model_args, processor, seed):
     return audio, text
 
 
+_KEPT_BACKBONES = {}  # {pretrained source: (speech backbone, text backbone)}, see `fold_backbones`
+
+
+def fold_backbones(model_args, processor, seed):
+    """A fold's starting backbones (`build_backbones`). Pretrained ones depend on neither the seed nor the fold, so a
+    process loads them once and every fold it prepares shares them, as the systems of one fold do: frozen, they are
+    only read; fine-tuned, each system trains its own copy (`train_system`). About half a second a fold with the
+    demo's Whisper-base and MiniLM, and with `--parallel_runs` each worker prepares most folds. A preset's backbones
+    are drawn per seed with the fold's vocabulary, and are built each time. `release_backbones` drops them."""
+    if model_args.model_preset:
+        return build_backbones(model_args, processor, seed)
+    source = (model_args.audio_model, model_args.text_model, model_args.model_name_or_path)
+    if source not in _KEPT_BACKBONES:
+        _KEPT_BACKBONES.clear()
+        _KEPT_BACKBONES[source] = build_backbones(model_args, processor, seed)
+    return _KEPT_BACKBONES[source]
+
+
+def release_backbones():
+    """Forget the backbones `fold_backbones` kept (at the end of a protocol, so a caller's process does not hold
+    them)."""
+    _KEPT_BACKBONES.clear()
+
+
 def config_kwargs(model_args, label_names):
     """FDRLConfig fields for every system of the run: the labels, the preset's sizes, the command line's settings."""
     return {
@@ -297,7 +321,7 @@ def prepare_fold(context, seed, fold, extract=None):
         source = data_args.test_transcripts
         splits = replace_test_transcripts(splits, read_transcripts(source), source)
     logger.info(f"seed {seed}, {fold_title(fold)}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
-    audio, text = build_backbones(model_args, processor, seed)
+    audio, text = fold_backbones(model_args, processor, seed)
     if args.should_save:
         write_json(fold_dir / "splits.json", {name: column(split, "id") for name, split in splits.items()})
     if args.freeze_backbones:
