@@ -46,12 +46,6 @@ def parse_args(argv=None):
     return args
 
 
-def order(repeats):
-    """old, new, new, old, old, new, ...: each tree first in every other pair."""
-    pairs = [("old", "new") if index % 2 == 0 else ("new", "old") for index in range(repeats)]
-    return [label for pair in pairs for label in pair]
-
-
 def copy_working_tree(folder):
     """This working tree's tracked and untracked-but-not-ignored files (uncommitted edits included; no outputs,
     caches or model folders), with a link to this checkout's `pretrained/` when it has one."""
@@ -108,7 +102,7 @@ def main(argv=None):
             trees["new"] = copy_working_tree(workdir / "new")
         else:
             trees["new"] = archive_tree(args.new, workdir / "new", linked=("pretrained",))
-        for index, label in enumerate(order(args.repeats)):
+        for index, label in enumerate(common.alternating(args.repeats)):
             logger.info(f"run {index + 1} of {2 * args.repeats}: {label}")
             cache = fresh_cache(workdir / f"cache_{label}")
             result = run_demo(trees[label], args.script, cache, workdir / f"{label}_{index}.log", args.timeout_s)

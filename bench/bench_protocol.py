@@ -4,7 +4,10 @@ Each tree runs `run_fdrl.py` as a user would, in its own folder with this venv (
 the tree's own code is imported), with `OMP_NUM_THREADS=1` and `TOKENIZERS_PARALLELISM=false` as `make demo` sets
 them. The old tree is `git archive <revision>` unpacked in a temporary folder (with links to this checkout's
 `pretrained/` and `demo_data/`); the new one is this working tree (or `--new <revision>`, archived the same way).
-Old and new alternate case by case, so both see the same machine load.
+Old and new alternate case by case, so both see the same machine load, and within a case with `--repeats N`
+(old, new, new, old, ...): this machine's speed drifts within a benchmark by more than many gains measured here,
+and whichever tree runs second can gain from it, so only repeated, alternated runs compare (`wall_s` is a tree's
+mean, its `runs` each run).
 
 Cases (the argument files are the tree's own):
 
@@ -15,12 +18,15 @@ Cases (the argument files are the tree's own):
 - `fdrl_system`: one FDRL system (S0) on one fold on cached features: an untimed run (speech) fills the cache,
   then the timed run reads it.
 
-Recorded per case and tree: wall seconds, the 1-minute load average before and after, and the table's numbers
-(every system's mean WAR, UAR and macro F1, and the UAR of every run); then whether old and new agree exactly, on
-the table and on every run record (`runs/*.json`: metrics, log-probabilities, diagnostics).
+Recorded per case and tree: wall seconds (each run's and their mean), the 1-minute load average before and after
+each run, and the table's numbers (every system's mean WAR, UAR and macro F1, and the UAR of every run); then
+whether old and new agree exactly, on the table and on every run record (`runs/*.json`: metrics,
+log-probabilities, diagnostics).
 
     .venv/bin/python bench/bench_protocol.py --old eb616c9 --cases demo fdrl_system     # minutes
     .venv/bin/python bench/bench_protocol.py --old eb616c9 --cases ablations --seeds 0 # the 5-run subset
+    .venv/bin/python bench/bench_protocol.py --old 94d006a --cases ablations --seeds 0 --folds 1 2 \
+        --warm_cache --repeats 3                                                      # 2 runs, 3 times each
     .venv/bin/python bench/bench_protocol.py --tiny --data_dir FIXTURE --old HEAD --new HEAD  # smoke test
 """
 
@@ -70,9 +76,14 @@ def parse_args(argv=None):
     parser.add_argument("--warm_cache", action="store_true", help="Time demo and ablations on a filled cache.")
     parser.add_argument("--tiny", action="store_true", help="The tiny preset on --data_dir, 2 epochs (smoke test).")
     parser.add_argument("--data_dir", default=None, help="The corpus (IEMOCAP layout; default: the base file's).")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="Timed runs per tree and case, alternating (old, new, new, old, ...)."
+    )
     parser.add_argument("--timeout_s", type=float, default=3 * 3600, help="Longest a single run may take.")
     parser.add_argument("--output", default=None, help="JSON path (default: bench/results/protocol_cpu.json).")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.tiny and not args.data_dir:
         parser.error("--tiny needs --data_dir (an IEMOCAP-layout corpus with sessions 1-3)")
     if args.data_dir and not Path(args.data_dir).is_dir():
@@ -182,28 +193,46 @@ def compare(old, new):
 
 
 def run_case(case, trees, base_for, args, workdir):
-    """Old then new on one case; each tree with its own output folder and feature cache."""
+    """Old and new on one case, `--repeats` timed runs each in alternating order (`common.alternating`); each tree
+    with its own feature cache, filled once by an untimed run first where the case is timed on a filled cache. A
+    tree's `wall_s` is the mean of its runs; the tables and records compared are those of each tree's first run, and
+    every later run must write the same records as its tree's first."""
     warm = case == "fdrl_system" or args.warm_cache
     result = {"feature_cache": "warm (filled by an untimed run)" if warm else "fresh (empty)"}
-    records = {}
+    argv_for, records, runs = {}, {}, {label: [] for label in trees}
     for label, tree in trees.items():
         folder = workdir / label / case
-        flags = ["--feature_cache_dir", str(folder / "features"), "--cache_dir", str(workdir / label / "datasets")]
+        flags = ["--cache_dir", str(workdir / label / "datasets")]
         if args.data_dir:
             flags += ["--data_dir", str(Path(args.data_dir).resolve())]
         if args.folds and case != "fdrl_system":
             flags += ["--folds", *args.folds]
-        argv = case_arguments(case, base_for[label], args.seeds) + flags
+        argv_for[label] = case_arguments(case, base_for[label], args.seeds) + flags
         folder.mkdir(parents=True, exist_ok=True)
         if warm:  # the cheapest system: the cache's rows do not depend on which systems read them
             logger.info(f"{case}, {label}: untimed run to fill the feature cache (speech only)")
-            warmup = ["--systems", "speech", "--output_dir", str(folder / "warmup")]
-            run_tree(tree, argv + warmup, folder / "warmup.log", args.timeout_s)
-        logger.info(f"{case}, {label}: timed run")
-        timing = run_tree(tree, argv + ["--output_dir", str(folder / "output")], folder / "run.log", args.timeout_s)
-        result[label] = {**timing, "table": table_numbers(folder / "output")}
-        records[label] = run_records(folder / "output")
+            warmup = ["--feature_cache_dir", str(folder / "features"), "--systems", "speech"]
+            run_tree(tree, argv_for[label] + warmup + ["--output_dir", str(folder / "warmup")], folder / "warmup.log",
+                     args.timeout_s)  # fmt: skip
+    for index, label in enumerate(common.alternating(args.repeats)):
+        folder, attempt = workdir / label / case, len(runs[label])
+        # a fresh cache is fresh for every run; a filled one is the tree's, filled above
+        cache = folder / ("features" if warm else f"features_{attempt}")
+        output = folder / f"output_{attempt}"
+        logger.info(f"{case}, run {index + 1} of {2 * args.repeats}: {label}")
+        timing = run_tree(trees[label], argv_for[label] + ["--feature_cache_dir", str(cache), "--output_dir",
+                          str(output)], folder / f"run_{attempt}.log", args.timeout_s)  # fmt: skip
+        runs[label].append(timing)
         logger.info(f"{case}, {label}: {timing['wall_s']:.1f} s")
+        if attempt == 0:
+            result[label] = {"table": table_numbers(output)}
+            records[label] = run_records(output)
+        elif differing_entries(records[label], run_records(output)):
+            raise RuntimeError(f"{case}: {label}'s run {attempt + 1} wrote other records than its first ({output})")
+    for label in trees:
+        result[label] = {"wall_s": sum(r["wall_s"] for r in runs[label]) / args.repeats, **result[label]}
+        result[label]["runs"] = runs[label]
+    result["order"] = common.alternating(args.repeats)
     result["speedup_old_over_new"] = result["old"]["wall_s"] / result["new"]["wall_s"]
     result["tables"] = compare(result["old"]["table"], result["new"]["table"])
     differing = differing_entries(records["old"], records["new"])

@@ -34,6 +34,13 @@ PROTOCOL = {"folds": 5, "epochs": 100, "train_utterances_per_fold": 4425}
 PROTOCOL_UTTERANCES = PROTOCOL["folds"] * PROTOCOL["epochs"] * PROTOCOL["train_utterances_per_fold"]
 
 
+def alternating(repeats):
+    """The order of an old-against-new benchmark's runs: old, new, new, old, old, new, ...: each tree first in every
+    other pair, since this machine's speed drifts within a benchmark by more than many of the gains measured."""
+    pairs = [("old", "new") if index % 2 == 0 else ("new", "old") for index in range(repeats)]
+    return [label for pair in pairs for label in pair]
+
+
 def setup_logging():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 

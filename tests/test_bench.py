@@ -131,15 +131,18 @@ def test_protocol_old_and_new_revision(tmp_path):
     corpus = make_iemocap_fixture(tmp_path / "corpus", sessions=(1, 2, 3), utterances_per_dialog=4, defects=False)
     output = tmp_path / "protocol.json"
     argv = ["--tiny", "--data_dir", str(corpus["data_dir"]), "--old", "HEAD", "--new", "HEAD", "--cases", "demo"]
-    importlib.import_module("bench_protocol").main([*argv, "--folds", "2", "--warm_cache", "--output", str(output)])
+    argv += ["--folds", "2", "--warm_cache", "--repeats", "2", "--output", str(output)]
+    importlib.import_module("bench_protocol").main(argv)
     payload = json.loads(output.read_text())
     assert payload["machine"]["cpu_cores"] and payload["machine"]["load_average_1m_at_start"] is not None
     revisions = payload["results"]["revisions"]
     assert revisions["old"]["commit"] == revisions["new"]["commit"] and len(revisions["old"]["commit"]) == 40
     case = payload["results"]["cases"]["demo"]
     assert case["feature_cache"].startswith("warm")  # an untimed run filled it first
+    assert case["order"] == ["old", "new", "new", "old"]
     for label in ("old", "new"):
-        assert case[label]["wall_s"] > 0
+        runs = [run["wall_s"] for run in case[label]["runs"]]
+        assert len(runs) == 2 and min(runs) > 0 and case[label]["wall_s"] == pytest.approx(sum(runs) / 2)
         table = case[label]["table"]
         assert list(table["mean"]) == ["S0", "speech", "text", "late_fusion"]
         assert list(table["run_uar"]) == ["seed0_fold2"]

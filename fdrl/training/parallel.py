@@ -19,11 +19,12 @@ How the parallel path works, and what "the same numbers" means:
   N cores, and no run's threads fight another's.
 - The workers train one system of one run at a time, in the runs' order: every trained system of every (seed,
   fold) is a task, so the load evens out to within one system at the end instead of one whole run (5 runs on 2
-  workers were 3 rounds of runs). A worker prepares a fold (its splits, cached features and backbones) at its first
-  system of that fold and keeps its two latest folds. It writes what a sequential run writes of the system (its
-  folder, its confusion matrix) and returns the test metrics to the parent, which writes the run records (their
-  one writer, with the systems in the run's order), computes late fusion when speech and text are back, reports
-  each finished system on the progress bar, and builds the table, the model folder and the card as before.
+  workers were 3 rounds of runs). A worker prepares a fold (its splits and cached features; pretrained backbones
+  are loaded once per process, `fold_backbones`) at its first system of that fold and keeps its two latest folds.
+  It writes what a sequential run writes of the system (its folder, its confusion matrix) and returns the test
+  metrics to the parent, which writes the run records (their one writer, with the systems in the run's order),
+  computes late fusion when speech and text are back, reports each finished system on the progress bar, and builds
+  the table, the model folder and the card as before.
 - The run records are identical to those of a sequential run whose heads train with one torch thread
   (`OMP_NUM_THREADS=1`, as `make demo` runs): floating-point sums depend on the thread count, so a sequential run
   with two threads gives records that differ in the last bits.
@@ -265,8 +266,8 @@ def _start_worker(level):
 
 def _worker_extract(model_args, config_kwargs, processor, modality, examples, max_text_length):
     """One shard's pooled vectors, with this worker's one torch thread. The backbones are loaded from the model
-    arguments at the worker's first shard, as `build_backbones` loads them in the parent (the very weights the
-    parent's cache key hashes), and kept for its next shards."""
+    arguments at the worker's first shard, as `fold_backbones` loads them in the parent (the very weights the
+    parent's cache key hashes), and kept for its next shards and then for the folds it prepares."""
     global _WORKER_ENCODER
     if _WORKER_ENCODER is None:
         from .protocol import fold_backbones
@@ -281,7 +282,7 @@ def _worker_system(context, seed, fold, name):
     from .protocol import finish_system, prepare_fold
 
     global _WORKER_ENCODER
-    _WORKER_ENCODER = None  # the extraction is over; the folds load the backbones they keep
+    _WORKER_ENCODER = None  # the extraction is over; its backbones stay for the folds (`fold_backbones`)
     context.training_args.disable_tqdm = True  # the parent's bar only: per-step bars of N processes would interleave
     prepared = _WORKER_FOLDS.pop((seed, fold), None) or prepare_fold(context, seed, fold)
     _WORKER_FOLDS[(seed, fold)] = prepared
