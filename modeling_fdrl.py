@@ -498,14 +498,26 @@ class FDRLPreTrainedModel(PreTrainedModel):
 
 
 class FDRLModel(FDRLPreTrainedModel):
+    """FDRL around a speech and a text backbone.
+
+    Args:
+        config ([`FDRLConfig`]): the model's configuration.
+        audio_model, text_model (`PreTrainedModel`, *optional*): the backbones to hold, both or neither, as
+            [`load_backbones`] gives them; by default random ones from the config ([`draw_random_backbones`]).
+            [`FDRLModel.from_encoders_pretrained`] builds FDRL around pretrained ones.
+    """
+
     # Every loss term comes from forward and is already a batch mean: Trainer must not rescale it for
     # gradient accumulation (the loss would double with 2 accumulation steps otherwise).
     accepts_loss_kwargs = False
 
-    def __init__(self, config):
+    def __init__(self, config, audio_model=None, text_model=None):
         super().__init__(config)
-        self.audio_model = speech_backbone_from_config(config.audio_config)
-        self.text_model = AutoModel.from_config(config.text_config)
+        if (audio_model is None) != (text_model is None):
+            raise ValueError("give both `audio_model` and `text_model`, or neither (random backbones from the config)")
+        if audio_model is None:
+            audio_model, text_model = draw_random_backbones(config)
+        self.audio_model, self.text_model = audio_model, text_model
         drop_pooler(self.text_model)
         audio_size, text_size = config.audio_config.hidden_size, config.text_config.hidden_size
         if audio_size == text_size:
@@ -788,7 +800,9 @@ class FDRLModel(FDRLPreTrainedModel):
 
     # ----- construction from pretrained backbones ------------------------------------------------------------------
     @classmethod
-    def from_encoders_pretrained(cls, audio_model, text_model, audio_kwargs=None, text_kwargs=None, **config_kwargs):
+    def from_encoders_pretrained(
+        cls, audio_model, text_model, audio_kwargs=None, text_kwargs=None, draw_backbones=None, **config_kwargs
+    ):
         """Build FDRL around pretrained backbones, as `SpeechEncoderDecoderModel.from_encoder_decoder_pretrained` does.
 
         Args:
@@ -797,15 +811,26 @@ class FDRLModel(FDRLPreTrainedModel):
                 encoder is kept, as [`FDRLWhisperEncoder`].
             text_model (`str` or `os.PathLike` or `PreTrainedModel`): likewise, for the text backbone.
             audio_kwargs, text_kwargs (`dict`, *optional*): passed to the backbones' `from_pretrained`.
+            draw_backbones (`Callable`, *optional*, defaults to [`draw_random_backbones`]): called with the config
+                before the heads are built. The heads start from the random state that `FDRLModel(config)` gives
+                them, after its random backbones' draws; a callable that sets that state another way (a protocol
+                that rebuilds from the same seed keeps it) may stand in for the draws.
             config_kwargs: the remaining [`FDRLConfig`] fields (`hidden_size`, `id2label`, `alpha`, ...).
         """
         audio, text = load_backbones(audio_model, text_model, audio_kwargs, text_kwargs)
         config = FDRLConfig(audio_config=audio.config, text_config=text.config, **config_kwargs)
-        model = cls(config)
-        model.audio_model, model.text_model = audio, text  # the source weights, untouched
-        if config.freeze_feature_encoder:
-            model.freeze_feature_encoder()
-        return model
+        # the random state moves as `FDRLModel(config)` moves it: a seed draws the same heads either way
+        (draw_backbones or draw_random_backbones)(config)
+        return cls(config, audio_model=audio, text_model=text)  # the source weights, untouched
+
+
+def draw_random_backbones(config):
+    """(speech backbone, text backbone) with random weights from an [`FDRLConfig`]'s backbone configs, as
+    `FDRLModel(config)` holds them when it is given none."""
+    audio_model = speech_backbone_from_config(config.audio_config)
+    text_model = AutoModel.from_config(config.text_config)
+    drop_pooler(text_model)
+    return audio_model, text_model
 
 
 def load_backbones(audio_model, text_model, audio_kwargs=None, text_kwargs=None):

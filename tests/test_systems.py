@@ -7,18 +7,19 @@ import pytest
 import torch
 from transformers import AutoModel, set_seed
 
+from configuration_fdrl import FDRLConfig
 from conftest import tiny_audio_config, tiny_text_config
 from fdrl.training.systems import (
     SYSTEMS,
     BackboneClassifier,
-    InitialHeads,
+    BackboneDraws,
     System,
     build_system_model,
     reference_system,
     resolve_systems,
 )
 from fdrl.training.trainer import FDRLTrainer, SystemTrainer
-from modeling_fdrl import FDRLModel
+from modeling_fdrl import FDRLModel, drop_pooler
 
 
 def test_every_system_either_trains_or_is_computed_from_others():
@@ -66,31 +67,47 @@ def _tensors(model):
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-def test_initial_heads_are_those_of_a_full_build_and_so_is_every_later_draw():
-    """The second build of a (config, random state) skips the random backbones' draws: its heads, its backbones and
-    the random state it leaves are a full build's, bit for bit."""
+def _config(audio, text, **kwargs):
+    return FDRLConfig(audio_config=audio.config, text_config=text.config, **kwargs)
+
+
+def test_backbone_draws_are_paid_once_per_random_state_and_every_build_is_a_full_builds():
+    """`FDRLModel(config)` draws random backbones, then its heads. Built around given backbones with the draws
+    kept by `BackboneDraws`, the heads and every later draw are those of that full build, bit for bit; the draws
+    are paid once per random state, whatever the heads' config (an ablation)."""
     audio, text = AutoModel.from_config(tiny_audio_config()), AutoModel.from_config(tiny_text_config())
+    drop_pooler(text)  # as FDRL holds it
+    sources = {**_tensors(audio), **{f"text.{k}": v for k, v in _tensors(text).items()}}
     kwargs = dict(id2label={0: "a", 1: "b", 2: "c"}, hidden_size=16, fusion_num_heads=2)
-    set_seed(5)
-    reference = FDRLModel.from_encoders_pretrained(audio, text, **kwargs)
-    expected, next_draw = _tensors(reference), torch.rand(8)
-    heads = InitialHeads()
-    for build in range(3):  # a full build, then two from the kept tensors
+    draws = BackboneDraws()
+    for heads in (kwargs, {**kwargs, "alpha": 0.0, "use_local_discriminators": False}):
         set_seed(5)
-        model = heads.build(audio, text, **kwargs)
-        assert model.audio_model is audio and model.text_model is text
-        tensors = _tensors(model)
-        assert tensors.keys() == expected.keys()
-        assert [name for name in expected if not torch.equal(tensors[name], expected[name])] == []
-        assert torch.equal(torch.rand(8), next_draw), build
-        assert len(heads.entries) == 1
+        full = FDRLModel(_config(audio, text, **heads))  # random backbones, then the heads
+        expected, next_draw = _tensors(full), torch.rand(8)
+        for build in range(3):  # the first build of all draws; the others set the kept state
+            set_seed(5)
+            model = FDRLModel.from_encoders_pretrained(audio, text, draw_backbones=draws, **heads)
+            assert model.audio_model is audio and model.text_model is text
+            tensors = _tensors(model)
+            assert tensors.keys() == expected.keys()
+            head_names = [name for name in expected if not name.startswith(("audio_model.", "text_model."))]
+            assert len(head_names) > 20
+            assert [name for name in head_names if not torch.equal(tensors[name], expected[name])] == []
+            assert torch.equal(torch.rand(8), next_draw), build
+            assert (draws.draws, len(draws.states)) == (1, 1)
+        set_seed(5)  # and the default, which draws every time, builds the same model
+        default = FDRLModel.from_encoders_pretrained(audio, text, **heads)
+        assert torch.equal(default.fusion.classifier.weight, expected["fusion.classifier.weight"])
+        assert torch.equal(torch.rand(8), next_draw)
+    after = {**_tensors(audio), **{f"text.{k}": v for k, v in _tensors(text).items()}}
+    assert sources.keys() == after.keys()
+    assert [name for name in sources if not torch.equal(sources[name], after[name])] == []  # given, untouched
     set_seed(6)  # another seed, another key: other heads
-    other = heads.build(audio, text, **kwargs)
-    assert len(heads.entries) == 2
-    assert not torch.equal(other.fusion.classifier.weight, reference.fusion.classifier.weight)
-    set_seed(5)  # another config (an ablation), another key
-    ablation = heads.build(audio, text, **{**kwargs, "alpha": 0.0})
-    assert len(heads.entries) == 3 and ablation.config.alpha == 0.0
+    other = FDRLModel.from_encoders_pretrained(audio, text, draw_backbones=draws, **kwargs)
+    assert (draws.draws, len(draws.states)) == (2, 2)
+    assert not torch.equal(other.fusion.classifier.weight, expected["fusion.classifier.weight"])
+    with pytest.raises(ValueError, match="give both `audio_model` and `text_model`"):
+        FDRLModel(_config(audio, text, **kwargs), audio_model=audio)
 
 
 def _random_state_digest(seed):
@@ -98,14 +115,16 @@ def _random_state_digest(seed):
     return hashlib.sha256(torch.get_rng_state().numpy()).digest()
 
 
-def test_initial_heads_keep_only_the_latest_keys():
+def test_backbone_draws_keep_only_the_latest_keys():
     audio, text = AutoModel.from_config(tiny_audio_config()), AutoModel.from_config(tiny_text_config())
-    kwargs = dict(id2label={0: "a", 1: "b"}, hidden_size=16, fusion_num_heads=2)
-    heads = InitialHeads(kept=2)
+    config = _config(audio, text, id2label={0: "a", 1: "b"}, hidden_size=16, fusion_num_heads=2)
+    draws = BackboneDraws(kept=2)
     for seed in (1, 2, 3, 2):  # 3 evicts 1 (the oldest); the second 2 is a hit, and becomes the latest
         set_seed(seed)
-        heads.build(audio, text, **kwargs)
-    assert [key[-1] for key in heads.entries] == [_random_state_digest(3), _random_state_digest(2)]
+        draws(config)
+    assert [key[0] for key in draws.states] == [_random_state_digest(3), _random_state_digest(2)]
+    assert draws.draws == 3
     set_seed(1)
-    heads.build(audio, text, **kwargs)
-    assert [key[-1] for key in heads.entries] == [_random_state_digest(2), _random_state_digest(1)]
+    draws(config)
+    assert [key[0] for key in draws.states] == [_random_state_digest(2), _random_state_digest(1)]
+    assert draws.draws == 4

@@ -14,9 +14,7 @@ fusion over the private representations P_a, P_t only and S5 over the shared S_a
 """
 
 import collections
-import contextlib
 import hashlib
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -27,72 +25,59 @@ from torch import nn
 
 from configuration_fdrl import FDRLConfig
 from fdrl.evaluation.metrics import classification_metrics, fdrl_metrics, trainer_metrics
-from modeling_fdrl import FDRLModel, load_backbones, speech_backbone
+from modeling_fdrl import FDRLModel, draw_random_backbones, speech_backbone
 
-from .trainer import FDRLTrainer, SystemTrainer, attach_backbones, detach_backbones
+from .trainer import FDRLTrainer, SystemTrainer
 
 
 def _fdrl_model(system, config_kwargs, audio_model, text_model):
-    return initial_heads.build(audio_model, text_model, **{**config_kwargs, **system.config_overrides})
+    return FDRLModel.from_encoders_pretrained(
+        audio_model, text_model, draw_backbones=backbone_draws, **{**config_kwargs, **system.config_overrides}
+    )
 
 
-class InitialHeads:
-    """`FDRLModel.from_encoders_pretrained` around loaded backbones, without paying twice for the same draws.
+class BackboneDraws:
+    """The random backbones' draws of `FDRLModel.from_encoders_pretrained`, paid once per random state.
 
-    `FDRLModel(config)` first draws random backbones (replaced at once by the given ones), then its heads: the
-    backbones' draws (about 0.4 s for Whisper-base + MiniLM, 5% of an FDRL system trained on cached features) only
-    move the random state the heads are drawn from. A protocol builds the same config from the same state again and
-    again (each system calls `set_seed(seed)` first; five folds share a seed). So the first build of a (config,
-    random state) keeps the heads' initial tensors and the random state the build ends in; a later build with the
-    same key makes the model on the meta device (no draws), loads those tensors and sets that state. The model and
-    every later draw are bit for bit those of a full build (tests/test_systems.py). Keyed on the config's JSON, the
-    default dtype and the CPU generator's state (all a CPU build draws from); the `kept` latest keys are kept.
+    FDRL draws its heads after the random backbones that `FDRLModel(config)` builds (`draw_random_backbones`):
+    those draws (about 0.4 s for Whisper-base + MiniLM, 5% of an FDRL system trained on cached features) only move
+    the random state the heads start from, and they depend on nothing but that state and the backbones' configs.
+    A protocol builds from the same state again and again (each system calls `set_seed(seed)` first, every
+    FDRL system of a seed and the five folds share it). So the first build from a (random state, backbone configs)
+    draws them and keeps the state they end in; a later one sets that state instead. The heads, the backbones and
+    every later draw are bit for bit those of a full build (tests/test_systems.py). Keyed on the CPU generator's
+    state (all a CPU build draws from), the default dtype and the backbones' configs; the `kept` latest keys are
+    kept. Builds on another default device draw as usual.
     """
 
     def __init__(self, kept=32):
         self.kept = kept
-        self.entries = collections.OrderedDict()  # key -> (heads' initial state dict, CPU random state after)
+        self.states = collections.OrderedDict()  # key -> CPU random state after the draws
+        self.draws = 0  # the draws paid in this process
 
-    def build(self, audio_model, text_model, **config_kwargs):
-        audio_model, text_model = load_backbones(audio_model, text_model)  # as FDRL holds them: the key's configs
-        config = FDRLConfig(audio_config=audio_model.config, text_config=text_model.config, **config_kwargs)
-        random_state = torch.get_rng_state()
-        key = (config.to_json_string(), str(torch.get_default_dtype()), hashlib.sha256(random_state.numpy()).digest())
-        if key not in self.entries:
-            model = FDRLModel.from_encoders_pretrained(audio_model, text_model, **config_kwargs)
-            with _heads_only(model):
-                heads = {name: tensor.detach().clone() for name, tensor in _tensors(model)}
-            self.entries[key] = (heads, torch.get_rng_state())
-            while len(self.entries) > self.kept:
-                self.entries.popitem(last=False)
-            return model
-        self.entries.move_to_end(key)
-        heads, random_state_after = self.entries[key]
-        with torch.device("meta"):  # the heads (and nothing else: the backbones are given) without a draw
-            model = FDRLModel.from_encoders_pretrained(audio_model, text_model, **config_kwargs)
-        with _heads_only(model), torch.no_grad():  # `to_empty` must not touch the loaded backbones
-            model.to_empty(device="cpu")
-            for name, tensor in _tensors(model):  # every parameter and buffer (mu), the same names
-                tensor.copy_(heads[name])
-        torch.set_rng_state(random_state_after)
-        return model
+    def __call__(self, config):
+        if torch.get_default_device().type != "cpu":
+            draw_random_backbones(config)
+            return
+        state = torch.get_rng_state()
+        key = (
+            hashlib.sha256(state.numpy()).digest(),
+            str(torch.get_default_dtype()),
+            config.audio_config.to_json_string(),
+            config.text_config.to_json_string(),
+        )
+        if key in self.states:
+            self.states.move_to_end(key)
+            torch.set_rng_state(self.states[key])
+            return
+        draw_random_backbones(config)
+        self.draws += 1
+        self.states[key] = torch.get_rng_state()
+        while len(self.states) > self.kept:
+            self.states.popitem(last=False)
 
 
-@contextlib.contextmanager
-def _heads_only(model):
-    """`model` without its backbones inside the block (`detach_backbones`), with them again after."""
-    backbones = detach_backbones(model)
-    try:
-        yield
-    finally:
-        attach_backbones(model, backbones)
-
-
-def _tensors(model):
-    return itertools.chain(model.named_parameters(), model.named_buffers())
-
-
-initial_heads = InitialHeads()  # this process's builds of FDRL systems
+backbone_draws = BackboneDraws()  # this process's builds of FDRL systems
 
 
 def _classifier(audio=False, text=False):
