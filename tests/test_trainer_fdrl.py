@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -78,25 +80,34 @@ def test_epoch_statistics_are_summed_and_give_mu(trainer):
     assert trainer.end_epoch() is None  # statistics were reset
 
 
-def test_one_process_clipping_is_accelerates_bit_for_bit(trainer):
-    """`SystemTrainer._clip_grad_norm` calls torch's clipping directly; Trainer's goes through accelerate's
-    wrapper. Same gradients in, the same norm and the same clipped gradients out."""
+@pytest.mark.parametrize("max_grad_norm", [0.05, 1e6, "nan"])
+def test_one_process_clipping_is_accelerates_bit_for_bit(trainer, max_grad_norm):
+    """`SystemTrainer._clip_grad_norm` calls torch's clipping directly, and on CPU scales the gradients only when
+    their norm is above the bound; Trainer's goes through accelerate's wrapper. Same gradients in, the same norm
+    and the same gradients out: clipped (bound 0.05), left as they are (bound 1e6), all NaN (one NaN gradient)."""
     model = trainer.model.train()
-    trainer.args.max_grad_norm = 0.05  # below the gradient norm: every gradient is scaled
+    trainer.args.max_grad_norm = 1.0 if max_grad_norm == "nan" else max_grad_norm
     trainer.compute_loss(model, make_batch(seed=0)).backward()
     parameters = [p for p in model.parameters() if p.grad is not None]
+    if max_grad_norm == "nan":
+        parameters[0].grad[0] = float("nan")
     gradients = [p.grad.clone() for p in parameters]
     norm = trainer._clip_grad_norm(model)
-    clipped = [p.grad.clone() for p in parameters]
+    mine = [p.grad.clone() for p in parameters]
     for parameter, gradient in zip(parameters, gradients):
         parameter.grad = gradient.clone()
     reference = Trainer._clip_grad_norm(trainer, model)
-    assert len(parameters) > 40 and norm.item() > 0.5
-    assert torch.equal(norm, reference)
-    assert all(torch.equal(mine, p.grad) for mine, p in zip(clipped, parameters))
-    assert not torch.equal(clipped[0], gradients[0])
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in clipped]))
-    assert total.item() == pytest.approx(0.05, rel=1e-4)
+    assert len(parameters) > 40
+    assert torch.equal(norm.nan_to_num(7.0), reference.nan_to_num(7.0))  # NaN: both NaN
+    assert all(torch.equal(m.nan_to_num(7.0), p.grad.nan_to_num(7.0)) for m, p in zip(mine, parameters))
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in mine]))
+    if max_grad_norm == 0.05:
+        assert norm.item() > 0.5 and not torch.equal(mine[0], gradients[0])
+        assert total.item() == pytest.approx(0.05, rel=1e-4)
+    elif max_grad_norm == 1e6:
+        assert all(torch.equal(m, g) for m, g in zip(mine, gradients)) and total.item() == pytest.approx(norm.item())
+    else:
+        assert math.isnan(norm.item()) and all(m.isnan().all() for m in mine)
 
 
 def test_logs_carry_the_averaged_terms_mu_and_grl(trainer):
