@@ -4,12 +4,13 @@ its best epoch, and says how many epochs it trained; on cached features (KeepBes
 
 import json
 import shutil
+import types
 
 import pytest
 import torch
 from test_parallel_runs import corpus as corpus  # noqa: F401 (the same module fixture: a corpus without defects)
 from test_parallel_runs import tiny_cpu_args
-from transformers import TrainerControl, TrainerState
+from transformers import Trainer, TrainerControl, TrainerState
 
 import run_fdrl
 from fdrl.training.trainer import EarlyStopping, FDRLTrainingArguments, KeepBestTrainable, system_callbacks
@@ -54,24 +55,31 @@ def test_without_patience_every_epoch_is_trained(corpus, tmp_path):
     assert json.loads((tmp_path / "runs" / "seed5_fold1.json").read_text())["systems"]["speech"]["epochs_trained"] == 4
 
 
-def test_early_stopping_counts_against_the_best_before_keep_best_raises_it(tmp_path):
-    # the callbacks of a system on cached features, in the Trainer's order, on validation UAR 0.5, 0.6, 0.6, 0.55:
-    # 0.6 is an improvement, so the count is 0, 0, 1, 2 and patience 2 stops after the fourth evaluation (with
-    # KeepBestTrainable first, the second evaluation would count as no improvement and training stop after the third)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_early_stopping_and_keep_best_count_against_the_best_before_the_evaluation(tmp_path, reverse):
+    # the callbacks of a system on cached features, then Trainer's own update of the best value, on validation UAR
+    # 0.5, 0.6, 0.6, 0.55: 0.6 is an improvement, so the count is 0, 0, 1, 2 and patience 2 stops after the fourth
+    # evaluation; KeepBestTrainable keeps the second evaluation's weights. Both read `state.best_metric` before
+    # Trainer raises it, so the callbacks' order does not matter
     args = FDRLTrainingArguments(output_dir=str(tmp_path), early_stopping_patience=2, use_cpu=True)
     callbacks = system_callbacks(args, frozen=True)
     assert [type(c) for c in callbacks] == [EarlyStopping, KeepBestTrainable]
+    keep_best = callbacks[1]
     model = torch.nn.Linear(2, 1)
-    state, control = TrainerState(), TrainerControl()
-    stops = []
+    trainer = types.SimpleNamespace(args=args, state=TrainerState())  # what `_determine_best_metric` reads
+    control, stops, kept = TrainerControl(), [], []
     for evaluation, uar in enumerate([0.5, 0.6, 0.6, 0.55]):
         with torch.no_grad():
             model.bias.fill_(evaluation)  # which evaluation's weights KeepBestTrainable kept
-        for callback in callbacks:
-            callback.on_evaluate(args, state, control, metrics={"eval_uar": uar}, model=model)
+        for callback in reversed(callbacks) if reverse else callbacks:
+            callback.on_evaluate(args, trainer.state, control, metrics={"eval_uar": uar}, model=model)
+        Trainer._determine_best_metric(trainer, {"eval_uar": uar}, None)
         stops.append(control.should_training_stop)
+        kept.append(keep_best.best_state["bias"].item())
     assert stops == [False, False, False, True]
-    assert state.best_metric == 0.6 and callbacks[1].best_state["bias"].item() == 1.0
+    assert trainer.state.best_metric == 0.6 and kept == [0.0, 1.0, 1.0, 1.0]
+    keep_best.on_train_end(args, trainer.state, control, model=model)
+    assert model.bias.item() == 1.0
     assert system_callbacks(FDRLTrainingArguments(output_dir=str(tmp_path), use_cpu=True), frozen=False) == []
 
 

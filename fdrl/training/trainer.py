@@ -558,8 +558,9 @@ class EarlyStopping(EarlyStoppingCallback):
 
 def system_callbacks(args, frozen):
     """The callbacks of one system's Trainer: early stopping when `args.early_stopping_patience` asks for it, and
-    `KeepBestTrainable` for heads on cached features (`frozen`), in that order: both compare the evaluation with
-    `state.best_metric`, which `KeepBestTrainable` raises as it keeps a better model."""
+    `KeepBestTrainable` for heads on cached features (`frozen`). Both compare the evaluation with
+    `state.best_metric`, the best before it (Trainer raises it after the callbacks), so their order does not
+    matter."""
     callbacks = []
     if args.early_stopping_patience:
         callbacks.append(EarlyStopping(args.early_stopping_patience))
@@ -570,12 +571,14 @@ def system_callbacks(args, frozen):
 
 class KeepBestTrainable(TrainerCallback):
     """Model selection without checkpoints, for heads trained on cached backbone outputs: after each evaluation, a
-    copy of the trainable parameters (the heads, a few MB) is kept in memory when `metric_for_best_model` improved,
-    and restored when training ends. Writing the frozen backbones to disk every epoch would cost far more than the
-    training itself."""
+    copy of the trainable parameters (the heads, a few MB) and of the buffers (mu) is kept in memory when
+    `metric_for_best_model` improves on `state.best_metric`, and restored when training ends. Writing the frozen
+    backbones to disk every epoch would cost far more than the training itself. The best value itself is
+    Trainer's: it raises `state.best_metric` right after the callbacks (`_determine_best_metric`, the same
+    comparison), as it does for `load_best_model_at_end`."""
 
     def __init__(self):
-        self.best_metric, self.best_state = None, None
+        self.best_state, self.best_buffers = None, None
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         key = (
@@ -586,12 +589,8 @@ class KeepBestTrainable(TrainerCallback):
         value = (metrics or {}).get(key)
         if value is None or model is None:
             return
-        better = self.best_metric is None or (
-            value > self.best_metric if args.greater_is_better else value < self.best_metric
-        )
-        if better:
-            self.best_metric = value
-            state.best_metric = value
+        improves = np.greater if args.greater_is_better else np.less
+        if state.best_metric is None or improves(value, state.best_metric):
             self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             self.best_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
 
