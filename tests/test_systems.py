@@ -71,7 +71,7 @@ def _config(audio, text, **kwargs):
     return FDRLConfig(audio_config=audio.config, text_config=text.config, **kwargs)
 
 
-def test_backbone_draws_are_paid_once_per_random_state_and_every_build_is_a_full_builds():
+def test_backbone_draws_are_paid_once_per_random_state_and_every_build_equals_a_full_build():
     """`FDRLModel(config)` draws random backbones, then its heads. Built around given backbones with the draws
     kept by `BackboneDraws`, the heads and every later draw are those of that full build, bit for bit; the draws
     are paid once per random state, whatever the heads' config (an ablation)."""
