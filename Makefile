@@ -11,16 +11,13 @@ PIP_INSTALL := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= $(
 .PHONY: setup system-deps check-env test quality demo lock pretrained app clean clean-venv
 
 # Debian packages: FFmpeg's shared libraries (torchcodec decodes audio with them), espeak-ng (speaks the demo
-# corpus), chromium + chromium-driver (the web demo's browser test) and gperftools' tcmalloc (the --parallel_runs
-# workers allocate with it: faster steps, the same numbers). Installed only when missing; needs root or sudo.
+# corpus) and chromium + chromium-driver (the web demo's browser test). Installed only when missing; needs root or sudo.
 system-deps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
-	$(PYTHON) -c "import ctypes.util, sys; sys.exit(not ctypes.util.find_library('tcmalloc_minimal'))" \
-		|| missing="$$missing libtcmalloc-minimal4"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = "0" ] || SUDO="sudo"; \

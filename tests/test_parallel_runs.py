@@ -1,15 +1,12 @@
 """`--parallel_runs`: frozen-backbone (seed, fold) runs in worker processes give the very records of a sequential run
 (one torch thread), a failing run is named and leaves the others' records, and the progress lines reach the user."""
 
-import ctypes.util
-import functools
 import gc
 import json
 import logging
 import multiprocessing
 import os
 import weakref
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +16,7 @@ from test_features import fold as fold  # noqa: F401 (the module fixture of the 
 
 import run_fdrl
 from fdrl.training.features import cached_pooled_features, feature_key
-from fdrl.training.parallel import _environment, _pool, parallel_workers, usable_cores, worker_environment
+from fdrl.training.parallel import _pool, parallel_workers, usable_cores
 from fdrl.training.protocol import freeze_long_lived_objects
 from iemocap_fixture import make_iemocap_fixture
 
@@ -110,34 +107,6 @@ def test_the_pool_starts_every_worker_before_any_task_with_one_thread():
         assert {pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
 
 
-def _worker_libraries(**environment):
-    """The shared libraries mapped in a pool's worker started with `environment` (its /proc/self/maps)."""
-    maps = functools.partial(Path.read_text, Path("/proc/self/maps"))
-    with _environment(**environment), _pool(multiprocessing.get_context("spawn"), 1, logging.WARNING) as pool:
-        lines = pool.submit(maps).result().splitlines()
-    return {line.split()[-1].rsplit("/", 1)[-1] for line in lines if ".so" in line}
-
-
-def test_the_workers_allocate_with_tcmalloc_unless_told_otherwise(monkeypatch, caplog):
-    library = ctypes.util.find_library("tcmalloc_minimal")
-    if library is None:
-        pytest.skip("libtcmalloc_minimal is not installed (make setup installs Debian's libtcmalloc-minimal4)")
-    monkeypatch.delenv("LD_PRELOAD", raising=False)
-    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    assert worker_environment("tcmalloc") == {**threads, "LD_PRELOAD": library}
-    assert worker_environment("system") == threads
-    assert any(name.startswith("libtcmalloc_minimal") for name in _worker_libraries(**worker_environment()))
-    assert not any("tcmalloc" in name for name in _worker_libraries(**worker_environment("system")))
-    assert "LD_PRELOAD" not in os.environ  # the parent's environment is restored
-    monkeypatch.setenv("LD_PRELOAD", "libm.so.6")  # the user's own preload is kept as it is
-    assert worker_environment("tcmalloc") == threads
-    monkeypatch.delenv("LD_PRELOAD")
-    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)  # a system without it: logged, not fatal
-    with caplog.at_level(logging.INFO, logger="fdrl.training.parallel"):
-        assert worker_environment("tcmalloc") == threads
-    assert sum("keep the system's malloc: tcmalloc is not installed" in r.getMessage() for r in caplog.records) == 1
-
-
 def test_a_failing_system_names_its_run_and_every_other_system_is_recorded(corpus, tmp_path, one_thread):
     output_dir = tmp_path / "run"
     # fold 3's worker cannot write S0's trainer state (a folder stands where the file goes): it fails, fold 1 does not
@@ -190,9 +159,6 @@ def test_parallel_runs_is_refused_when_fine_tuning(corpus, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
     with pytest.raises(ValueError, match="--parallel_runs must be at least 1, got 0"):
         run_fdrl.main(_args(corpus, tmp_path / "run", "--parallel_runs", "0"))
-    with pytest.raises(ValueError, match="--worker_allocator must be 'tcmalloc' or 'system', got 'jemalloc'"):
-        run_fdrl.main(_args(corpus, tmp_path / "run", "--worker_allocator", "jemalloc"))
-    assert not (tmp_path / "run").exists()
 
 
 def test_features_are_extracted_and_keyed_with_the_given_thread_count(fold, tmp_path):  # noqa: F811

@@ -16,8 +16,7 @@ How the parallel path works, and what "the same numbers" means:
   sequential run with one thread (`OMP_NUM_THREADS=1`, as `make demo` runs) stores.
 - Each worker is a `concurrent.futures.ProcessPoolExecutor` process started with the "spawn" method (as torch
   recommends for processes that use torch), with `OMP_NUM_THREADS=1` and `torch.set_num_threads(1)`: N runs use
-  N cores, and no run's threads fight another's. The workers allocate with gperftools' tcmalloc when it is installed
-  (`--worker_allocator`, `worker_environment`): faster small allocations, the same numbers.
+  N cores, and no run's threads fight another's.
 - The workers train one system of one run at a time, in the runs' order: every trained system of every (seed,
   fold) is a task, so the load evens out to within one system at the end instead of one whole run (5 runs on 2
   workers were 3 rounds of runs). A worker prepares a fold (its splits and cached features; pretrained backbones
@@ -39,7 +38,6 @@ How the parallel path works, and what "the same numbers" means:
 import collections
 import concurrent.futures
 import contextlib
-import ctypes.util
 import functools
 import gc
 import multiprocessing
@@ -60,26 +58,6 @@ SHARDS_PER_WORKER = 4  # feature shards per worker and modality: a moving bar an
 FOLDS_PER_WORKER = 2  # prepared folds a worker keeps (the runs' systems are handed out in order: mostly one fold)
 _WORKER_ENCODER = None  # a worker process's backbones for the extraction's shards, loaded by `_worker_extract`
 _WORKER_FOLDS = collections.OrderedDict()  # a worker process's prepared folds, (seed, fold) -> FoldRun
-
-
-def worker_environment(allocator="tcmalloc"):
-    """The environment variables the workers start with: one OpenMP (and MKL) thread each, no tokenizers threads,
-    and with `allocator="tcmalloc"` gperftools' tcmalloc preloaded (`LD_PRELOAD`) when the system has it
-    (libtcmalloc_minimal). A training step of the heads on cached features makes and frees some 300 small tensors,
-    and glibc's malloc pays for each: with tcmalloc the step is about 15% faster on this project's CPU, with the
-    same values bit for bit (torch aligns its own buffers; the allocator only decides where they live). An
-    `LD_PRELOAD` already set is the user's choice and is kept."""
-    values = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if allocator == "tcmalloc" and not os.environ.get("LD_PRELOAD"):
-        library = ctypes.util.find_library("tcmalloc_minimal")
-        if library:
-            values["LD_PRELOAD"] = library
-        else:
-            logger.info(
-                "the workers keep the system's malloc: tcmalloc is not installed (Debian: libtcmalloc-minimal4, "
-                "which make setup installs; it makes the heads' steps about 15% faster)"
-            )
-    return values
 
 
 def usable_cores():
@@ -121,8 +99,9 @@ def run_folds(context, pairs, run_fold, prepare_fold):
         context.progress.bar.set_description(f"protocol, {workers} workers")
         context.feature_threads = 1  # the rows are extracted, and keyed, with the workers' one thread
         spawn = multiprocessing.get_context("spawn")
-        # the workers inherit the environment when they start (at the first task, `worker_environment`)
-        with _environment(**worker_environment(args.worker_allocator)):
+        # the workers inherit the environment when they start (at the first task): one OpenMP thread each, and no
+        # tokenizers threads either
+        with _environment(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"):
             with _pool(spawn, workers, args.get_process_log_level()) as pool:
                 extract = functools.partial(_extract_in_pool, pool, workers, context, enabled)
                 warm_feature_cache(context, pairs, prepare_fold, extract)

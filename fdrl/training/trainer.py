@@ -133,17 +133,6 @@ class FDRLTrainingArguments(TrainingArguments):
             "fine-tuning, on a GPU or with several processes (accelerate launch). Not a setting of the run."
         },
     )
-    worker_allocator: str = field(
-        default="tcmalloc",
-        metadata={
-            "help": "The memory allocator of the --parallel_runs workers: 'tcmalloc' preloads gperftools' "
-            "tcmalloc (libtcmalloc_minimal, Debian's libtcmalloc-minimal4, which make setup installs) into them "
-            "when it is installed, else they keep the system's malloc (logged); 'system' keeps the system's. The "
-            "heads' many small tensors make the training step allocation-bound on CPU: about 15% faster with "
-            "tcmalloc here, the same numbers bit for bit. An LD_PRELOAD you set is kept as it is. Not a setting "
-            "of the run."
-        },
-    )
     protocol_progress: bool = field(
         default=True,
         metadata={
@@ -203,8 +192,6 @@ class FDRLTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name} must be positive, got {value}")
-        if self.worker_allocator not in ("tcmalloc", "system"):
-            raise ValueError(f"--worker_allocator must be 'tcmalloc' or 'system', got {self.worker_allocator!r}")
         if self.parallel_runs is not None and self.parallel_runs < 1:
             raise ValueError(f"--parallel_runs must be at least 1, got {self.parallel_runs}")
         if self.parallel_runs and self.parallel_runs > 1 and not self.freeze_backbones:
