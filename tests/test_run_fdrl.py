@@ -185,6 +185,57 @@ def test_every_term_mu_error_rates_and_alignment_are_logged_every_epoch(protocol
     assert (output_dir / "seed7" / "fold1" / "S0" / "training_curves.png").stat().st_size > 10000
 
 
+def test_fdrl_plot_run_redraws_the_protocols_figures_byte_for_byte_and_keeps_existing_ones(
+    protocol_run, tmp_path, capsys
+):
+    from fdrl.cli import plot_run
+
+    output_dir, _ = protocol_run
+    copy = tmp_path / "run"
+    shutil.copytree(output_dir, copy)
+    drawn = {p.relative_to(output_dir): p.read_bytes() for p in output_dir.rglob("*.png")}
+    # a confusion matrix per system and run (6 x 2), training curves per FDRL system and run (S0, S1 x 2)
+    assert len([p for p in drawn if p.name.startswith("confusion_")]) == 12
+    assert sorted(str(p) for p in drawn if p.name == "training_curves.png") == [
+        f"seed7/fold{f}/{s}/training_curves.png" for f in (1, 3) for s in ("S0", "S1")
+    ]
+    for path in drawn:
+        (copy / path).unlink()
+    assert plot_run.main([str(copy)]) == 0
+    assert capsys.readouterr().out.strip() == f"{copy}: 16 figures drawn, 0 already there and kept"
+    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*.png")} == drawn
+    edited = copy / "seed7" / "fold3" / "confusion_text.png"
+    edited.write_bytes(b"mine")
+    plot_run.main([str(copy)])
+    assert "0 figures drawn, 16 already there and kept" in capsys.readouterr().out
+    assert edited.read_bytes() == b"mine"
+    plot_run.main([str(copy), "--overwrite"])
+    assert capsys.readouterr().out.startswith(f"{copy}: 16 figures drawn, 0 already")
+    assert edited.read_bytes() == drawn[edited.relative_to(copy)]
+    with pytest.raises(SystemExit):
+        plot_run.main([str(tmp_path / "nothing")])
+    assert f"{tmp_path / 'nothing'} holds no run records" in capsys.readouterr().err
+
+
+def test_save_figures_false_draws_nothing_and_records_the_same(corpus, tmp_path):
+    from fdrl.cli import plot_run
+
+    common = ["--folds", "1", "--num_train_epochs", "1", "--systems", "S0", "text", "--freeze_backbones", "true"]
+    run_fdrl.main(_args(corpus, tmp_path / "with", *common))
+    run_fdrl.main(_args(corpus, tmp_path / "without", *common, "--save_figures", "false"))
+    assert len(list((tmp_path / "with").rglob("*.png"))) == 3  # confusion S0 and text, S0's training curves
+    assert not list((tmp_path / "without").rglob("*.png"))
+    record = "runs/seed42_fold1.json"
+    assert (tmp_path / "with" / record).read_text() == (tmp_path / "without" / record).read_text()
+    assert (tmp_path / "without" / "seed42" / "fold1" / "S0" / "trainer_state.json").is_file()
+    plot_run.main([str(tmp_path / "without")])
+    assert sorted(str(p.relative_to(tmp_path / "without")) for p in (tmp_path / "without").rglob("*.png")) == [
+        "seed42/fold1/S0/training_curves.png",
+        "seed42/fold1/confusion_S0.png",
+        "seed42/fold1/confusion_text.png",
+    ]
+
+
 def test_test_session_never_reaches_training_or_validation(protocol_run, corpus):
     output_dir, _ = protocol_run
     for fold in (1, 3):

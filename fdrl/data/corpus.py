@@ -68,6 +68,11 @@ def fold_title(fold):
     return "the official splits" if fold == OFFICIAL else f"test session {fold}"
 
 
+def run_title(seed, fold):
+    """A (seed, fold) run in words, for logs and figure titles."""
+    return f"{fold_title(fold)}, seed {seed}"
+
+
 FOLDS_NEEDED = "Give --folds, e.g. `--folds 1 2 3 4 5` (the protocol) or `--folds 1` (one fold)"
 
 

@@ -114,6 +114,37 @@ def fdrl_training_panels(label_names):
     )
 
 
+# ----- a protocol run's figures: drawn by `run_fdrl.py` as each system finishes (`--save_figures`, the default), or
+# afterwards from what the run wrote by `fdrl-plot-run` (fdrl/cli/plot_run.py): the same calls, the same files
+def confusion_path(fold_dir, system):
+    """`{output_dir}/seed{S}/fold{F}/confusion_<system>.png`."""
+    return Path(fold_dir) / f"confusion_{system}.png"
+
+
+def training_curves_path(fold_dir, system):
+    """`{output_dir}/seed{S}/fold{F}/<system>/training_curves.png`."""
+    return Path(fold_dir) / system / "training_curves.png"
+
+
+def draw_confusion(fold_dir, system, matrix, label_names, run_title):
+    """One system's test confusion matrix of one run (`confusion_path`); `run_title` names the run. Returns the
+    path."""
+    path = confusion_path(fold_dir, system)
+    plot_confusion_matrix(matrix, label_names, path, title=f"{system}, {run_title}")
+    return path
+
+
+def draw_training_curves(system_dir, log_history, label_names, run_title):
+    """One FDRL system's training curves of one run (`training_curves.png` in its folder), from its Trainer's
+    `log_history` (`trainer_state.json`). Returns the path."""
+    system_dir = Path(system_dir)
+    path = training_curves_path(system_dir.parent, system_dir.name)
+    plot_training(
+        {"log_history": log_history}, path, fdrl_training_panels(label_names), title=f"{system_dir.name}, {run_title}"
+    )
+    return path
+
+
 REPRESENTATION_NAMES = {
     "shared_audio": "$S_a$",
     "shared_text": "$S_t$",

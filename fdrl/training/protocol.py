@@ -40,11 +40,12 @@ from fdrl.data.corpus import (
     load_corpus,
     read_transcripts,
     replace_test_transcripts,
+    run_title,
 )
 from fdrl.data.corpus import label_names as corpus_label_names
 from fdrl.data.validation import check_corpus_audio
 from fdrl.evaluation.metrics import SCALAR_METRICS, classification_metrics
-from fdrl.evaluation.plots import fdrl_training_panels, plot_confusion_matrix, plot_training
+from fdrl.evaluation.plots import draw_confusion, draw_training_curves
 from fdrl.evaluation.reporting import summarize_runs, write_report
 from fdrl.io import write_json
 from fdrl.presets import preset_backbone_configs, preset_fdrl_kwargs
@@ -176,7 +177,7 @@ class FoldRun:
 
     @property
     def title(self):
-        return f"{fold_title(self.fold)}, seed {self.seed}"
+        return run_title(self.seed, self.fold)
 
 
 # ----- one system -----------------------------------------------------------------------------------------------------
@@ -356,20 +357,18 @@ def train_fold_systems(context, fold):
 
 def finish_system(context, fold, system):
     """Train and test `system` on the prepared `fold` and save its outputs, or compute it from the systems the fold
-    has done (late fusion); then plot its test confusion matrix. Returns its test metrics (not yet recorded)."""
+    has done (late fusion); then plot its test confusion matrix (`--save_figures`). Returns its test metrics (not
+    yet recorded)."""
     if system.trains:
         system_dir = fold.directory / system.name
         metrics, trainer = train_system(system, context, fold, system_dir)
         save_system_outputs(context, fold, system, trainer, system_dir)
     else:
         metrics = system.combine(fold.done, column(fold.splits["test"], "label"), context.label_names)
-    if context.training_args.should_save:
-        plot_confusion_matrix(
-            metrics["confusion_matrix"],
-            context.label_names,
-            _mkdir(fold.directory) / f"confusion_{system.name}.png",
-            title=f"{system.name}, {fold.title}",
-        )
+    args = context.training_args
+    if args.should_save and args.save_figures:
+        matrix = metrics["confusion_matrix"]
+        draw_confusion(_mkdir(fold.directory), system.name, matrix, context.label_names, fold.title)
     return metrics
 
 
@@ -390,13 +389,8 @@ def save_system_outputs(context, fold, system, trainer, system_dir):
     if not args.should_save:
         return
     trainer.save_state()  # trainer_state.json: every logged term, mu and the alignment over training
-    if system.is_fdrl:
-        plot_training(
-            {"log_history": trainer.state.log_history},
-            system_dir / "training_curves.png",
-            fdrl_training_panels(context.label_names),
-            title=f"{system.name}, {fold.title}",
-        )
+    if system.is_fdrl and args.save_figures:
+        draw_training_curves(system_dir, trainer.state.log_history, context.label_names, fold.title)
     if system.name == context.reference:
         save_model_folder(trainer.model, fold.processor, fold.directory / "model")
     if not args.keep_checkpoints:

@@ -153,6 +153,15 @@ class FDRLTrainingArguments(TrainingArguments):
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep each fold's checkpoints after it finished (the best model is saved)."}
     )
+    save_figures: bool = field(
+        default=True,
+        metadata={
+            "help": "Draw each system's test confusion matrix (confusion_<system>.png) and each FDRL system's "
+            "training curves (training_curves.png) as it finishes. false draws none (about 0.5 s of one core per "
+            "FDRL system): the run records and trainer_state.json keep what they show, and `fdrl-plot-run "
+            "OUTPUT_DIR` draws them later. Not a setting of the run."
+        },
+    )
     alignment_train_samples: int = field(
         default=512,
         metadata={
