@@ -215,6 +215,17 @@ def test_fdrl_plot_run_redraws_the_protocols_figures_byte_for_byte_and_keeps_exi
     with pytest.raises(SystemExit):
         plot_run.main([str(tmp_path / "nothing")])
     assert f"{tmp_path / 'nothing'} holds no run records" in capsys.readouterr().err
+    edited.write_bytes(b"mine")
+    record = copy / "runs" / "seed7_fold3.json"
+    record.write_text(record.read_text()[:200])  # killed while writing
+    with pytest.raises(SystemExit):
+        plot_run.main([str(copy), "--overwrite"])
+    assert f"{record} cannot be read as JSON" in capsys.readouterr().err
+    record.write_text(json.dumps({"seed": 7, "fold": 3, "systems": {"S0": {"uar": 0.5}}}))
+    with pytest.raises(SystemExit):
+        plot_run.main([str(copy), "--overwrite"])
+    assert f"{record} is not a complete run record (system S0: no 'war')" in capsys.readouterr().err
+    assert edited.read_bytes() == b"mine"  # refused before anything was drawn
 
 
 def test_save_figures_false_draws_nothing_and_records_the_same(corpus, tmp_path):
