@@ -2,8 +2,9 @@
 
 One system on one fold, run as `run_fdrl.py` runs it (in this process, one torch thread), after an untimed run has
 filled the feature cache. Wall-clock timers around the parts of the training loop record, for the timed run: the
-system's whole training and test (`train_system`), the training steps (forward, backward, AdamW step, gradient
-clipping, batch assembly) and the per-epoch evaluations, of which the alignment diagnostics
+system's whole training and test (`train_system`), the figures drawn after it (`--save_figures`), the training
+steps (forward, backward, AdamW step, gradient clipping, batch assembly) and the per-epoch evaluations, of which the
+alignment diagnostics
 (`fdrl.evaluation.alignment`, the two cross-modal transfer probes included) and the training vectors they need as
 a reference. The diagnostics' cost per evaluation, and its share of the system's time, is the figure the README
 quotes. The timers wrap the methods in place for this process only; nothing else is changed.
@@ -49,6 +50,9 @@ def _timed_parts():
         (Trainer, "_evaluate", "evaluation"),
         (fdrl_metrics, "alignment", "alignment_diagnostics"),
         (FDRLTrainer, "training_representations", "alignment_reference"),
+        # the figures the protocol draws after the system (`--save_figures`), by the names it calls them under
+        (protocol, "draw_training_curves", "figure_training_curves"),
+        (protocol, "draw_confusion", "figure_confusion_matrix"),
     ]
 
 
@@ -131,6 +135,8 @@ def main(argv=None):
         # per call: the validation evaluations and the test predictions (which carry them too)
         "alignment_diagnostics_ms_per_evaluation": 1000 * diagnostics / parts["alignment_diagnostics"]["calls"],
         "alignment_diagnostics_share_of_system": diagnostics / system_s,
+        # drawn after `system` (not part of it): what `--save_figures false` saves per FDRL system
+        "figures_s": parts["figure_training_curves"]["seconds"] + parts["figure_confusion_matrix"]["seconds"],
         "load_average_1m_at_end": os.getloadavg()[0],
     }
     settings = {**vars(args), "torch_threads": 1}
@@ -140,7 +146,8 @@ def main(argv=None):
         f"{args.system}, fold {args.fold}: {system_s:.1f} s; {results['ms_per_training_step']:.2f} ms per training "
         f"step; {results['ms_per_evaluation']:.1f} ms per evaluation, of which the alignment diagnostics "
         f"{results['alignment_diagnostics_ms_per_evaluation']:.1f} ms "
-        f"({100 * results['alignment_diagnostics_share_of_system']:.1f}% of the system)"
+        f"({100 * results['alignment_diagnostics_share_of_system']:.1f}% of the system); its figures "
+        f"{results['figures_s']:.2f} s after it"
     )
     return results
 

@@ -166,6 +166,10 @@ def test_heads_breakdown_on_a_tiny_run(tmp_path):
     assert parts["backward"]["calls"] == results["steps"] and parts["optimizer_step"]["calls"] == results["steps"]
     assert 0 < results["alignment_diagnostics_share_of_system"] < 1
     assert parts["training_step"]["seconds"] < parts["system"]["seconds"] <= results["run_wall_s"]
+    # the figures after the system: its training curves and its confusion matrix, once each
+    assert parts["figure_training_curves"]["calls"] == 1 and parts["figure_confusion_matrix"]["calls"] == 1
+    figures = parts["figure_training_curves"]["seconds"] + parts["figure_confusion_matrix"]["seconds"]
+    assert results["figures_s"] == figures > 0
 
 
 def test_gpu_script_dry_run(tmp_path):

@@ -47,7 +47,7 @@ def run_figures(output_dir):
                 history = _read(state).get("log_history")
                 if not isinstance(history, list):
                     raise ValueError(f"{state} has no 'log_history' list")
-                draw = partial(draw_training_curves, fold_dir / system, history, labels, title)
+                draw = partial(draw_training_curves, fold_dir, system, history, labels, title)
                 figures.append((training_curves_path(fold_dir, system), draw))
     return figures
 

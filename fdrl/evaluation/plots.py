@@ -134,14 +134,11 @@ def draw_confusion(fold_dir, system, matrix, label_names, run_title):
     return path
 
 
-def draw_training_curves(system_dir, log_history, label_names, run_title):
-    """One FDRL system's training curves of one run (`training_curves.png` in its folder), from its Trainer's
-    `log_history` (`trainer_state.json`). Returns the path."""
-    system_dir = Path(system_dir)
-    path = training_curves_path(system_dir.parent, system_dir.name)
-    plot_training(
-        {"log_history": log_history}, path, fdrl_training_panels(label_names), title=f"{system_dir.name}, {run_title}"
-    )
+def draw_training_curves(fold_dir, system, log_history, label_names, run_title):
+    """One FDRL system's training curves of one run (`training_curves_path`), from its Trainer's `log_history`
+    (`trainer_state.json`). Returns the path."""
+    path = training_curves_path(fold_dir, system)
+    plot_training({"log_history": log_history}, path, fdrl_training_panels(label_names), title=f"{system}, {run_title}")
     return path
 
 

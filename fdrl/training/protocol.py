@@ -390,7 +390,7 @@ def save_system_outputs(context, fold, system, trainer, system_dir):
         return
     trainer.save_state()  # trainer_state.json: every logged term, mu and the alignment over training
     if system.is_fdrl and args.save_figures:
-        draw_training_curves(system_dir, trainer.state.log_history, context.label_names, fold.title)
+        draw_training_curves(fold.directory, system.name, trainer.state.log_history, context.label_names, fold.title)
     if system.name == context.reference:
         save_model_folder(trainer.model, fold.processor, fold.directory / "model")
     if not args.keep_checkpoints:
