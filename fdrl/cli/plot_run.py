@@ -4,8 +4,8 @@
     fdrl-plot-run demo_output --overwrite
 
 `run_fdrl.py` draws each system's test confusion matrix and each FDRL system's training curves as the system
-finishes, unless `--save_figures false` (the evidence table's setting: the figures are about 6% of its time on a
-2-core CPU). This command draws the same files, with the same functions, from the run records
+finishes, unless `--save_figures false` (the evidence table's setting: the figures are about 5% of each system's
+time). This command draws the same files, with the same functions, from the run records
 (`runs/seed{S}_fold{F}.json`: the confusion matrices) and each trained system's `trainer_state.json` (its log
 history), for every run of the folder, finished or not: `seed{S}/fold{F}/confusion_<system>.png` and
 `seed{S}/fold{F}/<S0-S6>/training_curves.png`. A figure that exists is left as it is, unless `--overwrite`.
