@@ -223,3 +223,39 @@ def test_warm_started_probes_reach_the_cold_fit_in_fewer_iterations():
     transfer_uar(moved[0], moved[2], held_out[1], held_out[2], classifier=fresh)
     warm_iterations = probes["audio_to_text"][-1].n_iter_[0]
     assert warm_iterations < fresh[-1].n_iter_[0]
+
+
+def test_the_probes_fit_as_a_plain_scikit_learn_pipeline_bit_for_bit():
+    """The probes fit and predict without scikit-learn's input checks (`_checked_inputs`, a speed-up): their
+    solutions, cold and warm-started, and their predictions are those of the same pipeline with the checks on."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train, held_out = _reference(shift=0.5)
+    moved = train[0] + 0.05 * np.random.default_rng(3).normal(size=train[0].shape)
+    probe = transfer_probes()["audio_to_text"]
+    plain = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0, warm_start=True))
+    for features in (train[0], moved):  # a cold fit, then one from its solution
+        uar = transfer_uar(features, train[2], held_out[1], held_out[2], classifier=probe)
+        plain.fit(features, train[2])
+        assert np.array_equal(probe[-1].coef_, plain[-1].coef_)
+        assert np.array_equal(probe[-1].intercept_, plain[-1].intercept_)
+        assert probe[-1].n_iter_[0] == plain[-1].n_iter_[0]
+        assert uar == balanced_accuracy_score(held_out[2], plain.predict(held_out[1]))
+
+
+def test_a_reference_that_is_not_finite_gives_no_transfer():
+    """Training vectors with a NaN (a diverging model): no transfer probe is fit on them, every other diagnostic is
+    as without a reference; `transfer_uar` itself names the argument instead of fitting on NaN."""
+    train, held_out = _reference()
+    broken = train[0].copy()
+    broken[5, 2] = np.nan
+    metrics = alignment_metrics(*held_out, id2label=ID2LABEL, reference=(broken, train[1], train[2]))
+    assert metrics == alignment_metrics(*held_out, id2label=ID2LABEL)
+    assert "alignment_transfer_audio_to_text" not in metrics and "alignment_transfer_text_to_audio" not in metrics
+    with pytest.raises(ValueError, match="`train_features` holds values that are not finite"):
+        transfer_uar(broken, train[2], held_out[1], held_out[2])
+    with pytest.raises(ValueError, match="`features` holds values that are not finite"):
+        transfer_uar(train[0], train[2], np.where(held_out[1] > 3, np.inf, held_out[1]), held_out[2])

@@ -29,6 +29,7 @@ Only numpy and scikit-learn are needed; the same input always gives the same met
 import warnings
 
 import numpy as np
+import sklearn
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
@@ -45,8 +46,16 @@ def _classifier(random_state=0, warm_start=False):
     )
 
 
+def _checked_inputs():
+    """scikit-learn without its own input checks, for the probes: their inputs are checked before (2-D float64,
+    matching shapes, finite: `alignment_metrics`, `transfer_uar`) and their parameters are fixed here, so the checks
+    would only repeat at every fit and prediction of every evaluation. The solutions and predictions are those of
+    the checked pipeline, bit for bit (tests/test_alignment.py)."""
+    return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)
+
+
 def _fit(model, features, targets):
-    with warnings.catch_warnings():  # a not quite converged classifier still measures what it measures
+    with warnings.catch_warnings(), _checked_inputs():  # a not quite converged classifier still measures
         warnings.simplefilter("ignore", ConvergenceWarning)
         return model.fit(features, targets)
 
@@ -76,10 +85,15 @@ def transfer_uar(train_features, train_labels, features, labels, random_state=0,
     is refit warm-started from its last solution."""
     if len(np.unique(train_labels)) < 2:
         return None
+    for name, values in (("train_features", train_features), ("features", features)):
+        if not np.isfinite(values).all():  # scikit-learn's own check is off (`_checked_inputs`)
+            raise ValueError(f"`{name}` holds values that are not finite (NaN or inf)")
     classifier = _fit(classifier or _classifier(random_state), train_features, train_labels)
     with warnings.catch_warnings():  # a predicted class absent from `labels`
         warnings.simplefilter("ignore", UserWarning)
-        return float(balanced_accuracy_score(labels, classifier.predict(features)))
+        with _checked_inputs():
+            predicted = classifier.predict(features)
+        return float(balanced_accuracy_score(labels, predicted))
 
 
 def retrieval_at_1(shared_audio, shared_text):
@@ -124,8 +138,8 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
         `alignment_centroid_distance_<label>` for each class with at least 2 utterances (and a positive spread),
         their means `alignment_relative_centroid_distance` and `alignment_centroid_distance`;
         `alignment_retrieval_r1` (with at least 2 utterances); with `reference`: `alignment_transfer_audio_to_text`,
-        `alignment_transfer_text_to_audio` (absent when the reference holds a single class). With vectors that are
-        not finite, the two norms only.
+        `alignment_transfer_text_to_audio` (absent when the reference holds a single class or vectors that are not
+        finite). With held-out vectors that are not finite, the two norms only.
     """
     shared_audio, shared_text, labels = _check(shared_audio, shared_text, labels)
     metrics = {PREFIX + "norm_audio": mean_norm(shared_audio), PREFIX + "norm_text": mean_norm(shared_text)}
@@ -155,6 +169,8 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
             raise ValueError(
                 f"`reference` vectors must have {shared_audio.shape[1]} columns, got {train_audio.shape[1]}"
             )
+        if not (np.isfinite(train_audio).all() and np.isfinite(train_text).all()):
+            return metrics  # training vectors that diverged: no classifier can be fit on them
         probes = probes or {}
         to_text = transfer_uar(
             train_audio, train_labels, shared_text, labels, random_state, probes.get("audio_to_text")
