@@ -1,12 +1,14 @@
 """The frozen-backbone mode: pooled backbone outputs cached once, the same logits with and without the cache, and a
 cache that a changed backbone or changed data never reads."""
 
+import json
 import os
 from types import SimpleNamespace
 
 import datasets
 import pytest
 import torch
+import transformers
 
 from conftest import tiny_fdrl_config
 from fdrl.data.corpus import fold_splits
@@ -134,3 +136,29 @@ def test_pooled_inputs_are_checked():
         model(pooled_audio=torch.zeros(2, 32))
     with pytest.raises(ValueError, match=r"`pooled_text` must be \(batch, 32\), got shape \(2, 7\)"):
         model(pooled_audio=torch.zeros(2, 32), pooled_text=torch.zeros(2, 7))
+
+
+def test_the_weights_hash_reads_each_tensors_buffer_as_the_bytes_it_holds():
+    """`_hash_module` hands hashlib each tensor's buffer instead of a copy of its bytes: the digest is the one of the
+    copied bytes (so a cache file written before keeps its name), for float32 and bfloat16 tensors and a
+    non-contiguous one alike."""
+    import hashlib
+
+    from fdrl.training.features import _hash_module
+
+    module = torch.nn.Linear(5, 3)
+    module.register_buffer("scale", torch.arange(6, dtype=torch.bfloat16).reshape(2, 3).t())  # not contiguous
+    module.config = SimpleNamespace(to_json_string=lambda: "{}")
+    digest = hashlib.sha256()
+    _hash_module(digest, module)
+    expected = hashlib.sha256(b"{}")
+    expected.update(json.dumps([None, torch.__version__, transformers.__version__]).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        expected.update(name.encode())
+        expected.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    assert digest.hexdigest() == expected.hexdigest()
+    with torch.no_grad():
+        module.weight[0, 0] += 1.0
+    changed = hashlib.sha256()
+    _hash_module(changed, module)
+    assert changed.hexdigest() != digest.hexdigest()

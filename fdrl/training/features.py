@@ -53,7 +53,7 @@ def _hash_module(digest, module):
     digest.update(json.dumps([implementation, torch.__version__, transformers.__version__]).encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # its buffer, not a copy
 
 
 def _audio_signatures(split):
