@@ -32,6 +32,7 @@ log-probabilities, diagnostics).
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,7 @@ import yaml
 
 import common
 from common import logger
+from fdrl.training.parallel import usable_cores
 
 
 CASES = ("demo", "ablations", "fdrl_system")
@@ -127,10 +129,13 @@ def case_arguments(case, base, seeds):
 
 
 def run_tree(tree, argv, log_path, timeout_s):
-    """Wall seconds of `python run_fdrl.py argv` in `tree`, and the load average around it."""
+    """Wall seconds of `python run_fdrl.py argv` in `tree`, the load average around it, and the CPU seconds (user +
+    system) of the run and of every process it started and waited for (its `--parallel_runs` workers): over the
+    wall time and the usable cores, how busy the cores were (`cpu_utilisation`, 1.0: every core all the time)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["HF_HUB_OFFLINE"] = "1"
     load_before = os.getloadavg()[0]
+    cpu_before = _children_cpu_s()
     start = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.run(
@@ -141,7 +146,20 @@ def run_tree(tree, argv, log_path, timeout_s):
     if process.returncode != 0:
         tail = Path(log_path).read_text()[-3000:]
         raise RuntimeError(f"run_fdrl.py failed in {tree} (exit {process.returncode}); log {log_path}:\n{tail}")
-    return {"wall_s": wall, "load_average_1m_before": load_before, "load_average_1m_after": os.getloadavg()[0]}
+    cpu = _children_cpu_s() - cpu_before
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "cpu_utilisation": cpu / (wall * usable_cores()),
+        "load_average_1m_before": load_before,
+        "load_average_1m_after": os.getloadavg()[0],
+    }
+
+
+def _children_cpu_s():
+    """User + system CPU seconds of this process's children that have ended and been waited for, theirs included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def table_numbers(output_dir):
@@ -230,7 +248,11 @@ def run_case(case, trees, base_for, args, workdir):
         elif differing_entries(records[label], run_records(output)):
             raise RuntimeError(f"{case}: {label}'s run {attempt + 1} wrote other records than its first ({output})")
     for label in trees:
-        result[label] = {"wall_s": sum(r["wall_s"] for r in runs[label]) / args.repeats, **result[label]}
+        result[label] = {
+            "wall_s": sum(r["wall_s"] for r in runs[label]) / args.repeats,
+            "cpu_s": sum(r["cpu_s"] for r in runs[label]) / args.repeats,
+            **result[label],
+        }
         result[label]["runs"] = runs[label]
     result["order"] = common.alternating(args.repeats)
     result["speedup_old_over_new"] = result["old"]["wall_s"] / result["new"]["wall_s"]
@@ -267,8 +289,9 @@ def main(argv=None):
     common.write_result(output, "bench_protocol.py", machine, settings, results)
     for case, row in results["cases"].items():
         logger.info(
-            f"{case}: old {row['old']['wall_s']:.1f} s, new {row['new']['wall_s']:.1f} s "
-            f"(x{row['speedup_old_over_new']:.2f}), tables equal: {row['tables']['equal']}"
+            f"{case}: old {row['old']['wall_s']:.1f} s ({row['old']['cpu_s']:.0f} CPU s), new "
+            f"{row['new']['wall_s']:.1f} s ({row['new']['cpu_s']:.0f} CPU s) (x{row['speedup_old_over_new']:.2f}), "
+            f"tables equal: {row['tables']['equal']}, run records equal: {row['run_records']['equal']}"
         )
     return results
 

@@ -198,10 +198,12 @@ def machine_info(device):
     """Where and with what the figures were measured."""
     import transformers
 
+    from fdrl.training.parallel import usable_cores
+
     info = {
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_cores_usable": usable_cores(),
         "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),

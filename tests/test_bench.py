@@ -143,6 +143,11 @@ def test_protocol_old_and_new_revision(tmp_path):
     for label in ("old", "new"):
         runs = [run["wall_s"] for run in case[label]["runs"]]
         assert len(runs) == 2 and min(runs) > 0 and case[label]["wall_s"] == pytest.approx(sum(runs) / 2)
+        cores = payload["machine"]["cpu_cores_usable"]
+        for run in case[label]["runs"]:  # the run's own CPU seconds: no more than its cores could give in its time
+            assert 0 < run["cpu_s"] <= run["wall_s"] * cores * 1.02
+            assert run["cpu_utilisation"] == pytest.approx(run["cpu_s"] / (run["wall_s"] * cores))
+        assert case[label]["cpu_s"] == pytest.approx(sum(run["cpu_s"] for run in case[label]["runs"]) / 2)
         table = case[label]["table"]
         assert list(table["mean"]) == ["S0", "speech", "text", "late_fusion"]
         assert list(table["run_uar"]) == ["seed0_fold2"]
