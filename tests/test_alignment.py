@@ -226,7 +226,7 @@ def test_warm_started_probes_reach_the_cold_fit_in_fewer_iterations():
 
 
 def test_the_probes_fit_as_a_plain_scikit_learn_pipeline_bit_for_bit():
-    """The probes fit and predict without scikit-learn's input checks (`_checked_inputs`, a speed-up): their
+    """The probes fit and predict without scikit-learn's input checks (`_without_sklearn_checks`, a speed-up): their
     solutions, cold and warm-started, and their predictions are those of the same pipeline with the checks on."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score

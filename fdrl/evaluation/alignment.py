@@ -46,7 +46,12 @@ def _classifier(random_state=0, warm_start=False):
     )
 
 
-def _checked_inputs():
+def _finite(*arrays):
+    """Whether every value of every array is finite (no NaN, no inf)."""
+    return all(np.isfinite(values).all() for values in arrays)
+
+
+def _without_sklearn_checks():
     """scikit-learn without its own input checks, for the probes: their inputs are checked before (2-D float64,
     matching shapes, finite: `alignment_metrics`, `transfer_uar`) and their parameters are fixed here, so the checks
     would only repeat at every fit and prediction of every evaluation. The solutions and predictions are those of
@@ -55,7 +60,7 @@ def _checked_inputs():
 
 
 def _fit(model, features, targets):
-    with warnings.catch_warnings(), _checked_inputs():  # a not quite converged classifier still measures
+    with warnings.catch_warnings(), _without_sklearn_checks():  # a not quite converged classifier still measures
         warnings.simplefilter("ignore", ConvergenceWarning)
         return model.fit(features, targets)
 
@@ -86,12 +91,12 @@ def transfer_uar(train_features, train_labels, features, labels, random_state=0,
     if len(np.unique(train_labels)) < 2:
         return None
     for name, values in (("train_features", train_features), ("features", features)):
-        if not np.isfinite(values).all():  # scikit-learn's own check is off (`_checked_inputs`)
+        if not _finite(values):  # scikit-learn's own check is off (`_without_sklearn_checks`)
             raise ValueError(f"`{name}` holds values that are not finite (NaN or inf)")
     classifier = _fit(classifier or _classifier(random_state), train_features, train_labels)
     with warnings.catch_warnings():  # a predicted class absent from `labels`
         warnings.simplefilter("ignore", UserWarning)
-        with _checked_inputs():
+        with _without_sklearn_checks():
             predicted = classifier.predict(features)
         return float(balanced_accuracy_score(labels, predicted))
 
@@ -143,7 +148,7 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
     """
     shared_audio, shared_text, labels = _check(shared_audio, shared_text, labels)
     metrics = {PREFIX + "norm_audio": mean_norm(shared_audio), PREFIX + "norm_text": mean_norm(shared_text)}
-    if not (np.isfinite(shared_audio).all() and np.isfinite(shared_text).all()):
+    if not _finite(shared_audio, shared_text):
         return metrics  # diverged: the norms say so, nothing else can be measured
     relative, raw = [], []
     for label in np.unique(labels):
@@ -169,7 +174,7 @@ def alignment_metrics(shared_audio, shared_text, labels, id2label=None, referenc
             raise ValueError(
                 f"`reference` vectors must have {shared_audio.shape[1]} columns, got {train_audio.shape[1]}"
             )
-        if not (np.isfinite(train_audio).all() and np.isfinite(train_text).all()):
+        if not _finite(train_audio, train_text):
             return metrics  # training vectors that diverged: no classifier can be fit on them
         probes = probes or {}
         to_text = transfer_uar(
