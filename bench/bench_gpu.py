@@ -3,7 +3,9 @@
 - `paper`: the paper's wav2vec2-base + bert-base (`FDRLConfig()` defaults), random weights built from the configs
   (the Hub is not needed), bf16 autocast, batch 8;
 - `whisper_minilm`: Whisper-base's encoder + all-MiniLM-L6-v2 from the `pretrained/` folders `make pretrained`
-  writes, the same settings.
+  writes, the same settings. With `--weights random` only the folders' configs, feature extractor and tokenizer are
+  read and the weights are drawn from the configs: the same shapes and the same figures (no step here depends on
+  the weights' values), for a machine the 370 MB of weights cannot be copied to.
 
 Per shape: a fine-tuning step is forward + backward + AdamW over every parameter, backbones included (the paper's
 regime), on IEMOCAP-like batches (durations from `common.iemocap_durations`, noise audio, random transcripts) built
@@ -15,6 +17,7 @@ each modality, with the backbones on the device.
 
     .venv/bin/python bench/bench_gpu.py                  # on a CUDA machine: both shapes, a few minutes
     .venv/bin/python bench/bench_gpu.py --dry_run        # CPU, the tiny preset, 2 steps (what the tests run)
+    .venv/bin/python bench/bench_gpu.py --weights random --pretrained_dir DIR  # DIR: the folders without weights
 """
 
 import argparse
@@ -43,6 +46,12 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first (allocator, AdamW state).")
     parser.add_argument("--extraction_utterances", type=int, default=200, help="Utterances of the extraction rate.")
     parser.add_argument("--pretrained_dir", default=str(common.REPO / "pretrained"), help="`make pretrained`'s.")
+    parser.add_argument(
+        "--weights",
+        default="pretrained",
+        choices=["pretrained", "random"],
+        help="whisper_minilm's weights: the pretrained folders' own, or drawn from their configs (same shapes).",
+    )
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="Where to run.")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on cuda.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
@@ -94,6 +103,13 @@ def build_shape(shape, args, rng):
         return FDRLModel(FDRLConfig(audio_config=audio, text_config=text, **TINY["fdrl"])), processor
     whisper, minilm = f"{args.pretrained_dir}/whisper-base", f"{args.pretrained_dir}/all-MiniLM-L6-v2"
     processor = FDRLProcessor(AutoFeatureExtractor.from_pretrained(whisper), AutoTokenizer.from_pretrained(minilm))
+    if args.weights == "random":
+        from transformers import AutoConfig
+
+        config = FDRLConfig(
+            audio_config=AutoConfig.from_pretrained(whisper), text_config=AutoConfig.from_pretrained(minilm)
+        )
+        return FDRLModel(config), processor
     return FDRLModel.from_encoders_pretrained(whisper, minilm), processor
 
 

@@ -186,12 +186,14 @@ def _cpu_model():
 
 
 def _git_commit():
+    """HEAD of the repository, or `$BENCH_GIT_COMMIT` for a copy of the tree without its `.git` (a lent GPU
+    machine's)."""
     try:
         return subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("BENCH_GIT_COMMIT")
 
 
 def machine_info(device):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_fdrl_config
+from pretrained_fixture import pretrained, pretrained_dir  # noqa: F401 (pretrained_dir is a fixture)
 
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -190,6 +191,22 @@ def test_gpu_script_dry_run(tmp_path):
         assert row["frozen_extraction"]["utterances"] == 3 and set(rates) == {"audio", "text", "both"}
         assert rates["both"] == pytest.approx(1 / (1 / rates["audio"] + 1 / rates["text"]))
     assert all_finite(payload["results"])
+
+
+@pretrained
+def test_gpu_script_random_weights_have_the_pretrained_shapes(pretrained_dir):  # noqa: F811
+    """`--weights random` (for a machine the weights cannot travel to) builds Whisper-base + MiniLM with exactly the
+    parameters, by name and shape, and the processor that the pretrained folders give."""
+    bench_gpu = importlib.import_module("bench_gpu")
+    shapes = {}
+    for weights in ("random", "pretrained"):
+        args = bench_gpu.parse_args(["--device", "cpu", "--weights", weights, "--pretrained_dir", str(pretrained_dir)])
+        model, processor = bench_gpu.build_shape("whisper_minilm", args, np.random.default_rng(0))
+        shapes[weights] = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+        shapes[weights + "_processor"] = (type(processor.feature_extractor).__name__, len(processor.tokenizer))
+    assert shapes["random"] == shapes["pretrained"] and len(shapes["random"]) > 200
+    assert sum(math.prod(shape) for shape in shapes["random"].values()) > 40_000_000
+    assert shapes["random_processor"] == shapes["pretrained_processor"] == ("WhisperFeatureExtractor", 30522)
 
 
 def test_demo_benchmark_runs_each_tree_as_a_first_run(tmp_path):
