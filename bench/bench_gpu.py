@@ -10,8 +10,10 @@
 Per shape: a fine-tuning step is forward + backward + AdamW over every parameter, backbones included (the paper's
 regime), on IEMOCAP-like batches (durations from `common.iemocap_durations`, noise audio, random transcripts) built
 by the real `FDRLProcessor`; `--warmup` untimed steps, then `--steps` timed ones, each with
-`torch.cuda.synchronize`. Recorded: utterances/s (batch size x steps / their seconds), the step time's statistics,
-the peak `torch.cuda.max_memory_allocated` over the steps, and the frozen extraction rate: utterances/s of
+`torch.cuda.synchronize`. Recorded: utterances/s (batch size x steps / their seconds, and batch size / the median
+step, the steady state without the few slow steps), the step time's statistics, the memory PyTorch's caching
+allocator holds after each step (`torch.cuda.memory_reserved`, to tell whether the slow steps are those that grow
+it), the peak `torch.cuda.max_memory_allocated` over the steps, and the frozen extraction rate: utterances/s of
 `fdrl.training.features.extract_pooled` (the protocol's own extraction, one utterance per forward, eval mode) for
 each modality, with the backbones on the device.
 
@@ -137,18 +139,30 @@ def fine_tuning(model, processor, args, device, dtype, rng):
     batches = [collator(utterances(rng, args.batch_size)) for _ in range(args.warmup + args.steps)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, reserved = [], []
     for index, batch in enumerate(batches):
         seconds = common.timed_step(model, optimizer, {k: v.to(device) for k, v in batch.items()}, device, dtype, index)
         if index >= args.warmup:
             times.append(seconds)
+            reserved.append(torch.cuda.memory_reserved(device) / 2**30 if device.type == "cuda" else None)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {
         "step_s": common.summarize(times),
         "utterances_per_s": args.batch_size * len(times) / sum(times),
+        # the steady state without the steps that grow the allocator's cache for a new longest batch
+        "utterances_per_s_at_median_step": args.batch_size / float(np.median(times)),
         "peak_memory_allocated_gib": peak,
+        "memory_reserved_gib_after_step": reserved,
+        "padded_audio_s": [round(batch_seconds(batch), 3) for batch in batches[args.warmup :]],
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+def batch_seconds(batch):
+    """The padded duration of a collated batch: samples (wav2vec2) or mel frames (Whisper, 100 per second)."""
+    if "input_values" in batch:
+        return batch["input_values"].shape[-1] / common.SAMPLING_RATE
+    return batch["input_features"].shape[-1] / 100
 
 
 def extraction(model, processor, args, device, dtype, rng):

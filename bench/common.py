@@ -186,14 +186,16 @@ def _cpu_model():
 
 
 def _git_commit():
-    """HEAD of the repository, or `$BENCH_GIT_COMMIT` for a copy of the tree without its `.git` (a lent GPU
-    machine's)."""
+    """`$BENCH_GIT_COMMIT` where set (a copy of the tree on a lent GPU machine, whose `.git` may be another
+    commit's), else HEAD of the repository."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     try:
         return subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("BENCH_GIT_COMMIT")
+        return None
 
 
 def machine_info(device):

@@ -185,7 +185,13 @@ def test_gpu_script_dry_run(tmp_path):
     assert payload["settings"]["device"] == "cpu" and payload["settings"]["steps"] == 2
     assert set(payload["results"]) == {"paper", "whisper_minilm"}
     for row in payload["results"].values():
-        assert row["fine_tuning"]["step_s"]["n"] == 2 and row["fine_tuning"]["utterances_per_s"] > 0
+        steps = row["fine_tuning"]["step_s"]
+        assert steps["n"] == 2 and row["fine_tuning"]["utterances_per_s"] == pytest.approx(8 * 2 / sum(steps["values"]))
+        assert row["fine_tuning"]["utterances_per_s_at_median_step"] == pytest.approx(8 / steps["median"])
+        assert row["fine_tuning"]["memory_reserved_gib_after_step"] == [None, None]  # CUDA only
+        assert len(row["fine_tuning"]["padded_audio_s"]) == 2 and all(
+            0.5 <= s <= 30 for s in row["fine_tuning"]["padded_audio_s"]
+        )
         assert row["fine_tuning"]["peak_memory_allocated_gib"] is None  # measured on CUDA only
         rates = row["frozen_extraction"]["utterances_per_s"]
         assert row["frozen_extraction"]["utterances"] == 3 and set(rates) == {"audio", "text", "both"}
