@@ -52,6 +52,20 @@ def preprocessing_rows(payload, path):
     yield f"| decode + resample 44.1 kHz + processor | {r['pipeline_44k_utterances_per_s_per_core']:,.1f} | |"
 
 
+def gpu_rows(payload, path):
+    s = payload["settings"]
+    for shape, row in payload["results"].items():
+        tuning, rates = row["fine_tuning"], row["frozen_extraction"]["utterances_per_s"]
+        peak, gpu = tuning["peak_memory_allocated_gib"], payload["machine"].get("gpu", "no GPU")
+        yield (
+            f"| {run_label(payload, path)}, {gpu} | {shape} ({s['weights']} weights) "
+            f"| {tuning['parameters'] / 1e6:.1f} M | batch {s['batch_size']}, {s['dtype']} | {tuning['step_s']['n']} "
+            f"| {tuning['step_s']['median']:.3f} ({tuning['step_s']['iqr']:.3f}) | {tuning['utterances_per_s']:.3g} "
+            f"| {tuning['utterances_per_s_at_median_step']:.3g} | {'-' if peak is None else f'{peak:.2f}'} "
+            f"| {rates['audio']:.3g} / {rates['text']:.3g} / {rates['both']:.3g} |"
+        )
+
+
 TABLES = {
     "bench_train_step.py": (
         "| run | pairs | FDRL step s, median (IQR) | backbones-only step s | paired ratio FDRL / backbones (IQR) "
@@ -62,6 +76,12 @@ TABLES = {
     "bench_inference.py": (
         "| run | latency median ms | latency p90 ms | utterances/s by batch size |\n|---|---|---|---|",
         inference_rows,
+    ),
+    "bench_gpu.py": (
+        "| run | shape | parameters | step | timed steps | step s, median (IQR) | utterances/s (all steps) "
+        "| utterances/s (median step) | peak GiB allocated | frozen extraction utterances/s: audio / text / both "
+        "|\n|---|---|---|---|---|---|---|---|---|---|",
+        gpu_rows,
     ),
     "bench_preprocessing.py": (
         "| stage (one core) | utterances/s, median (IQR) | ms per utterance |\n|---|---|---|",

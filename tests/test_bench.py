@@ -121,8 +121,13 @@ def test_the_benchmark_times_the_protocols_own_baseline():
 
 def test_results_table_renders_committed_results():
     tables = importlib.import_module("results_table").render(REPO / "bench" / "results")
-    for script in ("bench_train_step.py", "bench_inference.py", "bench_preprocessing.py"):
+    for script in ("bench_train_step.py", "bench_inference.py", "bench_preprocessing.py", "bench_gpu.py"):
         assert f"### {script}" in tables
+    # the GPU run: a row per shape, with its figures as the JSON holds them
+    gpu = json.loads((REPO / "bench" / "results" / "gpu_cuda.json").read_text())["results"]
+    rows = [line for line in tables.split("### bench_gpu.py")[1].splitlines() if line.startswith("| `gpu_cuda.json`")]
+    assert [row.split(" | ")[1].split()[0] for row in rows] == list(gpu) == ["paper", "whisper_minilm"]
+    assert f"{gpu['paper']['fine_tuning']['utterances_per_s']:.3g}" in rows[0].split(" | ")
 
 
 def test_protocol_old_and_new_revision(tmp_path):
