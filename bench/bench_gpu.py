@@ -46,7 +46,19 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=8, help="Utterances per fine-tuning step (paper: 8).")
     parser.add_argument("--steps", type=int, default=20, help="Timed fine-tuning steps per shape.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first (allocator, AdamW state).")
-    parser.add_argument("--extraction_utterances", type=int, default=200, help="Utterances of the extraction rate.")
+    parser.add_argument(
+        "--extraction_utterances", type=int, default=200, help="Utterances of the extraction rate (0: not measured)."
+    )
+    parser.add_argument(
+        "--pad_to_multiple_of_s",
+        type=float,
+        default=None,
+        help="Pad each fine-tuning batch's audio further, with zeros and a zero mask as the processor pads, to a "
+        "multiple of this many seconds: fewer distinct input shapes.",
+    )
+    parser.add_argument(
+        "--no_cudnn", action="store_true", help="torch.backends.cudnn.enabled = False (a diagnostic, not a setting)."
+    )
     parser.add_argument("--pretrained_dir", default=str(common.REPO / "pretrained"), help="`make pretrained`'s.")
     parser.add_argument(
         "--weights",
@@ -137,6 +149,8 @@ def fine_tuning(model, processor, args, device, dtype, rng):
     collator = FDRLDataCollator(processor, 128)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batches = [collator(utterances(rng, args.batch_size)) for _ in range(args.warmup + args.steps)]
+    if args.pad_to_multiple_of_s:
+        batches = [pad_audio(batch, args.pad_to_multiple_of_s) for batch in batches]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, reserved = [], []
@@ -156,6 +170,25 @@ def fine_tuning(model, processor, args, device, dtype, rng):
         "padded_audio_s": [round(batch_seconds(batch), 3) for batch in batches[args.warmup :]],
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+def pad_audio(batch, multiple_s):
+    """`batch` with its audio padded at the end to a multiple of `multiple_s` seconds (Whisper: of mel frames), the
+    new positions zero and masked, as the processor pads to the longest utterance."""
+    key = "input_values" if "input_values" in batch else "input_features"
+    per_second = common.SAMPLING_RATE if key == "input_values" else 100
+    multiple = max(1, round(multiple_s * per_second))
+    length = batch[key].shape[-1]
+    extra = -length % multiple
+    if not extra:
+        return batch
+    batch = dict(batch)
+    batch[key] = torch.nn.functional.pad(batch[key], (0, extra))
+    if "audio_attention_mask" in batch:
+        mask = batch["audio_attention_mask"]
+        if mask.shape[-1] == length:
+            batch["audio_attention_mask"] = torch.nn.functional.pad(mask, (0, extra))
+    return batch
 
 
 def batch_seconds(batch):
@@ -185,6 +218,7 @@ def extraction(model, processor, args, device, dtype, rng):
 def main(argv=None):
     args = parse_args(argv)
     device, dtype, machine = common.start(args)
+    torch.backends.cudnn.enabled = not args.no_cudnn
     rng = np.random.default_rng(args.seed)
     results = {}
     for shape in args.shapes:
@@ -192,13 +226,16 @@ def main(argv=None):
         logger.info(f"{shape}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters on {device}")
         results[shape] = {
             "fine_tuning": fine_tuning(model, processor, args, device, dtype, rng),
-            "frozen_extraction": extraction(model, processor, args, device, dtype, rng),
+            "frozen_extraction": extraction(model, processor, args, device, dtype, rng)
+            if args.extraction_utterances
+            else None,
         }
-        row = results[shape]
+        tuning, extracted = results[shape]["fine_tuning"], results[shape]["frozen_extraction"]
         logger.info(
-            f"{shape}: {row['fine_tuning']['utterances_per_s']:.3g} utterances/s fine-tuning, peak "
-            f"{row['fine_tuning']['peak_memory_allocated_gib']} GiB; extraction "
-            f"{row['frozen_extraction']['utterances_per_s']['both']:.3g} utterances/s"
+            f"{shape}: {tuning['utterances_per_s']:.3g} utterances/s fine-tuning "
+            f"({tuning['utterances_per_s_at_median_step']:.3g} at the median step), peak "
+            f"{tuning['peak_memory_allocated_gib']} GiB; extraction "
+            + (f"{extracted['utterances_per_s']['both']:.3g} utterances/s" if extracted else "not measured")
         )
         del model
         if device.type == "cuda":

@@ -55,14 +55,24 @@ def preprocessing_rows(payload, path):
 def gpu_rows(payload, path):
     s = payload["settings"]
     for shape, row in payload["results"].items():
-        tuning, rates = row["fine_tuning"], row["frozen_extraction"]["utterances_per_s"]
+        tuning, extracted = row["fine_tuning"], row["frozen_extraction"]
+        rates = (
+            "-"
+            if extracted is None
+            else "{audio:.3g} / {text:.3g} / {both:.3g}".format(**extracted["utterances_per_s"])
+        )
+        step = f"batch {s['batch_size']}, {s['dtype']}"
+        if s.get("pad_to_multiple_of_s"):
+            step += f", audio padded to {s['pad_to_multiple_of_s']:g} s multiples"
+        if s.get("no_cudnn"):
+            step += ", cuDNN off"
         peak, gpu = tuning["peak_memory_allocated_gib"], payload["machine"].get("gpu", "no GPU")
         yield (
             f"| {run_label(payload, path)}, {gpu} | {shape} ({s['weights']} weights) "
-            f"| {tuning['parameters'] / 1e6:.1f} M | batch {s['batch_size']}, {s['dtype']} | {tuning['step_s']['n']} "
+            f"| {tuning['parameters'] / 1e6:.1f} M | {step} | {tuning['step_s']['n']} "
             f"| {tuning['step_s']['median']:.3f} ({tuning['step_s']['iqr']:.3f}) | {tuning['utterances_per_s']:.3g} "
             f"| {tuning['utterances_per_s_at_median_step']:.3g} | {'-' if peak is None else f'{peak:.2f}'} "
-            f"| {rates['audio']:.3g} / {rates['text']:.3g} / {rates['both']:.3g} |"
+            f"| {rates} |"
         )
 
 

@@ -204,6 +204,21 @@ def test_gpu_script_dry_run(tmp_path):
     assert all_finite(payload["results"])
 
 
+def test_gpu_script_pads_audio_to_a_multiple():
+    """`--pad_to_multiple_of_s`: 93,044 samples -> 96,000 (6 s at 16 kHz), the new positions zero and masked; mel
+    frames pad in hundreds; a batch already on a multiple is returned as it is."""
+    pad_audio = importlib.import_module("bench_gpu").pad_audio
+    batch = {"input_values": torch.ones(2, 93_044), "audio_attention_mask": torch.ones(2, 93_044, dtype=torch.long)}
+    padded = pad_audio(batch, 2.0)
+    assert padded["input_values"].shape == padded["audio_attention_mask"].shape == (2, 96_000)
+    assert padded["input_values"][:, 93_044:].abs().sum() == 0 and padded["audio_attention_mask"].sum() == 2 * 93_044
+    assert batch["input_values"].shape == (2, 93_044)  # the caller's batch is left as it was
+    whisper = {"input_features": torch.ones(2, 80, 450), "audio_attention_mask": torch.ones(2, 450)}
+    assert pad_audio(whisper, 1.0)["input_features"].shape == (2, 80, 500)
+    assert pad_audio(whisper, 1.0)["audio_attention_mask"].sum() == 900
+    assert pad_audio(padded, 2.0) is padded
+
+
 @pretrained
 def test_gpu_script_random_weights_have_the_pretrained_shapes(pretrained_dir):  # noqa: F811
     """`--weights random` (for a machine the weights cannot travel to) builds Whisper-base + MiniLM with exactly the
