@@ -115,6 +115,37 @@ def test_official_splits_have_the_shape_of_a_fold():
         official_splits(empty)
 
 
+def test_a_fold_with_an_empty_validation_split_is_named_not_a_datasets_error():
+    """2 training utterances and --validation_fraction 0.1 leave no validation utterance: the error says which
+    split and what to raise (it was datasets' "Failed to concatenate on axis=1", from adding `length`)."""
+    from fdrl.data.corpus import fold_splits
+
+    def session(number, labels, ends):  # as the IEMOCAP builder gives them: one split per session
+        return datasets.Dataset.from_dict(
+            {
+                "id": [f"s{number}/{i}" for i in range(len(labels))],
+                "text": ["x"] * len(labels),
+                "label": labels,
+                "session": [number] * len(labels),
+                "start": [0.0] * len(labels),
+                "end": ends,
+            }
+        )
+
+    # session 1: two of each class; session 2 is the test session
+    sessions = datasets.DatasetDict(
+        {
+            "session1": session(1, [0, 0, 1, 1, 2, 2], [1.0, 1.5, 2.0, 2.5, 3.0, 3.5]),
+            "session2": session(2, [0, 1], [2.5, 3.0]),
+        }
+    )
+    with pytest.raises(ValueError, match=r"the validation split is empty \(raise --validation_fraction\)$"):
+        fold_splits(sessions, test_session=2, validation_fraction=0.1, seed=0)  # round(2 x 0.1) = 0 per class
+    splits = fold_splits(sessions, test_session=2, validation_fraction=0.5, seed=0)
+    assert [len(splits[name]) for name in ("train", "validation", "test")] == [3, 3, 2]
+    assert splits["test"]["length"][:] == [40000, 48000]  # (end - start) x 16 kHz
+
+
 def test_the_official_train_split_must_hold_every_class():
     from fdrl.data.corpus import OFFICIAL, check_training_classes, corpus_folds
 

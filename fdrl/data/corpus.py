@@ -182,10 +182,9 @@ def fold_splits(data, test_session, validation_fraction, seed):
         splits = official_splits(data)
     else:
         splits = leave_one_session_out(data, test_session, validation_fraction=validation_fraction, seed=seed)
-    splits = type(splits)(
-        {name: add_length_column(drop_empty_transcripts(split, name)) for name, split in splits.items()}
-    )
-    _check_not_empty(splits, test_session)
+    splits = type(splits)({name: drop_empty_transcripts(split, name) for name, split in splits.items()})
+    _check_not_empty(splits, test_session)  # before `length`: datasets cannot add a column to an empty split
+    splits = type(splits)({name: add_length_column(split) for name, split in splits.items()})
     ids = {name: set(split["id"][:]) for name, split in splits.items()}
     if ids["test"] & (ids["train"] | ids["validation"]):
         raise RuntimeError(f"{fold_title(test_session)}: the test split leaked into training or validation")
