@@ -333,6 +333,7 @@ class FDRLProcessor(ProcessorMixin):
         padding=True,
         max_duration=None,
         return_tensors="pt",
+        audio_pad_to_multiple_of_s=None,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -353,6 +354,11 @@ class FDRLProcessor(ProcessorMixin):
                 Truncation in seconds for this call; defaults to `self.max_duration`. `float("inf")` disables it.
             return_tensors (`str` or [`~utils.TensorType`], *optional*, defaults to `"pt"`):
                 `"pt"`, `"np"`, or `None` for lists.
+            audio_pad_to_multiple_of_s (`float`, *optional*):
+                Pad the batch's audio further, to a multiple of this many seconds (with padding `True`/`"longest"`
+                only; Whisper's windows, already whole seconds, to a multiple of this whole number of seconds, at
+                most 30 s). Fewer distinct input shapes make GPU training steps faster; more padding changes what
+                a backbone that normalises over time (wav2vec2-base's group norm) computes for the shorter items.
             kwargs (`dict[str, Any]`, *optional*):
                 Passed to the tokenizer, e.g. `truncation=True, max_length=128`.
 
@@ -365,6 +371,7 @@ class FDRLProcessor(ProcessorMixin):
             raise ValueError("You have to pass audio, text, or both; got neither")
         if padding not in PADDING_STRATEGIES:
             raise ValueError(f"padding must be one of {PADDING_STRATEGIES}, got {padding!r}")
+        multiple = self._pad_multiple(audio_pad_to_multiple_of_s, padding)
         texts = _as_text_batch(text) if text is not None else None
         audio_items = self._prepare_audio(audio, sampling_rate, max_duration) if audio is not None else None
         if audio_items is not None and texts is not None and len(audio_items) != len(texts):
@@ -376,7 +383,7 @@ class FDRLProcessor(ProcessorMixin):
         data = {}
         if audio_items is not None:
             extract = self._log_mel_features if self.audio_input_name == "input_features" else self._waveform_features
-            features = extract(audio_items, padding, return_tensors)
+            features = extract(audio_items, padding, return_tensors, multiple)
             data[self.audio_input_name] = features[self.audio_input_name]
             # the tokenizer also returns `attention_mask`: the model tells the two apart by name
             data["audio_attention_mask"] = features["attention_mask"]
@@ -398,27 +405,41 @@ class FDRLProcessor(ProcessorMixin):
             text_names.append("token_type_ids")
         return [self.audio_input_name, "audio_attention_mask"] + text_names
 
-    def _waveform_features(self, items, padding, return_tensors):
+    def _pad_multiple(self, seconds, padding):
+        """`audio_pad_to_multiple_of_s` checked, in the feature extractor's samples (None: no further padding)."""
+        if seconds is None:
+            return None
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+            raise ValueError(f"audio_pad_to_multiple_of_s must be a positive number of seconds, got {seconds!r}")
+        if padding not in (True, "longest"):
+            raise ValueError(f"audio_pad_to_multiple_of_s pads a batch: it needs padding=True, got {padding!r}")
+        if self.audio_input_name == "input_features" and seconds != int(seconds):
+            raise ValueError(
+                f"audio_pad_to_multiple_of_s={seconds}: Whisper's windows are whole seconds, give a whole number"
+            )
+        return max(1, round(seconds * self.feature_extractor.sampling_rate))
+
+    def _waveform_features(self, items, padding, return_tensors, multiple=None):
         return self.feature_extractor(
             items,
             sampling_rate=self.feature_extractor.sampling_rate,
             padding=padding,
+            pad_to_multiple_of=multiple,
             return_attention_mask=True,
             return_tensors=return_tensors,
         )
 
-    def _log_mel_features(self, items, padding, return_tensors):
-        """Whisper's log-mel of each item padded to a whole second past its end (or the batch's longest item's)."""
+    def _log_mel_features(self, items, padding, return_tensors, multiple=None):
+        """Whisper's log-mel of each item padded to a whole second past its end (or the batch's longest item's), or
+        to a multiple of `multiple` samples (whole seconds)."""
         extractor = self.feature_extractor
         # The last real encoder frame reads mel frames up to two past the last real one (two kernel-3 convolutions),
         # each an n_fft window around its hop: with this many zeros after an item, none of them sees the window's end.
         margin = 2 * extractor.hop_length + extractor.n_fft // 2 + 1
+        step = multiple or extractor.sampling_rate
 
         def window(num_samples):  # whole seconds, at most the 30 s Whisper was trained on
-            return min(
-                math.ceil((num_samples + margin) / extractor.sampling_rate) * extractor.sampling_rate,
-                extractor.n_samples,
-            )
+            return min(math.ceil((num_samples + margin) / step) * step, extractor.n_samples)
 
         def extract(batch, length, tensors):
             return extractor(

@@ -85,6 +85,36 @@ def test_variable_length_batch_pads_to_longest_with_exact_masks(processor, token
     assert batch["token_type_ids"].eq(0).all()
 
 
+def test_audio_padded_to_a_multiple_of_seconds_keeps_every_sample_and_mask(processor):
+    """`audio_pad_to_multiple_of_s=0.5`: the longest item, 12,345 samples, pads to 16,000 (two 8,000-sample halves),
+    with the same samples and masks as padding to the longest, and zeros after; the text is untouched."""
+    lengths = [7000, 12345]
+    audio = [noise(n, seed=i) for i, n in enumerate(lengths)]
+    plain = processor(audio=audio, text=["happy", "sad"], sampling_rate=16000)
+    padded = processor(audio=audio, text=["happy", "sad"], sampling_rate=16000, audio_pad_to_multiple_of_s=0.5)
+    assert plain["input_values"].shape == (2, 12345) and padded["input_values"].shape == (2, 16000)
+    assert torch.equal(padded["input_values"][:, :12345], plain["input_values"])
+    assert padded["input_values"][:, 12345:].eq(0).all() and padded["audio_attention_mask"][:, 12345:].eq(0).all()
+    assert padded["audio_attention_mask"].sum(dim=1).tolist() == lengths
+    assert torch.equal(padded["input_ids"], plain["input_ids"])
+    exact = processor(audio=noise(16000), sampling_rate=16000, audio_pad_to_multiple_of_s=1)  # already a multiple
+    assert exact["input_values"].shape == (1, 16000)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"audio_pad_to_multiple_of_s": 0}, "audio_pad_to_multiple_of_s must be a positive number of seconds, got 0"),
+        ({"audio_pad_to_multiple_of_s": "1"}, "positive number of seconds, got '1'"),
+        ({"audio_pad_to_multiple_of_s": float("nan")}, "positive number of seconds, got nan"),
+        ({"audio_pad_to_multiple_of_s": 1, "padding": False, "return_tensors": None}, "needs padding=True"),
+    ],
+)
+def test_bad_pad_multiple_is_refused_naming_the_argument(processor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        processor(audio=noise(800), sampling_rate=16000, **kwargs)
+
+
 def test_model_input_names_match_the_keys(processor):
     batch = processor(audio=noise(800), text="happy", sampling_rate=16000)
     assert set(processor.model_input_names) == set(batch.keys())

@@ -503,6 +503,10 @@ def test_the_shipped_argument_files_stack_on_the_base(tmp_path, monkeypatch):
         (["--folds", "1", "--alpha", "-1"], "--alpha must be a non-negative number, got -1"),
         (["--folds", "1", "--systems", "S0", "S9"], r"unknown system\(s\) \['S9'\]"),
         (["--folds", "1", "--local_weights", "guess"], "--local_weights must be one of"),
+        (
+            ["--folds", "1", "--audio_pad_to_multiple_of_s", "0"],
+            "--audio_pad_to_multiple_of_s must be a positive number of seconds, got 0.0",
+        ),
     ],
 )
 def test_bad_arguments_fail_before_anything_is_loaded(corpus, tmp_path, extra, message):

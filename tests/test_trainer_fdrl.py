@@ -46,6 +46,12 @@ def test_collator_batches_both_modalities_or_one():
         "audio_attention_mask",
         "labels",
     }
+    # padded to whole seconds: 8,000 samples -> 16,000, the real samples and masks as before
+    padded = FDRLDataCollator(processor, audio_pad_to_multiple_of_s=1.0)(examples)
+    assert padded["input_values"].shape == (2, 16000) and padded["input_values"][:, 8000:].eq(0).all()
+    assert torch.equal(padded["input_values"][:, :8000], batch["input_values"])
+    assert padded["audio_attention_mask"].sum(1).tolist() == [8000, 4000]
+    assert torch.equal(FDRLDataCollator(processor, 128, ("text",), 1.0)(examples)["input_ids"], batch["input_ids"])
     broken = dict(examples[0], id="Ses01F_impro01_F000", audio={"sampling_rate": 16000})
     with pytest.raises(ValueError, match="Ses01F_impro01_F000"):
         FDRLDataCollator(processor)([broken])

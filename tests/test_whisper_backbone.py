@@ -102,6 +102,23 @@ def test_processor_gives_log_mel_padded_to_whole_seconds_not_30():
     assert long["input_features"].shape == (1, 80, 3000) and long["audio_attention_mask"].sum() == 3000  # 30 s
 
 
+def test_whisper_windows_pad_to_a_multiple_of_whole_seconds():
+    """The 2.2 s clip's 3 s window becomes 4 s with `audio_pad_to_multiple_of_s=2`, 30 s stays the cap, the masks
+    keep 100 real frames a second, and half seconds are refused: Whisper's windows are whole seconds."""
+    processor = _processor()
+    batch = processor(audio=_clips(), sampling_rate=16000, audio_pad_to_multiple_of_s=2)
+    assert batch["input_features"].shape == (4, 80, 400)
+    assert batch["audio_attention_mask"].sum(1).tolist() == [70, 130, 220, 40]
+    plain = processor(audio=_clips(), sampling_rate=16000)
+    for i, frames in enumerate([70, 130, 220, 40]):  # every real frame as without the extra second
+        assert torch.equal(batch["input_features"][i, :, :frames], plain["input_features"][i, :, :frames])
+    long = _clips([29 * 16000])[0]
+    capped = processor(audio=long, sampling_rate=16000, max_duration=float("inf"), audio_pad_to_multiple_of_s=7)
+    assert capped["input_features"].shape == (1, 80, 3000)  # 35 s would be past Whisper's 30
+    with pytest.raises(ValueError, match="Whisper's windows are whole seconds, give a whole number"):
+        processor(audio=_clips(), sampling_rate=16000, audio_pad_to_multiple_of_s=0.5)
+
+
 def test_unpadded_items_each_get_their_own_window():
     batch = _processor()(audio=_clips(), sampling_rate=16000, padding=False, return_tensors=None)
     assert [np.asarray(f).shape[-1] for f in batch["input_features"]] == [100, 200, 300, 100]

@@ -148,6 +148,14 @@ class DataArguments:
     )
     strip_tags: bool = field(default=False, metadata={"help": "Remove tags such as [LAUGHTER] from transcripts."})
     max_text_length: int = field(default=128, metadata={"help": "Transcripts are truncated to this many tokens."})
+    audio_pad_to_multiple_of_s: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "When fine-tuning: pad each batch's audio to a multiple of this many seconds (Whisper: a whole "
+            "number). On a GPU, fewer distinct input shapes make steps faster; see the README. Not used by the "
+            "frozen protocol, whose backbones see one utterance at a time."
+        },
+    )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "The datasets cache folder."})
     rebuild_cache: bool = field(default=False, metadata={"help": "Rebuild the dataset cache even if it looks current."})
     test_transcripts: Optional[str] = field(
@@ -184,6 +192,9 @@ class DataArguments:
             raise FileNotFoundError(f"--test_transcripts {self.test_transcripts} does not exist or is not a file")
         if self.max_text_length < 2:
             raise ValueError(f"--max_text_length must be at least 2, got {self.max_text_length}")
+        multiple = self.audio_pad_to_multiple_of_s
+        if multiple is not None and not 0 < multiple < float("inf"):
+            raise ValueError(f"--audio_pad_to_multiple_of_s must be a positive number of seconds, got {multiple}")
 
 
 def _labels_argument(value):

@@ -210,7 +210,12 @@ def train_system(system, context, fold, system_dir):
         args=system_args,
         train_dataset=fold.splits["train"],
         eval_dataset=fold.splits["validation"],
-        data_collator=FDRLDataCollator(fold.processor, context.data_args.max_text_length, system.modalities),
+        data_collator=FDRLDataCollator(
+            fold.processor,
+            context.data_args.max_text_length,
+            system.modalities,
+            context.data_args.audio_pad_to_multiple_of_s,
+        ),
         compute_metrics=system.metrics(label_names),
         callbacks=system_callbacks(system_args, frozen),
     )

@@ -231,12 +231,14 @@ class FDRLDataCollator:
 
     Examples carry `audio` (a decoded `datasets.Audio` value: `{"array", "sampling_rate"}` or a decoder), `text`
     and `label`; or, for heads trained on cached backbone outputs, `pooled_audio` and `pooled_text` vectors.
-    `modalities` limits the work to what a single-modality model reads.
+    `modalities` limits the work to what a single-modality model reads. `audio_pad_to_multiple_of_s` pads each
+    batch's audio to a multiple of that many seconds (`FDRLProcessor.__call__`).
     """
 
     processor: Any = None
     max_text_length: int = 128
     modalities: tuple = ("audio", "text")
+    audio_pad_to_multiple_of_s: Optional[float] = None
 
     def __call__(self, examples):
         if "pooled_audio" in examples[0]:
@@ -254,7 +256,11 @@ class FDRLDataCollator:
         kwargs = {}
         if "audio" in self.modalities:
             arrays, rates = zip(*(decode_audio(ex["audio"], ex.get("id", i)) for i, ex in enumerate(examples)))
-            kwargs.update(audio=list(arrays), sampling_rate=list(rates))
+            kwargs.update(
+                audio=list(arrays),
+                sampling_rate=list(rates),
+                audio_pad_to_multiple_of_s=self.audio_pad_to_multiple_of_s,
+            )
         if "text" in self.modalities:
             kwargs.update(
                 text=[example["text"] for example in examples], truncation=True, max_length=self.max_text_length
