@@ -53,8 +53,8 @@ def parse_args(argv=None):
         "--pad_to_multiple_of_s",
         type=float,
         default=None,
-        help="Pad each fine-tuning batch's audio further, with zeros and a zero mask as the processor pads, to a "
-        "multiple of this many seconds: fewer distinct input shapes.",
+        help="Pad each fine-tuning batch's audio to a multiple of this many seconds (the collator's "
+        "audio_pad_to_multiple_of_s, as run_fdrl.py --audio_pad_to_multiple_of_s): fewer distinct input shapes.",
     )
     parser.add_argument(
         "--no_cudnn", action="store_true", help="torch.backends.cudnn.enabled = False (a diagnostic, not a setting)."
@@ -146,11 +146,9 @@ def fine_tuning(model, processor, args, device, dtype, rng):
     from fdrl.training.trainer import FDRLDataCollator
 
     model.to(device).train()
-    collator = FDRLDataCollator(processor, 128)
+    collator = FDRLDataCollator(processor, 128, audio_pad_to_multiple_of_s=args.pad_to_multiple_of_s)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batches = [collator(utterances(rng, args.batch_size)) for _ in range(args.warmup + args.steps)]
-    if args.pad_to_multiple_of_s:
-        batches = [pad_audio(batch, args.pad_to_multiple_of_s) for batch in batches]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, reserved = [], []
@@ -170,25 +168,6 @@ def fine_tuning(model, processor, args, device, dtype, rng):
         "padded_audio_s": [round(batch_seconds(batch), 3) for batch in batches[args.warmup :]],
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-
-
-def pad_audio(batch, multiple_s):
-    """`batch` with its audio padded at the end to a multiple of `multiple_s` seconds (Whisper: of mel frames), the
-    new positions zero and masked, as the processor pads to the longest utterance."""
-    key = "input_values" if "input_values" in batch else "input_features"
-    per_second = common.SAMPLING_RATE if key == "input_values" else 100
-    multiple = max(1, round(multiple_s * per_second))
-    length = batch[key].shape[-1]
-    extra = -length % multiple
-    if not extra:
-        return batch
-    batch = dict(batch)
-    batch[key] = torch.nn.functional.pad(batch[key], (0, extra))
-    if "audio_attention_mask" in batch:
-        mask = batch["audio_attention_mask"]
-        if mask.shape[-1] == length:
-            batch["audio_attention_mask"] = torch.nn.functional.pad(mask, (0, extra))
-    return batch
 
 
 def batch_seconds(batch):

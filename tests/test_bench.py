@@ -204,19 +204,18 @@ def test_gpu_script_dry_run(tmp_path):
     assert all_finite(payload["results"])
 
 
-def test_gpu_script_pads_audio_to_a_multiple():
-    """`--pad_to_multiple_of_s`: 93,044 samples -> 96,000 (6 s at 16 kHz), the new positions zero and masked; mel
-    frames pad in hundreds; a batch already on a multiple is returned as it is."""
-    pad_audio = importlib.import_module("bench_gpu").pad_audio
-    batch = {"input_values": torch.ones(2, 93_044), "audio_attention_mask": torch.ones(2, 93_044, dtype=torch.long)}
-    padded = pad_audio(batch, 2.0)
-    assert padded["input_values"].shape == padded["audio_attention_mask"].shape == (2, 96_000)
-    assert padded["input_values"][:, 93_044:].abs().sum() == 0 and padded["audio_attention_mask"].sum() == 2 * 93_044
-    assert batch["input_values"].shape == (2, 93_044)  # the caller's batch is left as it was
-    whisper = {"input_features": torch.ones(2, 80, 450), "audio_attention_mask": torch.ones(2, 450)}
-    assert pad_audio(whisper, 1.0)["input_features"].shape == (2, 80, 500)
-    assert pad_audio(whisper, 1.0)["audio_attention_mask"].sum() == 900
-    assert pad_audio(padded, 2.0) is padded
+def test_gpu_script_pads_audio_to_a_multiple(tmp_path):
+    """`--pad_to_multiple_of_s` goes to the training collator: every batch's padded duration is a whole number of
+    seconds (waveform samples and Whisper's mel frames alike), and at least the unpadded one."""
+    bench_gpu = importlib.import_module("bench_gpu")
+    plain = bench_gpu.main(["--dry_run", "--output", str(tmp_path / "plain.json")])["results"]
+    argv = ["--dry_run", "--pad_to_multiple_of_s", "1", "--output", str(tmp_path / "padded.json")]
+    padded = bench_gpu.main(argv)["results"]
+    for shape in ("paper", "whisper_minilm"):
+        before, after = plain[shape]["fine_tuning"]["padded_audio_s"], padded[shape]["fine_tuning"]["padded_audio_s"]
+        assert all(seconds == int(seconds) for seconds in after) and len(after) == 2
+        assert all(b <= a < b + 1 for b, a in zip(before, after))
+    assert any(seconds != int(seconds) for seconds in plain["paper"]["fine_tuning"]["padded_audio_s"])
 
 
 @pretrained
