@@ -3,6 +3,8 @@ cache that a changed backbone or changed data never reads."""
 
 import json
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import datasets
@@ -10,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import tiny_fdrl_config
+from conftest import REPO, tiny_fdrl_config
 from fdrl.data.corpus import fold_splits
 from fdrl.data.iemocap import load_iemocap
 from fdrl.training.features import cached_pooled_features
@@ -162,3 +164,34 @@ def test_the_weights_hash_reads_each_tensors_buffer_as_the_bytes_it_holds():
     changed = hashlib.sha256()
     _hash_module(changed, module)
     assert changed.hexdigest() != digest.hexdigest()
+
+
+def test_the_cache_key_names_the_cpus_instruction_set(tmp_path):
+    """Vectors extracted with AVX-512 and with AVX2 kernels differ in their last bits, so the same backbone,
+    processor and settings get one cache file per instruction set torch dispatches on, and the same file again in
+    another process on the same one."""
+    script = tmp_path / "key.py"
+    script.write_text(
+        "import torch\n"
+        "from fdrl.training.features import feature_key\n"
+        "from processing_fdrl import FDRLProcessor\n"
+        "torch.manual_seed(0)\n"
+        "processor = FDRLProcessor.from_texts(['a happy day', 'a sad day'], vocab_size=40)\n"
+        "from transformers import BertConfig, BertModel\n"
+        "sizes = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=40)\n"
+        "key = feature_key('text', BertModel(BertConfig(**sizes)), processor, [1], 1)\n"
+        "print(torch.backends.cpu.get_cpu_capability(), key)\n"
+    )
+
+    def key(capability):
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+        env.update({"PYTHONPATH": str(REPO), **({"ATEN_CPU_CAPABILITY": capability} if capability else {})})
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+        return tuple(out.stdout.split())
+
+    default, again = key("default"), key("default")
+    assert default[0] == "DEFAULT" and again == default and len(default[1]) == 32
+    native = key(None)  # the CPU's own
+    if native[0] == "DEFAULT":
+        pytest.skip("this CPU has no vector instruction set beyond torch's default kernels")
+    assert native[1] != default[1]

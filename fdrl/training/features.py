@@ -71,9 +71,11 @@ def _audio_signatures(split):
 
 def feature_key(modality, backbone, processor, settings, threads=None):
     """The cache file of one modality: its backbone's weights, config and attention kernel, its half of the
-    processor, the settings that shape the vectors, and the torch thread count they are extracted with (`threads`,
-    default torch's: it changes how reductions are summed, hence the last bits). Nothing about which utterances, or
-    in which order: rows are keyed one by one (`row_keys`)."""
+    processor, the settings that shape the vectors, and what sets their last bits: the torch thread count they are
+    extracted with (`threads`, default torch's: it changes how reductions are summed), the torch version and the
+    CPU's vector instruction set as torch dispatches on it (`torch.backends.cpu.get_cpu_capability()`: AVX-512 and
+    AVX2 kernels round differently), so a cache folder shared by machines of two kinds never mixes their vectors.
+    Nothing about which utterances, or in which order: rows are keyed one by one (`row_keys`)."""
     digest = hashlib.sha256(modality.encode())
     _hash_module(digest, backbone)
     if modality == "audio":
@@ -86,7 +88,8 @@ def feature_key(modality, backbone, processor, settings, threads=None):
                 {k: v for k, v in tokenizer.items() if k not in ("truncation", "padding")}, sort_keys=True
             ).encode()
         )
-    digest.update(json.dumps([settings, threads or torch.get_num_threads()], default=str).encode())
+    machine = [torch.__version__, torch.backends.cpu.get_cpu_capability()]
+    digest.update(json.dumps([settings, threads or torch.get_num_threads(), machine], default=str).encode())
     return digest.hexdigest()[:32]
 
 
