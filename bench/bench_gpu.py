@@ -161,7 +161,7 @@ def fine_tuning(model, processor, args, device, dtype, rng):
     return {
         "step_s": common.summarize(times),
         "utterances_per_s": args.batch_size * len(times) / sum(times),
-        # the steady state without the steps that grow the allocator's cache for a new longest batch
+        # the steady state without the few slow steps (on the H200: those whose padded length was new)
         "utterances_per_s_at_median_step": args.batch_size / float(np.median(times)),
         "peak_memory_allocated_gib": peak,
         "memory_reserved_gib_after_step": reserved,
