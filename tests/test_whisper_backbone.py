@@ -119,6 +119,28 @@ def test_whisper_windows_pad_to_a_multiple_of_whole_seconds():
         processor(audio=_clips(), sampling_rate=16000, audio_pad_to_multiple_of_s=0.5)
 
 
+def test_a_fractional_padding_multiple_is_refused_for_whisper_when_the_arguments_are_parsed(tmp_path):
+    """Before any data is read (not at the first training batch); a whole number passes, and a wav2vec2 backbone
+    takes fractions."""
+    from fdrl.training.arguments import parse_arguments
+
+    tiny_whisper_config().save_pretrained(tmp_path / "whisper")
+    tiny_audio_config().save_pretrained(tmp_path / "wav2vec2")
+
+    def parse(audio_model, multiple):
+        return parse_arguments(
+            ["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--folds", "1"]
+            + ["--audio_model", str(tmp_path / audio_model), "--text_model", str(tmp_path / "text")]
+            + ["--audio_pad_to_multiple_of_s", str(multiple)]
+        )
+
+    with pytest.raises(ValueError, match=r"--audio_pad_to_multiple_of_s 0\.5: the speech backbone is Whisper"):
+        parse("whisper", 0.5)
+    assert parse("whisper", 2)[1].audio_pad_to_multiple_of_s == 2.0
+    assert parse("wav2vec2", 0.5)[1].audio_pad_to_multiple_of_s == 0.5
+    assert not (tmp_path / "out").exists()
+
+
 def test_unpadded_items_each_get_their_own_window():
     batch = _processor()(audio=_clips(), sampling_rate=16000, padding=False, return_tensors=None)
     assert [np.asarray(f).shape[-1] for f in batch["input_features"]] == [100, 200, 300, 100]

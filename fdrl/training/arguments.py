@@ -212,6 +212,23 @@ def check_folds(data_args, training_args):
         raise ValueError(FOLDS_NEEDED)
 
 
+def check_audio_padding(model_args, data_args):
+    """`--audio_pad_to_multiple_of_s` with a Whisper speech backbone must be a whole number of seconds (its windows
+    are), checked now rather than at the first training batch (`FDRLProcessor`); only a fractional value needs the
+    backbone's config read."""
+    multiple = data_args.audio_pad_to_multiple_of_s
+    if multiple is None or multiple == int(multiple):
+        return
+    from fdrl.data.validation import audio_config_of
+    from modeling_fdrl import speech_backbone
+
+    if speech_backbone(audio_config_of(model_args)).input_name == "input_features":
+        raise ValueError(
+            f"--audio_pad_to_multiple_of_s {multiple}: the speech backbone is Whisper, whose windows are whole "
+            f"seconds; give a whole number"
+        )
+
+
 ARGUMENT_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
@@ -255,7 +272,8 @@ def parse_arguments(argv=None):
         args=argument_files_as_flags(files) + argv
     )
     check_folds(data_args, training_args)
+    check_audio_padding(model_args, data_args)
     return model_args, data_args, training_args
 
 
-__all__ = ["CONFIG_FIELDS", "DataArguments", "ModelArguments", "check_folds", "parse_arguments"]
+__all__ = ["CONFIG_FIELDS", "DataArguments", "ModelArguments", "check_audio_padding", "check_folds", "parse_arguments"]
