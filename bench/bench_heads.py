@@ -82,15 +82,42 @@ def timers(parts):
             setattr(owner, name, original)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--system", default="S0", help="The FDRL system to time (S0-S6).")
+def add_system_arguments(parser):
+    """The arguments naming one FDRL system's run on cached features (`system_on_cached_features`)."""
+    parser.add_argument("--system", default="S0", help="The FDRL system (S0-S6).")
     parser.add_argument("--fold", default="1", help="Its test session.")
     parser.add_argument(
         "--config", nargs="+", default=["examples/base.yaml", "examples/demo.yaml"], help="run_fdrl.py's files."
     )
     parser.add_argument("--tiny", action="store_true", help="The tiny preset on --data_dir, 2 epochs (smoke test).")
     parser.add_argument("--data_dir", default=None, help="The corpus (default: the files').")
+
+
+def system_on_cached_features(args, workdir, extra_flags=()):
+    """`run(name)`, which runs `args.system` on fold `args.fold` in this process as `run_fdrl.py` runs it (one torch
+    thread) into `workdir/name`, once an untimed run (made here) has filled a feature cache in `workdir`."""
+    from bench_protocol import TINY_BASE
+
+    import run_fdrl
+
+    torch.set_num_threads(1)  # as make demo and the --parallel_runs workers train
+    files = [str(common.REPO / path) for path in args.config]
+    if args.tiny:
+        tiny = Path(workdir) / "tiny.yaml"
+        tiny.write_text(yaml.safe_dump({**TINY_BASE, "data_dir": str(Path(args.data_dir).resolve())}))
+        files = [str(tiny), str(common.REPO / "examples/demo.yaml")]
+    flags = ["--systems", args.system, "--folds", args.fold, "--parallel_runs", "1", "--protocol_progress", "false"]
+    flags += ["--feature_cache_dir", f"{workdir}/features", *extra_flags]
+    if args.data_dir:
+        flags += ["--data_dir", str(Path(args.data_dir).resolve())]
+    logger.info("untimed run: fills the feature cache")
+    run_fdrl.main([*files, *flags, "--output_dir", f"{workdir}/warmup"])
+    return lambda name: run_fdrl.main([*files, *flags, "--output_dir", f"{workdir}/{name}"])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_system_arguments(parser)
     parser.add_argument("--output", default=None, help="JSON path (default: bench/results/heads_cpu.json).")
     return parser.parse_args(argv)
 
@@ -98,28 +125,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     common.setup_logging()
-    torch.set_num_threads(1)  # as make demo and the --parallel_runs workers train
-    from bench_protocol import TINY_BASE
-
-    import run_fdrl
-
     machine = common.machine_info(torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="fdrl-bench-heads-") as workdir:
-        files = [str(common.REPO / path) for path in args.config]
-        if args.tiny:
-            tiny = Path(workdir) / "tiny.yaml"
-            tiny.write_text(yaml.safe_dump({**TINY_BASE, "data_dir": str(Path(args.data_dir).resolve())}))
-            files = [str(tiny), str(common.REPO / "examples/demo.yaml")]
-        flags = ["--systems", args.system, "--folds", args.fold, "--parallel_runs", "1", "--protocol_progress", "false"]
-        flags += ["--feature_cache_dir", f"{workdir}/features"]
-        if args.data_dir:
-            flags += ["--data_dir", str(Path(args.data_dir).resolve())]
-        logger.info("untimed run: fills the feature cache")
-        run_fdrl.main([*files, *flags, "--output_dir", f"{workdir}/warmup"])
+        run = system_on_cached_features(args, workdir)
         logger.info(f"timed run: {args.system} on fold {args.fold}")
         start = time.perf_counter()
         with timers(_timed_parts()) as totals:
-            run_fdrl.main([*files, *flags, "--output_dir", f"{workdir}/timed"])
+            run("timed")
         wall = time.perf_counter() - start
     parts = {label: {"seconds": seconds, "calls": calls} for label, (seconds, calls) in totals.items()}
     system_s = parts["system"]["seconds"]

@@ -183,6 +183,24 @@ def test_heads_breakdown_on_a_tiny_run(tmp_path):
     assert results["figures_s"] == figures > 0
 
 
+def test_probe_solvers_replay_the_run_s_own_fits(tmp_path):
+    """Every transfer fit of a tiny S0 run is recorded and replayed: the shipped probe's replay gives the UARs the run
+    reported, and every solver replays each fit once per repeat."""
+    from iemocap_fixture import make_iemocap_fixture
+
+    corpus = make_iemocap_fixture(tmp_path / "corpus", sessions=(1, 2, 3), utterances_per_dialog=4, defects=False)
+    results = run_script("bench_probes", tmp_path, "--data_dir", str(corpus["data_dir"]), "--repeats", "2")
+    # 2 validation evaluations, the test and the last epoch's test, each with its two probes (a->t, t->a)
+    assert results["fits"] == 8 and results["replay_exact"] is True
+    shipped = results["solvers"]["lbfgs_warm"]
+    assert shipped["against_shipped"]["equal"] == 8 and shipped["against_shipped"]["max_abs_difference"] == 0.0
+    for row in results["solvers"].values():
+        assert len(row["seconds"]) == 2 and row["ms_per_fit"] > 0 and row["mean_iterations"] >= 1
+        assert 0 <= row["against_exact"]["equal"] <= 8 and 0 <= row["against_exact"]["max_abs_difference"] <= 1
+    with pytest.raises(ValueError, match="--repeats must be at least 1"):
+        importlib.import_module("bench_probes").main(["--repeats", "0"])
+
+
 def test_gpu_script_dry_run(tmp_path):
     output = tmp_path / "gpu.json"
     payload = importlib.import_module("bench_gpu").main(["--dry_run", "--output", str(output)])
