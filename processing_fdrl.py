@@ -409,14 +409,9 @@ class FDRLProcessor(ProcessorMixin):
         """`audio_pad_to_multiple_of_s` checked, in the feature extractor's samples (None: no further padding)."""
         if seconds is None:
             return None
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
-            raise ValueError(f"audio_pad_to_multiple_of_s must be a positive number of seconds, got {seconds!r}")
+        check_audio_pad_multiple(seconds, self.audio_input_name)
         if padding not in (True, "longest"):
             raise ValueError(f"audio_pad_to_multiple_of_s pads a batch: it needs padding=True, got {padding!r}")
-        if self.audio_input_name == "input_features" and seconds != int(seconds):
-            raise ValueError(
-                f"audio_pad_to_multiple_of_s={seconds}: Whisper's windows are whole seconds, give a whole number"
-            )
         return max(1, round(seconds * self.feature_extractor.sampling_rate))
 
     def _waveform_features(self, items, padding, return_tensors, multiple=None):
@@ -502,6 +497,16 @@ def _saved_text_config(pretrained_model_name_or_path, kwargs):
         return AutoConfig.for_model(text_config.pop("model_type"), **text_config)
     except (ValueError, KeyError, TypeError):  # not an FDRL config, or a backbone unknown here: AutoTokenizer decides
         return None
+
+
+def check_audio_pad_multiple(seconds, audio_input_name=None, name="audio_pad_to_multiple_of_s"):
+    """Refuse an `audio_pad_to_multiple_of_s` that is not a positive, finite number of seconds, or, for a Whisper
+    backbone (`audio_input_name` "input_features"), not a whole one: Whisper's windows are whole seconds. `name`
+    names the value in the error (`run_fdrl.py` checks its flag with this rule before any data is read)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+        raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+    if audio_input_name == "input_features" and seconds != int(seconds):
+        raise ValueError(f"{name}={seconds}: Whisper's windows are whole seconds, give a whole number")
 
 
 def _check_max_duration(max_duration):

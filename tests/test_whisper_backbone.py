@@ -134,7 +134,9 @@ def test_a_fractional_padding_multiple_is_refused_for_whisper_when_the_arguments
             + ["--audio_pad_to_multiple_of_s", str(multiple)]
         )
 
-    with pytest.raises(ValueError, match=r"--audio_pad_to_multiple_of_s 0\.5: the speech backbone is Whisper"):
+    with pytest.raises(
+        ValueError, match=r"--audio_pad_to_multiple_of_s=0\.5: Whisper's windows are whole seconds, give a whole number"
+    ):
         parse("whisper", 0.5)
     assert parse("whisper", 2)[1].audio_pad_to_multiple_of_s == 2.0
     assert parse("wav2vec2", 0.5)[1].audio_pad_to_multiple_of_s == 0.5

@@ -14,6 +14,7 @@ from transformers import HfArgumentParser
 from configuration_fdrl import FDRLConfig
 from fdrl.data.corpus import DATASETS, FOLDS_NEEDED, folds_refused
 from fdrl.data.labels import parse_labels
+from processing_fdrl import check_audio_pad_multiple
 
 from .trainer import FDRLTrainingArguments
 
@@ -21,6 +22,7 @@ from .trainer import FDRLTrainingArguments
 # Fields of FDRLConfig that are not settings a user passes on the command line.
 _NOT_ARGUMENTS = {"self", "kwargs", "audio_config", "text_config"}
 _DOC_ENTRY = re.compile(r"^ {8}(\w+) \(`([^`]+)`[^)]*\):(.*?)(?=^ {8}\w+ \(`|\Z)", re.M | re.S)
+PAD_MULTIPLE_FLAG = "--audio_pad_to_multiple_of_s"
 
 
 def _config_docs():
@@ -192,9 +194,8 @@ class DataArguments:
             raise FileNotFoundError(f"--test_transcripts {self.test_transcripts} does not exist or is not a file")
         if self.max_text_length < 2:
             raise ValueError(f"--max_text_length must be at least 2, got {self.max_text_length}")
-        multiple = self.audio_pad_to_multiple_of_s
-        if multiple is not None and not 0 < multiple < float("inf"):
-            raise ValueError(f"--audio_pad_to_multiple_of_s must be a positive number of seconds, got {multiple}")
+        if self.audio_pad_to_multiple_of_s is not None:  # the backbone's own rule: `check_audio_padding`
+            check_audio_pad_multiple(self.audio_pad_to_multiple_of_s, name=PAD_MULTIPLE_FLAG)
 
 
 def _labels_argument(value):
@@ -213,20 +214,15 @@ def check_folds(data_args, training_args):
 
 
 def check_audio_padding(model_args, data_args):
-    """`--audio_pad_to_multiple_of_s` with a Whisper speech backbone must be a whole number of seconds (its windows
-    are), checked now rather than at the first training batch (`FDRLProcessor`); only a fractional value needs the
-    backbone's config read."""
-    multiple = data_args.audio_pad_to_multiple_of_s
-    if multiple is None or multiple == int(multiple):
+    """`--audio_pad_to_multiple_of_s` under the processor's rule for the run's speech backbone (Whisper: whole
+    seconds), when the arguments are parsed rather than at the first training batch."""
+    if data_args.audio_pad_to_multiple_of_s is None:
         return
     from fdrl.data.validation import audio_config_of
     from modeling_fdrl import speech_backbone
 
-    if speech_backbone(audio_config_of(model_args)).input_name == "input_features":
-        raise ValueError(
-            f"--audio_pad_to_multiple_of_s {multiple}: the speech backbone is Whisper, whose windows are whole "
-            f"seconds; give a whole number"
-        )
+    input_name = speech_backbone(audio_config_of(model_args)).input_name
+    check_audio_pad_multiple(data_args.audio_pad_to_multiple_of_s, input_name, PAD_MULTIPLE_FLAG)
 
 
 ARGUMENT_FILE_SUFFIXES = (".json", ".yaml", ".yml")
