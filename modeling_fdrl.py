@@ -385,18 +385,44 @@ def stacked_discriminator_logits(discriminators, inputs, detach=False):
         weights = [w.detach() for w in weights]
     dense_weight, dense_bias, out_weight, out_bias = weights
     hidden = torch.baddbmm(dense_bias.unsqueeze(1), inputs, dense_weight.transpose(1, 2)).relu()
-    hidden = discriminators[0].dropout(hidden)
+    if len({d.dropout.p for d in discriminators}) == 1:
+        hidden = discriminators[0].dropout(hidden)
+    else:  # the alignment discriminators' dropout beside the modality discriminator's none
+        hidden = torch.stack([d.dropout(h) for d, h in zip(discriminators, hidden)])
     return torch.baddbmm(out_bias.unsqueeze(1), hidden, out_weight.transpose(1, 2))
 
 
+def stacked_modality_terms(groups, num_audio):
+    """`modality_terms` of several groups of modality discriminators from one batched call.
+
+    `groups`: per group, (its k discriminators, their inputs `(k, n, hidden)` with speech in the first `num_audio`
+    rows, their sample weights `(k, n)` or None). All groups' discriminators run at once
+    (`stacked_discriminator_logits`) and `modality_terms` once on all their logits, a group without sample weights
+    weighted by 1 (which leaves its sums as they are). A training step of FDRL has three such groups: G_d on S_i, the
+    local G_d^c on y_i^c S_i, GD on P_i; one call instead of three saves a forward and backward pass's worth of
+    small operations per group (frozen-feature training is bound by their number, not their size).
+    Returns per group (losses, summed per-sample losses, errors), each `(k,)`.
+    """
+    discriminators = [d for members, _, _ in groups for d in members]
+    inputs = torch.cat([rows for _, rows, _ in groups])
+    weights = torch.cat(
+        [rows.new_ones(rows.shape[:2], dtype=torch.float32) if w is None else w.float() for _, rows, w in groups]
+    )
+    terms = modality_terms(stacked_discriminator_logits(discriminators, inputs), num_audio, weights)
+    sizes = [len(members) for members, _, _ in groups]
+    return list(zip(*(values.split(sizes) for values in terms)))
+
+
 def orthogonality_loss(shared, private, mode="normalized"):
-    """||S^T P||_F^2 (eq. 10); "normalized": centred, rows L2-normalised, divided by d^2 (MISA)."""
+    """||S^T P||_F^2 (eq. 10); "normalized": centred, rows L2-normalised, divided by d^2 (MISA). `shared` and
+    `private` are `(n, d)`, or `(pairs, n, d)` for several pairs at once (S_a with P_a, S_t with P_t), whose losses
+    are summed."""
     shared, private = shared.float(), private.float()
     if mode == "normalized":
-        shared = F.normalize(shared - shared.mean(0, keepdim=True), dim=1, eps=1e-6)
-        private = F.normalize(private - private.mean(0, keepdim=True), dim=1, eps=1e-6)
-        return (shared.T @ private).pow(2).sum() / shared.shape[1] ** 2
-    return (shared.T @ private).pow(2).sum()
+        shared = F.normalize(shared - shared.mean(-2, keepdim=True), dim=-1, eps=1e-6)
+        private = F.normalize(private - private.mean(-2, keepdim=True), dim=-1, eps=1e-6)
+        return (shared.transpose(-1, -2) @ private).pow(2).sum() / shared.shape[-1] ** 2
+    return (shared.transpose(-1, -2) @ private).pow(2).sum()
 
 
 def a_distance(errors, count, loss_sum, proxy="error"):
@@ -636,25 +662,24 @@ class FDRLModel(FDRLPreTrainedModel):
         logits = stacked_discriminator_logits(self.local_discriminators, inputs, detach=True)
         return confusion_terms(logits, shared_audio.shape[0]).sum()
 
-    def _local_alignment(self, reversed_audio, reversed_text, weights_audio, weights_text):
-        """L_l (eq. 5): each class's discriminator on y_i^c GRL(S_i) (or y_i^c S_i, detached, under the confusion
-        objective), all classes in one batched call; returns it with its statistics."""
-        sample_weights = torch.cat([weights_audio, weights_text]).detach()  # (2 * batch, num_labels)
+    def _local_group(self, audio, text, weights_audio, weights_text):
+        """The local discriminators' group for `stacked_modality_terms`: every class's G_d^c on y_i^c S_i (eq. 5;
+        `audio`, `text` behind the reversal, or detached under the confusion objective), with the class weights as
+        the sample weights of its statistics (ones with `local_error_rate="unweighted"`)."""
+        sample_weights = torch.cat([weights_audio, weights_text]).detach().T  # (num_labels, 2 * batch)
         if self.config.local_error_rate == "unweighted":
             sample_weights = torch.ones_like(sample_weights)
-        inputs = self._class_weighted(weights_audio, weights_text, reversed_audio, reversed_text)
-        logits = stacked_discriminator_logits(self.local_discriminators, inputs)  # (num_labels, 2 * batch, 2)
-        loss, loss_sums, errors = modality_terms(logits, reversed_audio.shape[0], sample_weights.T)
-        stats = dict(local_errors=errors, local_counts=sample_weights.sum(0), local_loss_sums=loss_sums)
-        return loss.sum(), stats
+        inputs = self._class_weighted(weights_audio, weights_text, audio, text)  # (num_labels, 2 * batch, hidden)
+        return list(self.local_discriminators), inputs, sample_weights
 
-    def _alignment_losses(self, shared_audio, shared_text, labels=None):
-        """L_g (eq. 4) and L_l (eq. 5), with their epoch statistics, and the shared encoder's confusion terms.
+    def _discriminator_losses(self, shared_audio, shared_text, private_audio=None, private_text=None, labels=None):
+        """L_g (eq. 4), L_l (eq. 5) and L_p (eq. 9) from one batched call of every modality discriminator
+        (`stacked_modality_terms`), with the alignment's epoch statistics and the shared encoder's confusion terms.
 
-        `adversarial_objective="reversal"`: the discriminators see S_i behind the gradient reversal layer (the
-        paper), and (C_g, C_l) = (0, 0). `"confusion"`: the discriminators see S_i detached (their losses train them
-        only), and C_g, C_l, the cross-entropies of their frozen outputs against 50/50, train the shared encoder.
-        Returns (L_g, L_l, (C_g, C_l), statistics).
+        `adversarial_objective="reversal"`: the alignment discriminators see S_i behind the gradient reversal layer
+        (the paper), and (C_g, C_l) = (0, 0). `"confusion"`: they see S_i detached (their losses train them only),
+        and C_g, C_l, the cross-entropies of their frozen outputs against 50/50, train the shared encoder. GD sees
+        P_i as it is (no private inputs: L_p = 0). Returns (L_g, L_l, L_p, (C_g, C_l), statistics).
         """
         zero = shared_audio.new_zeros((), dtype=torch.float32)
         num_labels = self.config.num_labels
@@ -672,20 +697,33 @@ class FDRLModel(FDRLPreTrainedModel):
         else:
             inputs_audio = grad_reverse(shared_audio, self.grl_coefficient)
             inputs_text = grad_reverse(shared_text, self.grl_coefficient)
-        count = zero + shared_audio.shape[0] + shared_text.shape[0]
-        loss_global = loss_local = confusion_global = confusion_local = zero
+        groups = {}
         if self.global_discriminator is not None:
-            loss_global, loss_sum, errors = modality_cross_entropy(self.global_discriminator, inputs_audio, inputs_text)
+            groups["global"] = ([self.global_discriminator], torch.cat([inputs_audio, inputs_text])[None], None)
+        if self.local_discriminators is not None:
+            weights_audio, weights_text = self._local_weights(shared_audio, shared_text, labels)
+            groups["local"] = self._local_group(inputs_audio, inputs_text, weights_audio, weights_text)
+        if self.modality_discriminator is not None and private_audio is not None:
+            groups["modality"] = ([self.modality_discriminator], torch.cat([private_audio, private_text])[None], None)
+        terms = {}
+        if groups:
+            terms = dict(zip(groups, stacked_modality_terms(list(groups.values()), shared_audio.shape[0])))
+        loss_global = loss_local = loss_modality = confusion_global = confusion_local = zero
+        if "global" in terms:
+            loss_global, loss_sum, errors = (values[0] for values in terms["global"])
+            count = zero + shared_audio.shape[0] + shared_text.shape[0]
             stats.update(global_errors=errors, global_count=count, global_loss_sum=loss_sum)
             if confusion:
                 confusion_global = modality_confusion(self.global_discriminator, shared_audio, shared_text)
-        if self.local_discriminators is not None:
-            weights_audio, weights_text = self._local_weights(shared_audio, shared_text, labels)
-            loss_local, local_stats = self._local_alignment(inputs_audio, inputs_text, weights_audio, weights_text)
-            stats.update(local_stats)
+        if "local" in terms:
+            losses, loss_sums, errors = terms["local"]
+            loss_local = losses.sum()
+            stats.update(local_errors=errors, local_counts=groups["local"][2].sum(1), local_loss_sums=loss_sums)
             if confusion:
                 confusion_local = self._local_confusion(shared_audio, shared_text, weights_audio, weights_text)
-        return loss_global, loss_local, (confusion_global, confusion_local), stats
+        if "modality" in terms:
+            loss_modality = 0.5 * terms["modality"][0][0]
+        return loss_global, loss_local, loss_modality, (confusion_global, confusion_local), stats
 
     def _adversarial_term(self, loss_global, loss_local):
         """(1 - mu) L_g + mu L_l; with one discriminator switched off, the other's loss with weight 1. The same
@@ -695,18 +733,12 @@ class FDRLModel(FDRLPreTrainedModel):
             return (1.0 - mu) * loss_global + mu * loss_local
         return loss_global + loss_local  # the switched-off one is 0
 
-    def _disparity_losses(self, shared_audio, shared_text, private_audio, private_text):
-        """L_p (eq. 9) and L_d (eq. 10)."""
-        zero = shared_audio.new_zeros((), dtype=torch.float32)
-        loss_modality = loss_orthogonal = zero
-        if self.modality_discriminator is not None:
-            loss_modality = 0.5 * modality_cross_entropy(self.modality_discriminator, private_audio, private_text)[0]
-        if self.config.use_orthogonality:
-            mode = self.config.orthogonality
-            loss_orthogonal = orthogonality_loss(shared_audio, private_audio, mode) + orthogonality_loss(
-                shared_text, private_text, mode
-            )
-        return loss_modality, loss_orthogonal
+    def _orthogonality(self, shared_audio, shared_text, private_audio, private_text):
+        """L_d (eq. 10): S_a against P_a plus S_t against P_t, both pairs in one call."""
+        if not self.config.use_orthogonality:
+            return shared_audio.new_zeros((), dtype=torch.float32)
+        shared, private = torch.stack([shared_audio, shared_text]), torch.stack([private_audio, private_text])
+        return orthogonality_loss(shared, private, self.config.orthogonality)
 
     def _predictor_loss(self, shared_audio, shared_text, private_audio, private_text, labels):
         """L_f (eq. 11): FP keeps the label information in S_a + S_t, P_a and P_t."""
@@ -773,8 +805,10 @@ class FDRLModel(FDRLPreTrainedModel):
             return FDRLOutput(logits=logits, **representations)
 
         loss_task = F.cross_entropy(logits.float(), labels)  # eq. 14
-        loss_global, loss_local, confusion, stats = self._alignment_losses(shared_audio, shared_text, labels)
-        loss_modality, loss_orthogonal = self._disparity_losses(shared_audio, shared_text, private_audio, private_text)
+        loss_global, loss_local, loss_modality, confusion, stats = self._discriminator_losses(
+            shared_audio, shared_text, private_audio, private_text, labels
+        )
+        loss_orthogonal = self._orthogonality(shared_audio, shared_text, private_audio, private_text)
         loss_predictor = self._predictor_loss(shared_audio, shared_text, private_audio, private_text, labels)
         loss_confusion = self._adversarial_term(*confusion)  # 0 under the reversal objective
         config = self.config
@@ -943,6 +977,7 @@ __all__ = [
     "modality_cross_entropy",
     "modality_terms",
     "stacked_discriminator_logits",
+    "stacked_modality_terms",
     "check_weight_files",
     "discriminator_error_rates",
     "dynamic_factor_from_statistics",

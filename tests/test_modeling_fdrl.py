@@ -21,6 +21,8 @@ from modeling_fdrl import (
     modality_confusion,
     modality_cross_entropy,
     orthogonality_loss,
+    stacked_discriminator_logits,
+    stacked_modality_terms,
 )
 
 
@@ -289,7 +291,7 @@ def test_global_discriminator_gradient_is_reversed_and_scaled(batch):
     model = _model(use_local_discriminators=False)
     model.grl_coefficient = 0.7
     sa, st = _shared_leaves(model, batch)
-    loss_global, _, _, _ = model._alignment_losses(sa, st)
+    loss_global = model._discriminator_losses(sa, st)[0]
     loss_global.backward()
     reversed_grads = [p.grad.clone() for p in model.global_discriminator.parameters()]
     model.zero_grad()
@@ -307,7 +309,7 @@ def test_local_discriminator_gradient_reversed_on_features_not_on_class_weights(
     model = _model(use_global_discriminator=False, local_weights=local_weights)
     model.grl_coefficient = 0.4
     sa, st = _shared_leaves(model, batch)
-    model._alignment_losses(sa, st)[1].backward()
+    model._discriminator_losses(sa, st)[1].backward()
     # the same loss without reversal, the features (f) and the class probabilities (y) from separate copies
     f_a, f_t, y_a, y_t = (x.detach().clone().requires_grad_() for x in (sa, st, sa, st))
     prob_a, prob_t = model.predictor(y_a).softmax(-1), model.predictor(y_t).softmax(-1)
@@ -727,32 +729,66 @@ def test_s6_weighs_the_local_discriminators_with_the_labels(batch, overrides):
     assert out.local_counts.tolist() == (2 * one_hot.sum(0)).tolist()
 
 
-def test_the_batched_local_discriminators_are_each_class_discriminator_on_its_own_inputs():
-    """One batched call gives, for every class, what that class's discriminator module gives on y^c S (logits,
-    loss, statistics), and each discriminator's gradient is its own loss's."""
+def _three_groups(model, audio, text, private_audio, private_text, weights_audio, weights_text):
+    """FDRL's three discriminator groups as a training step builds them: G_d on S, every class's G_d^c on y^c S,
+    GD on P."""
+    return [
+        ([model.global_discriminator], torch.cat([audio, text])[None], None),
+        model._local_group(audio, text, weights_audio, weights_text),
+        ([model.modality_discriminator], torch.cat([private_audio, private_text])[None], None),
+    ]
+
+
+def test_one_batched_call_is_each_discriminator_on_its_own_inputs():
+    """One batched call of the three groups gives, for every discriminator, what its module gives on its own
+    inputs (loss, weighted statistics), and each discriminator's gradient is its own loss's."""
     torch.manual_seed(0)
     model = _model()
     hidden = model.config.hidden_size
-    audio, text = torch.randn(3, hidden), torch.randn(3, hidden)
+    audio, text, private_audio, private_text = (torch.randn(3, hidden) for _ in range(4))
     weights_audio, weights_text = torch.rand(3, 4), torch.rand(3, 4)
-    loss, stats = model._local_alignment(audio, text, weights_audio, weights_text)
-    loss.backward()
-    batched = [[p.grad.clone() for p in d.parameters()] for d in model.local_discriminators]
+    groups = _three_groups(model, audio, text, private_audio, private_text, weights_audio, weights_text)
+    global_terms, local_terms, gd_terms = stacked_modality_terms(groups, 3)
+    (global_terms[0].sum() + local_terms[0].sum() + gd_terms[0].sum()).backward()
+    discriminators = [model.global_discriminator, *model.local_discriminators, model.modality_discriminator]
+    batched = [[p.grad.clone() for p in d.parameters()] for d in discriminators]
     model.zero_grad()
+    expected = [(model.global_discriminator, audio, text, None)]
+    for c, discriminator in enumerate(model.local_discriminators):
+        class_weights = torch.cat([weights_audio[:, c], weights_text[:, c]])
+        class_inputs = (weights_audio[:, c : c + 1] * audio, weights_text[:, c : c + 1] * text)
+        expected.append((discriminator, *class_inputs, class_weights))
+    expected.append((model.modality_discriminator, private_audio, private_text, None))
+    rows = [(global_terms, 0), *((local_terms, c) for c in range(4)), (gd_terms, 0)]
     total = 0.0
-    for c, discriminator in enumerate(model.local_discriminators):
-        sample_weights = torch.cat([weights_audio[:, c], weights_text[:, c]])
-        one, loss_sum, errors = modality_cross_entropy(
-            discriminator, weights_audio[:, c : c + 1] * audio, weights_text[:, c : c + 1] * text, sample_weights
-        )
+    for (discriminator, a, t, sample_weights), (terms, k) in zip(expected, rows):
+        one, loss_sum, errors = modality_cross_entropy(discriminator, a, t, sample_weights)
         total = total + one
-        torch.testing.assert_close(stats["local_loss_sums"][c], loss_sum)
-        assert stats["local_errors"][c].item() == pytest.approx(errors.item())
+        torch.testing.assert_close(terms[0][k], one)
+        torch.testing.assert_close(terms[1][k], loss_sum)
+        assert terms[2][k].item() == pytest.approx(errors.item())
     total.backward()
-    torch.testing.assert_close(loss, total)
-    for c, discriminator in enumerate(model.local_discriminators):
-        for grad, p in zip(batched[c], discriminator.parameters()):
+    for grads, discriminator in zip(batched, discriminators):
+        for grad, p in zip(grads, discriminator.parameters()):
             torch.testing.assert_close(grad, p.grad)
+
+
+def test_the_batched_call_drops_out_the_alignment_discriminators_only():
+    """With `discriminator_dropout`, a training step's batched call drops units of the alignment discriminators'
+    hidden layer and none of GD's, which has no dropout: GD's logits are those of its module."""
+    torch.manual_seed(0)
+    model = _model(discriminator_dropout=0.5).train()
+    hidden = model.config.hidden_size
+    audio, text, private_audio, private_text = (torch.randn(6, hidden) for _ in range(4))
+    weights_audio, weights_text = torch.rand(6, 4), torch.rand(6, 4)
+    groups = _three_groups(model, audio, text, private_audio, private_text, weights_audio, weights_text)
+    discriminators = [d for members, _, _ in groups for d in members]
+    inputs = torch.cat([rows for _, rows, _ in groups])
+    with torch.no_grad():
+        logits = stacked_discriminator_logits(discriminators, inputs)
+        torch.testing.assert_close(logits[-1], model.modality_discriminator(inputs[-1]))
+        undropped = model.global_discriminator.eval()(inputs[0])
+    assert not torch.allclose(logits[0], undropped)
 
 
 # ----- the local error rates, weighted by the class weights ----------------------------------------------------------
@@ -770,6 +806,13 @@ def _two_class_model(**overrides):
     return model
 
 
+def _local_statistics(model, audio, text, weights_audio, weights_text):
+    """The local discriminators' epoch statistics of one batch, as `FDRLModel._discriminator_losses` takes them."""
+    group = model._local_group(audio, text, weights_audio, weights_text)
+    _, loss_sums, errors = stacked_modality_terms([group], audio.shape[0])[0]
+    return dict(local_errors=errors, local_counts=group[2].sum(1), local_loss_sums=loss_sums)
+
+
 SHARED_AUDIO = torch.tensor([[1.0, 0.0], [0.0, 3.0]])  # label 0 (speech)
 SHARED_TEXT = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # label 1 (text)
 WEIGHTS_AUDIO = torch.tensor([[0.9, 0.1], [0.3, 0.7]])  # y_i^c
@@ -780,7 +823,7 @@ def test_weighted_local_error_rate_by_hand():
     # class a: inputs [.9, 0] right, [0, .9] wrong, [.4, 0] wrong, [0, .6] right -> (.3 + .2) / 2.0 = .25
     # class b: inputs [.1, 0] right, [0, 2.1] wrong, [1.6, 0] wrong, [0, .4] right -> (.7 + .8) / 2.0 = .75
     model = _two_class_model()
-    _, stats = model._local_alignment(SHARED_AUDIO, SHARED_TEXT, WEIGHTS_AUDIO, WEIGHTS_TEXT)
+    stats = _local_statistics(model, SHARED_AUDIO, SHARED_TEXT, WEIGHTS_AUDIO, WEIGHTS_TEXT)
     torch.testing.assert_close(stats["local_errors"], torch.tensor([0.5, 1.5]))
     torch.testing.assert_close(stats["local_counts"], torch.tensor([2.0, 2.0]))
     ce = [
@@ -800,7 +843,7 @@ def test_weighted_local_error_rate_by_hand():
 
 def test_unweighted_local_error_rate_is_one_switch_away():
     model = _two_class_model(local_error_rate="unweighted")
-    _, stats = model._local_alignment(SHARED_AUDIO, SHARED_TEXT, WEIGHTS_AUDIO, WEIGHTS_TEXT)
+    stats = _local_statistics(model, SHARED_AUDIO, SHARED_TEXT, WEIGHTS_AUDIO, WEIGHTS_TEXT)
     assert stats["local_errors"].tolist() == [2.0, 2.0] and stats["local_counts"].tolist() == [4.0, 4.0]
 
 
