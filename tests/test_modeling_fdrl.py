@@ -84,6 +84,12 @@ def test_orthogonality_eq10_raw_and_normalized_by_hand():
     # shrinking the features cannot win the normalised loss (the paper's trivial solution)
     assert orthogonality_loss(shared * 1e-3, private, "normalized").item() == pytest.approx(expected, abs=1e-4)
     assert orthogonality_loss(shared * 1e-3, private, "raw").item() == pytest.approx(10.0 * 1e-6, rel=1e-4)
+    # two pairs at once (S_a with P_a, S_t with P_t, as a training step calls it): the sum of the two losses,
+    # 10 + 37 with P against itself (P^T P = [[2, 2], [2, 5]])
+    pairs = orthogonality_loss(torch.stack([shared, private]), torch.stack([private, private]), "raw")
+    assert pairs.item() == pytest.approx(47.0)
+    stacked = orthogonality_loss(torch.stack([shared, private]), torch.stack([private, shared]), "normalized")
+    assert stacked.item() == pytest.approx(2 * expected, abs=1e-5)
 
 
 ERROR_STATS = dict(  # eps_g = 0.25 -> d_g = 1; eps_l = .5, 0, .75, .125 -> d_l = 0, 2, 1, 1.5 -> mean 1.125

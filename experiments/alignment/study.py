@@ -1,9 +1,12 @@
 """The alignment study's table: each candidate's S0 paired with the S1 trained at the same learning rate, budget,
 folds and seeds (issue 20, item 4), from the run records the protocol writes (`<results>/runs/seed*_fold*.json`).
 
+    python experiments/alignment/study.py > experiments/alignment/study.md      # the six frozen candidates
     python experiments/alignment/study.py experiments/alignment/results_reversal \\
         experiments/alignment/results_confusion [--s1 experiments/alignment/results_reversal] > table.md
 
+Without folders it tabulates the study's six candidates on the demo's frozen recipe, in the order of the docs, with
+`results_reversal`'s S1 (not `results_paper_regime`, a fine-tuned run of another recipe that no S1 here pairs).
 A candidate whose folder holds no S1 is paired with the S1 of `--s1` (S1 has alpha = beta = 0, so the adversarial
 objective does not change it: the same config, seeds and folds give the same S1). Per candidate: the runs; S0's and
 S1's test UAR at the kept epoch and at the last one; how many runs are stable (S0's largest validation norm of S_a, S_t
@@ -18,6 +21,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+
+HERE = Path(__file__).resolve().parent
+CANDIDATES = (
+    "reversal",
+    "confusion",
+    "confusion_labels",
+    "reversal_adv_lr",
+    "confusion_labels_strong",
+    "confusion_labels_no_disparity",
+)
 
 
 def records(folder):
@@ -59,9 +73,14 @@ def row(name, runs, s1_runs):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="+", help="Result folders of the candidates (each with runs/).")
+    parser.add_argument(
+        "folders", nargs="*", help="Result folders of the candidates (each with runs/); default: the study's six."
+    )
     parser.add_argument("--s1", help="The result folder whose S1 pairs candidates that ran S0 only.")
     args = parser.parse_args(argv)
+    if not args.folders:
+        args.folders = [HERE / f"results_{name}" for name in CANDIDATES]
+        args.s1 = args.s1 or HERE / "results_reversal"
     s1_runs = records(args.s1) if args.s1 else {}
     lines = [
         "| candidate (S0 setting) | runs | S0 UAR kept / last | S1 UAR kept / last | UAR S0 - S1 (paired) | "
