@@ -672,6 +672,19 @@ class FDRLModel(FDRLPreTrainedModel):
         inputs = self._class_weighted(weights_audio, weights_text, audio, text)  # (num_labels, 2 * batch, hidden)
         return list(self.local_discriminators), inputs, sample_weights
 
+    def _discriminator_groups(self, audio, text, private_audio, private_text, weights_audio, weights_text):
+        """The groups of `stacked_modality_terms` for the discriminators this model has, by name: "global" (G_d on
+        `audio`, `text`), "local" (`_local_group`, with the class weights) and "modality" (GD on the private vectors,
+        when given)."""
+        groups = {}
+        if self.global_discriminator is not None:
+            groups["global"] = ([self.global_discriminator], torch.cat([audio, text])[None], None)
+        if self.local_discriminators is not None:
+            groups["local"] = self._local_group(audio, text, weights_audio, weights_text)
+        if self.modality_discriminator is not None and private_audio is not None:
+            groups["modality"] = ([self.modality_discriminator], torch.cat([private_audio, private_text])[None], None)
+        return groups
+
     def _discriminator_losses(self, shared_audio, shared_text, private_audio=None, private_text=None, labels=None):
         """L_g (eq. 4), L_l (eq. 5) and L_p (eq. 9) from one batched call of every modality discriminator
         (`stacked_modality_terms`), with the alignment's epoch statistics and the shared encoder's confusion terms.
@@ -697,14 +710,12 @@ class FDRLModel(FDRLPreTrainedModel):
         else:
             inputs_audio = grad_reverse(shared_audio, self.grl_coefficient)
             inputs_text = grad_reverse(shared_text, self.grl_coefficient)
-        groups = {}
-        if self.global_discriminator is not None:
-            groups["global"] = ([self.global_discriminator], torch.cat([inputs_audio, inputs_text])[None], None)
+        weights_audio = weights_text = None
         if self.local_discriminators is not None:
             weights_audio, weights_text = self._local_weights(shared_audio, shared_text, labels)
-            groups["local"] = self._local_group(inputs_audio, inputs_text, weights_audio, weights_text)
-        if self.modality_discriminator is not None and private_audio is not None:
-            groups["modality"] = ([self.modality_discriminator], torch.cat([private_audio, private_text])[None], None)
+        groups = self._discriminator_groups(
+            inputs_audio, inputs_text, private_audio, private_text, weights_audio, weights_text
+        )
         terms = {}
         if groups:
             terms = dict(zip(groups, stacked_modality_terms(list(groups.values()), shared_audio.shape[0])))

@@ -19,7 +19,7 @@ with the logistic regression's exact optimum (Newton-Cholesky to a gradient tole
 
 Solvers alternate in order across `--repeats`, since this machine's speed drifts within a run.
 
-    .venv/bin/python bench/bench_probes.py                  # S0 on fold 1, the demo's recipe, about a minute
+    .venv/bin/python bench/bench_probes.py                  # S0 on fold 1, the demo's recipe, about two minutes
     .venv/bin/python bench/bench_probes.py --system S3 --fold 2 --repeats 3
 """
 

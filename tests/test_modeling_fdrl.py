@@ -735,16 +735,6 @@ def test_s6_weighs_the_local_discriminators_with_the_labels(batch, overrides):
     assert out.local_counts.tolist() == (2 * one_hot.sum(0)).tolist()
 
 
-def _three_groups(model, audio, text, private_audio, private_text, weights_audio, weights_text):
-    """FDRL's three discriminator groups as a training step builds them: G_d on S, every class's G_d^c on y^c S,
-    GD on P."""
-    return [
-        ([model.global_discriminator], torch.cat([audio, text])[None], None),
-        model._local_group(audio, text, weights_audio, weights_text),
-        ([model.modality_discriminator], torch.cat([private_audio, private_text])[None], None),
-    ]
-
-
 def test_one_batched_call_is_each_discriminator_on_its_own_inputs():
     """One batched call of the three groups gives, for every discriminator, what its module gives on its own
     inputs (loss, weighted statistics), and each discriminator's gradient is its own loss's."""
@@ -753,7 +743,9 @@ def test_one_batched_call_is_each_discriminator_on_its_own_inputs():
     hidden = model.config.hidden_size
     audio, text, private_audio, private_text = (torch.randn(3, hidden) for _ in range(4))
     weights_audio, weights_text = torch.rand(3, 4), torch.rand(3, 4)
-    groups = _three_groups(model, audio, text, private_audio, private_text, weights_audio, weights_text)
+    groups = list(
+        model._discriminator_groups(audio, text, private_audio, private_text, weights_audio, weights_text).values()
+    )
     global_terms, local_terms, gd_terms = stacked_modality_terms(groups, 3)
     (global_terms[0].sum() + local_terms[0].sum() + gd_terms[0].sum()).backward()
     discriminators = [model.global_discriminator, *model.local_discriminators, model.modality_discriminator]
@@ -787,7 +779,9 @@ def test_the_batched_call_drops_out_the_alignment_discriminators_only():
     hidden = model.config.hidden_size
     audio, text, private_audio, private_text = (torch.randn(6, hidden) for _ in range(4))
     weights_audio, weights_text = torch.rand(6, 4), torch.rand(6, 4)
-    groups = _three_groups(model, audio, text, private_audio, private_text, weights_audio, weights_text)
+    groups = list(
+        model._discriminator_groups(audio, text, private_audio, private_text, weights_audio, weights_text).values()
+    )
     discriminators = [d for members, _, _ in groups for d in members]
     inputs = torch.cat([rows for _, rows, _ in groups])
     with torch.no_grad():

@@ -43,7 +43,7 @@ PREFIX = "alignment_"
 
 # The probes' solver: Newton-CG to a gradient tolerance of 1e-5 (scikit-learn's default is L-BFGS at 1e-4). Replayed
 # over every fit of two FDRL systems (`bench/bench_probes.py`), it gave the exact optimum's UAR in all 86 fits, where
-# the default did in 80, and took about half the time warm-started (bench/README.md).
+# the default did in 80, in 38-42% less time warm-started (bench/README.md).
 PROBE_SOLVER = {"solver": "newton-cg", "tol": 1e-5}
 
 
