@@ -672,6 +672,13 @@ class FDRLModel(FDRLPreTrainedModel):
         inputs = self._class_weighted(weights_audio, weights_text, audio, text)  # (num_labels, 2 * batch, hidden)
         return list(self.local_discriminators), inputs, sample_weights
 
+    @staticmethod
+    def _local_statistics(group, terms):
+        """The epoch statistics of the local discriminators' group from its `stacked_modality_terms`: the weighted
+        errors, the class weights' sums (the counts) and the weighted per-sample losses, per class."""
+        _, loss_sums, errors = terms
+        return dict(local_errors=errors, local_counts=group[2].sum(1), local_loss_sums=loss_sums)
+
     def _discriminator_groups(self, audio, text, private_audio, private_text, weights_audio, weights_text):
         """The groups of `stacked_modality_terms` for the discriminators this model has, by name: "global" (G_d on
         `audio`, `text`), "local" (`_local_group`, with the class weights) and "modality" (GD on the private vectors,
@@ -727,9 +734,8 @@ class FDRLModel(FDRLPreTrainedModel):
             if confusion:
                 confusion_global = modality_confusion(self.global_discriminator, shared_audio, shared_text)
         if "local" in terms:
-            losses, loss_sums, errors = terms["local"]
-            loss_local = losses.sum()
-            stats.update(local_errors=errors, local_counts=groups["local"][2].sum(1), local_loss_sums=loss_sums)
+            loss_local = terms["local"][0].sum()
+            stats.update(self._local_statistics(groups["local"], terms["local"]))
             if confusion:
                 confusion_local = self._local_confusion(shared_audio, shared_text, weights_audio, weights_text)
         if "modality" in terms:

@@ -809,8 +809,7 @@ def _two_class_model(**overrides):
 def _local_statistics(model, audio, text, weights_audio, weights_text):
     """The local discriminators' epoch statistics of one batch, as `FDRLModel._discriminator_losses` takes them."""
     group = model._local_group(audio, text, weights_audio, weights_text)
-    _, loss_sums, errors = stacked_modality_terms([group], audio.shape[0])[0]
-    return dict(local_errors=errors, local_counts=group[2].sum(1), local_loss_sums=loss_sums)
+    return model._local_statistics(group, stacked_modality_terms([group], audio.shape[0])[0])
 
 
 SHARED_AUDIO = torch.tensor([[1.0, 0.0], [0.0, 3.0]])  # label 0 (speech)
